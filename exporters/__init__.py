@@ -1,0 +1,1 @@
+"""flowtel exporters: where derived metrics and enriched spans go."""

@@ -1,0 +1,210 @@
+"""Expose flowtel's meter provider to Prometheus, with exemplars and optional auth / TLS.
+
+``PrometheusMetricReader`` is a pull reader: each scrape collects the meter provider
+(cumulative temporality) and converts it with prometheus-client, which negotiates the
+text format or, when the scraper asks for ``application/openmetrics-text``, OpenMetrics
+with exemplars (``trace_id``, ``span_id``) on histogram buckets.
+
+Environment (defaults): ``OTEL_EXPORTER_PROMETHEUS_HOST`` (127.0.0.1),
+``OTEL_EXPORTER_PROMETHEUS_PORT`` (9464), ``FLOWTEL_PROMETHEUS_BEARER_TOKEN`` (none),
+``FLOWTEL_PROMETHEUS_TLS_CERT_FILE`` / ``_KEY_FILE`` (none: plain HTTP).
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from flowtel.processors.catalog import prometheus_name
+from opentelemetry.sdk.metrics import (
+    Counter,
+    Histogram,
+    ObservableCounter,
+    ObservableGauge,
+    ObservableUpDownCounter,
+    UpDownCounter,
+)
+from opentelemetry.sdk.metrics.export import (
+    AggregationTemporality,
+    Gauge,
+    MetricReader,
+    MetricsData,
+    Sum,
+)
+from opentelemetry.sdk.metrics.export import Histogram as HistogramData
+from prometheus_client import CollectorRegistry, make_wsgi_app
+from prometheus_client.metrics_core import Metric
+from prometheus_client.samples import Exemplar
+
+from flowtel._wsgi import TLSSettings, WSGIEndpoint, bearer_auth
+from flowtel.config import ConfigError
+
+_CUMULATIVE = {cls: AggregationTemporality.CUMULATIVE for cls in (
+    Counter, UpDownCounter, Histogram, ObservableCounter, ObservableUpDownCounter, ObservableGauge)}
+
+
+def _label_name(key: str) -> str:
+    out = "".join(ch if ch.isalnum() or ch == "_" else "_" for ch in key)
+    return "_" + out if out[:1].isdigit() else out
+
+
+def _label_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (list, tuple)):
+        return ",".join(_label_value(v) for v in value)
+    return str(value)
+
+
+def _labels(attributes: Mapping[str, Any] | None) -> dict[str, str]:
+    return {_label_name(k): _label_value(v) for k, v in (attributes or {}).items()}
+
+
+class PrometheusMetricReader(MetricReader):
+    def __init__(self, cardinality_limit: int | None = None) -> None:
+        limits = None
+        if cardinality_limit is not None:
+            # Headroom over flowtel's own limit, so flowtel folds (and counts) before the SDK does.
+            limits = {cls: cardinality_limit + 2 for cls in _CUMULATIVE}
+        super().__init__(preferred_temporality=_CUMULATIVE, cardinality_limits=limits)
+        self._latest: MetricsData | None = None
+        self._collect_lock = threading.Lock()
+
+    def _receive_metrics(self, metrics_data: MetricsData, timeout_millis: float = 10_000, **kwargs: Any) -> None:
+        self._latest = metrics_data
+
+    def shutdown(self, timeout_millis: float = 30_000, **kwargs: Any) -> None:
+        pass
+
+    def families(self) -> list[Metric]:
+        with self._collect_lock:
+            self._latest = None
+            self.collect()
+            data = self._latest
+        return list(_convert(data)) if data is not None else []
+
+
+def _convert(data: MetricsData) -> Iterator[Metric]:
+    merged: dict[str, Metric] = {}
+    for resource_metrics in data.resource_metrics:
+        for scope_metrics in resource_metrics.scope_metrics:
+            for metric in scope_metrics.metrics:
+                _add_metric(merged, metric.name, metric.unit or "", metric.description or "", metric.data)
+    yield from merged.values()
+
+
+def _family(merged: dict[str, Metric], name: str, doc: str, typ: str) -> Metric:
+    family = merged.get(name)
+    if family is None:
+        family = merged[name] = Metric(name, doc, typ)
+    return family
+
+
+def _add_metric(merged: dict[str, Metric], otel_name: str, unit: str, doc: str, data: Any) -> None:
+    name = prometheus_name(otel_name, unit)
+    if isinstance(data, Sum):
+        typ = "counter" if data.is_monotonic else "gauge"
+        family = _family(merged, name, doc, typ)
+        sample_name = f"{name}_total" if typ == "counter" else name
+        for point in data.data_points:
+            family.add_sample(sample_name, _labels(point.attributes), point.value)
+    elif isinstance(data, Gauge):
+        family = _family(merged, name, doc, "gauge")
+        for point in data.data_points:
+            family.add_sample(name, _labels(point.attributes), point.value)
+    elif isinstance(data, HistogramData):
+        family = _family(merged, name, doc, "histogram")
+        for point in data.data_points:
+            labels = _labels(point.attributes)
+            exemplars = _bucket_exemplars(point.explicit_bounds, point.exemplars)
+            cumulative = 0
+            bounds = [*point.explicit_bounds, float("inf")]
+            for i, (bound, count) in enumerate(zip(bounds, point.bucket_counts, strict=True)):
+                cumulative += count
+                le = "+Inf" if bound == float("inf") else repr(float(bound))
+                family.add_sample(f"{name}_bucket", {**labels, "le": le}, cumulative, exemplar=exemplars.get(i))
+            family.add_sample(f"{name}_count", labels, point.count)
+            family.add_sample(f"{name}_sum", labels, point.sum)
+
+
+def _bucket_exemplars(bounds: Iterable[float], exemplars: Iterable[Any]) -> dict[int, Exemplar]:
+    out: dict[int, Exemplar] = {}
+    bounds = list(bounds)
+    for ex in exemplars or ():
+        if not ex.trace_id:
+            continue
+        index = next((i for i, b in enumerate(bounds) if ex.value <= b), len(bounds))
+        out[index] = Exemplar({"trace_id": f"{ex.trace_id:032x}", "span_id": f"{ex.span_id:016x}"},
+                              ex.value, ex.time_unix_nano / 1e9)
+    return out
+
+
+class _Bridge:
+    """prometheus-client collector that reads the OpenTelemetry reader on every scrape."""
+
+    def __init__(self, reader: PrometheusMetricReader) -> None:
+        self._reader = reader
+
+    def collect(self) -> list[Metric]:
+        return self._reader.families()
+
+
+@dataclass(frozen=True, slots=True)
+class PrometheusSettings:
+    host: str = "127.0.0.1"
+    port: int = 9464
+    bearer_token: str | None = None
+    tls: TLSSettings | None = None
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> PrometheusSettings:
+        env = os.environ if environ is None else environ
+        raw_port = env.get("OTEL_EXPORTER_PROMETHEUS_PORT", "9464")
+        try:
+            port = int(raw_port)
+        except ValueError:
+            raise ConfigError("environment", "OTEL_EXPORTER_PROMETHEUS_PORT", "a port number", raw_port) from None
+        if not 0 <= port <= 65535:
+            raise ConfigError("environment", "OTEL_EXPORTER_PROMETHEUS_PORT", "a port number 0-65535", raw_port)
+        cert, key = env.get("FLOWTEL_PROMETHEUS_TLS_CERT_FILE"), env.get("FLOWTEL_PROMETHEUS_TLS_KEY_FILE")
+        if bool(cert) != bool(key):
+            raise ConfigError("environment", "FLOWTEL_PROMETHEUS_TLS_CERT_FILE/_KEY_FILE", "both set or neither",
+                              {"cert": cert, "key": key})
+        tls = TLSSettings(cert, key, env.get("FLOWTEL_PROMETHEUS_TLS_CLIENT_CA_FILE") or None) if cert and key \
+            else None
+        return cls(env.get("OTEL_EXPORTER_PROMETHEUS_HOST", "127.0.0.1"), port,
+                   env.get("FLOWTEL_PROMETHEUS_BEARER_TOKEN") or None, tls)
+
+
+class PrometheusEndpoint:
+    """Serves ``/metrics`` for a ``PrometheusMetricReader`` (any path answers, as prometheus-client does)."""
+
+    def __init__(self, reader: PrometheusMetricReader, settings: PrometheusSettings | None = None,
+                 extra_collectors: Iterable[Any] = ()) -> None:
+        settings = settings or PrometheusSettings.from_env()
+        self.registry = CollectorRegistry(auto_describe=False)
+        self.registry.register(_Bridge(reader))  # type: ignore[arg-type]
+        for collector in extra_collectors:
+            self.registry.register(collector)
+        app = bearer_auth(make_wsgi_app(self.registry), settings.bearer_token)
+        self._endpoint = WSGIEndpoint(app, settings.host, settings.port, name="flowtel-prometheus", tls=settings.tls)
+
+    @property
+    def url(self) -> str:
+        return f"{self._endpoint.url}/metrics"
+
+    @property
+    def port(self) -> int:
+        return self._endpoint.port
+
+    def start(self) -> PrometheusEndpoint:
+        self._endpoint.start()
+        return self
+
+    def shutdown(self) -> None:
+        self._endpoint.shutdown()
+
+

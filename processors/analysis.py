@@ -1,0 +1,151 @@
+"""Decide, for one complete local trace, which spans are flows, nodes and remote calls.
+
+This is the rule set the README documents under "How flowtel reads a trace":
+
+* A **flow** is a prompt flow ``Flow`` span (DAG flows), otherwise the outermost prompt
+  flow ``Function`` span (flex flows: plain ``@trace`` functions), otherwise the outermost
+  GenAI workflow / agent span (``invoke_workflow`` / ``invoke_agent``, OpenLLMetry
+  ``workflow``, OpenInference ``AGENT`` / ``CHAIN``, MLflow ``AGENT`` / ``CHAIN``). LLM,
+  embedding and retrieval calls are never flows.
+* A **node** is a direct child of a flow, named by its ``node_name`` attribute (DAG flows) or
+  its span name (flex flows).
+* A **remote call** is any span below a node; its ``api_call`` name is the path of span
+  names from just below the node, joined by ``_`` (prompt flow's naming). A GenAI client
+  call outside any flow is a remote call with empty flow and node.
+* An **LLM call** is a span carrying token usage with no descendant carrying usage, so a
+  call wrapped by two instrumentations (prompt flow's ``openai_chat`` around openai-v2's
+  ``chat`` span) is counted once, at the innermost span.
+* The **request** a flow answers is the local root when that is a SERVER span (its HTTP
+  status is the response code); otherwise the flow span itself.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+from flowtel import semconv as sc
+from flowtel.spans import KIND_CLIENT, KIND_SERVER, STATUS_ERROR, SpanData
+
+from .vocabulary import genai_operation, token_usage
+
+ROLE_NONE, ROLE_FLOW, ROLE_NODE, ROLE_RPC = "", "flow", "node", "rpc"
+
+_NEVER_FLOW_PF_TYPES = frozenset({"LLM", "Embedding", "Retrieval"})
+_WORKFLOW_KINDS = {
+    sc.TL_SPAN_KIND: frozenset({"workflow", "agent"}),
+    sc.OI_SPAN_KIND: frozenset({"AGENT", "CHAIN"}),
+    sc.ML_SPAN_TYPE: frozenset({"AGENT", "CHAIN"}),
+}
+
+
+@dataclass(slots=True)
+class SpanRole:
+    span: SpanData
+    role: str = ROLE_NONE
+    flow: str = ""
+    node: str = ""
+    api_call: str = ""
+    flow_span: SpanData | None = None
+    request_span: SpanData | None = None  # for flows: the span whose timing is the request's
+    is_llm_call: bool = False
+    children: list[SpanRole] = field(default_factory=list)
+
+
+def is_pf_span(span: SpanData) -> bool:
+    return span.attributes.get(sc.PF_FRAMEWORK) == "promptflow"
+
+
+def is_workflow_span(span: SpanData) -> bool:
+    attrs = span.attributes
+    if attrs.get(sc.OPERATION_NAME) in sc.WORKFLOW_OPERATIONS:
+        return True
+    return any(attrs.get(key) in kinds for key, kinds in _WORKFLOW_KINDS.items())
+
+
+def flow_name(span: SpanData) -> str:
+    attrs = span.attributes
+    for key in (sc.WORKFLOW_NAME, sc.TL_WORKFLOW_NAME, sc.AGENT_NAME):
+        value = attrs.get(key)
+        if isinstance(value, str) and value:
+            return value
+    return span.name
+
+
+def _flow_kind(span: SpanData, inside_flow: bool) -> bool:
+    """Whether this span starts a flow, given whether an enclosing flow already exists."""
+    attrs = span.attributes
+    if is_pf_span(span):
+        span_type = attrs.get(sc.PF_SPAN_TYPE)
+        if span_type == "Flow":
+            return not inside_flow
+        return not inside_flow and span_type not in _NEVER_FLOW_PF_TYPES
+    return not inside_flow and is_workflow_span(span)
+
+
+def is_failed(span: SpanData) -> bool:
+    return span.status == STATUS_ERROR or sc.ERROR_TYPE in span.attributes
+
+
+def analyze(spans: Sequence[SpanData]) -> list[SpanRole]:
+    """Roles for every span of a local trace, in the order given."""
+    roles = [SpanRole(s) for s in spans]
+    by_id = {r.span.span_id: r for r in roles}
+    roots: list[SpanRole] = []
+    for r in roles:
+        parent = by_id.get(r.span.parent_span_id) if r.span.parent_span_id else None
+        if parent is None or parent is r:
+            roots.append(r)
+        else:
+            parent.children.append(r)
+    for root in roots:
+        request = root.span if root.span.kind == KIND_SERVER else None
+        _walk(root, None, request)
+        _mark_llm_calls(root)
+    return roles
+
+
+def _walk(r: SpanRole, parent: SpanRole | None, request: SpanData | None) -> None:
+    # Iterative depth-first walk: agent traces can nest deeper than Python's recursion limit.
+    stack: list[tuple[SpanRole, SpanRole | None]] = [(r, parent)]
+    while stack:
+        cur, par = stack.pop()
+        _assign(cur, par, request)
+        stack.extend((child, cur) for child in reversed(cur.children))
+
+
+def _assign(r: SpanRole, parent: SpanRole | None, request: SpanData | None) -> None:
+    span = r.span
+    inside_flow = parent is not None and parent.flow_span is not None
+    if _flow_kind(span, inside_flow):
+        r.role, r.flow, r.flow_span = ROLE_FLOW, flow_name(span), span
+        r.request_span = request if request is not None else span
+        return
+    if parent is None or parent.flow_span is None:
+        if span.kind == KIND_CLIENT or genai_operation(span) in sc.INFERENCE_OPERATIONS:
+            r.role, r.api_call = ROLE_RPC, span.name
+        return
+    r.flow, r.flow_span = parent.flow, parent.flow_span
+    if parent.role == ROLE_FLOW:
+        # prompt flow stamps node_name on every span inside a node, so it names the node but does not make one.
+        node_name = span.attributes.get(sc.PF_NODE_NAME)
+        r.role, r.node = ROLE_NODE, node_name if isinstance(node_name, str) and node_name else span.name
+        return
+    r.role, r.node = ROLE_RPC, parent.node
+    r.api_call = f"{parent.api_call}_{span.name}" if parent.role == ROLE_RPC else span.name
+
+
+def _mark_llm_calls(root: SpanRole) -> None:
+    """Mark spans with token usage that have no descendant with usage (post-order, iterative)."""
+    order: list[SpanRole] = []
+    stack = [root]
+    while stack:
+        cur = stack.pop()
+        order.append(cur)
+        stack.extend(cur.children)
+    has_usage_below: dict[int, bool] = {}
+    for cur in reversed(order):
+        below = any(has_usage_below[id(c)] for c in cur.children)
+        own = token_usage(cur.span) is not None
+        cur.is_llm_call = own and not below
+        has_usage_below[id(cur)] = own or below

@@ -1,0 +1,109 @@
+"""Hold a trace's spans until its local root ends, so derivation sees whole local traces.
+
+Children end before their parents, so a local trace is complete when its local root (a
+span with no parent, or a remote parent) has arrived. Holding is bounded three ways, and
+every release says why (``complete``, ``timeout``, ``capacity``, ``late``, ``shutdown``):
+
+* a trace whose root has not arrived ``timeout_ns`` after its first span is released as is;
+* past ``max_spans`` held, the oldest traces are released as they are;
+* a span of a trace released in the recent past (children outliving their root, such as a
+  background task) is released at once rather than held until the timeout.
+
+A released partial trace is still enriched and exported; derivation does what it can
+with it (spans whose flow is unknown are counted with an empty ``flow``).
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+
+from flowtel.spans import SpanData
+
+Released = tuple[str, list[SpanData]]
+
+
+@dataclass(slots=True)
+class _Pending:
+    first_seen_ns: int
+    spans: list[SpanData] = field(default_factory=list)
+
+
+class TraceAssembler:
+    def __init__(self, timeout_ns: int, max_spans: int, remember_released: int = 10_000) -> None:
+        self._timeout_ns = timeout_ns
+        self._max_spans = max_spans
+        self._pending: OrderedDict[int, _Pending] = OrderedDict()
+        self._held = 0
+        self._released_ids: OrderedDict[int, None] = OrderedDict()
+        self._remember = remember_released
+
+    @property
+    def held_spans(self) -> int:
+        return self._held
+
+    @property
+    def held_traces(self) -> int:
+        return len(self._pending)
+
+    def add(self, span: SpanData, now_ns: int) -> Iterator[Released]:
+        trace_id = span.trace_id
+        pending = self._pending.get(trace_id)
+        if span.is_local_root:
+            spans = [span]
+            if pending is not None:
+                spans.extend(self._take_descendants(trace_id, pending, span.span_id))
+            self._mark_released(trace_id)
+            yield "complete", spans
+        elif pending is None and trace_id in self._released_ids:
+            yield "late", [span]
+        else:
+            if pending is None:
+                pending = self._pending[trace_id] = _Pending(now_ns)
+            pending.spans.append(span)
+            self._held += 1
+            while self._held > self._max_spans and self._pending:
+                yield "capacity", self._pop_oldest()
+
+    def expire(self, now_ns: int) -> Iterator[Released]:
+        while self._pending:
+            pending = next(iter(self._pending.values()))
+            if now_ns - pending.first_seen_ns < self._timeout_ns:
+                return
+            yield "timeout", self._pop_oldest()
+
+    def drain(self) -> Iterator[Released]:
+        while self._pending:
+            yield "shutdown", self._pop_oldest()
+
+    def _pop_oldest(self) -> list[SpanData]:
+        trace_id, pending = self._pending.popitem(last=False)
+        self._held -= len(pending.spans)
+        self._mark_released(trace_id)
+        return pending.spans
+
+    def _take_descendants(self, trace_id: int, pending: _Pending, root_id: int) -> list[SpanData]:
+        children: dict[int, list[SpanData]] = {}
+        for s in pending.spans:
+            children.setdefault(s.parent_span_id, []).append(s)
+        taken: list[SpanData] = []
+        frontier = [root_id]
+        while frontier:
+            for child in children.pop(frontier.pop(), ()):
+                taken.append(child)
+                frontier.append(child.span_id)
+        if len(taken) == len(pending.spans):
+            del self._pending[trace_id]
+        else:
+            # Another local root of the same trace (a second request in one trace) is still running.
+            kept = {id(s) for s in taken}
+            pending.spans = [s for s in pending.spans if id(s) not in kept]
+        self._held -= len(taken)
+        return taken
+
+    def _mark_released(self, trace_id: int) -> None:
+        self._released_ids[trace_id] = None
+        self._released_ids.move_to_end(trace_id)
+        if len(self._released_ids) > self._remember:
+            self._released_ids.popitem(last=False)

@@ -1,0 +1,136 @@
+"""Turn an analysed local trace into the eight standard metrics and the GenAI client metrics.
+
+Everything comes from spans: a flow span (or the SERVER span it answers) is one request,
+its duration the latency; a streamed flow's first byte is the earliest first-chunk event
+(``semconv.FIRST_CHUNK_EVENTS``) inside it and its last byte the end of the request.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+from flowtel import semconv as sc
+from flowtel._log import warn_once
+from flowtel.spans import KIND_SERVER, SpanData
+
+from . import catalog as c
+from .analysis import ROLE_FLOW, ROLE_NODE, ROLE_RPC, SpanRole, is_failed
+from .metrics import FlowtelMetrics
+from .vocabulary import (
+    exception_type,
+    genai_operation,
+    http_status,
+    is_streaming,
+    provider,
+    request_model,
+    response_model,
+    short_error_name,
+    token_usage,
+)
+
+
+def _exception(span: SpanData) -> str:
+    if not is_failed(span):
+        return ""
+    error = exception_type(span)
+    return short_error_name(error) if error else "unknown"
+
+
+def _first_event_ns(span: SpanData) -> int | None:
+    times = [e.timestamp_ns for e in span.events if e.name in sc.FIRST_CHUNK_EVENTS]
+    return min(times) if times else None
+
+
+def _first_chunk_ns(flow: SpanRole) -> int | None:
+    """The flow's own first-chunk event (what it handed to the server), else the earliest one below it."""
+    own = _first_event_ns(flow.span)
+    if own is not None:
+        return own
+    first: int | None = None
+    stack = list(flow.children)
+    while stack:
+        cur = stack.pop()
+        for event in cur.span.events:
+            if event.name in sc.FIRST_CHUNK_EVENTS and (first is None or event.timestamp_ns < first):
+                first = event.timestamp_ns
+        stack.extend(cur.children)
+    return first
+
+
+class Deriver:
+    def __init__(self, metrics: FlowtelMetrics, genai_skip_scopes: frozenset[str]) -> None:
+        self._m = metrics
+        self._skip = genai_skip_scopes
+
+    def derive(self, roles: Iterable[SpanRole]) -> None:
+        for r in roles:
+            if r.role == ROLE_FLOW:
+                self._flow(r)
+            elif r.role == ROLE_NODE:
+                self._node(r)
+            elif r.role == ROLE_RPC:
+                self._rpc(r)
+            if r.is_llm_call:
+                self._llm_call(r)
+
+    def _flow(self, r: SpanRole) -> None:
+        flow, request = r.span, r.request_span or r.span
+        res = flow.resource
+        ex = (flow.trace_id, flow.span_id)
+        status = http_status(request) if request.kind == KIND_SERVER else None
+        failed = is_failed(flow) or (status is not None and status >= 500)
+        code = str(status) if status is not None else ("500" if failed else "200")
+        exception = _exception(flow) or ("unknown" if failed else "")
+        streaming = is_streaming(flow) or is_streaming(request)
+        flag = "True" if streaming else "False"
+        m = self._m
+        m.record(c.FLOW_REQUEST, 1, (r.flow, code, exception, flag), res)
+        end_ns = max(flow.end_ns, request.end_ns)
+        total_ms = (end_ns - request.start_ns) / 1e6
+        if not streaming:
+            m.record(c.FLOW_LATENCY, total_ms, (r.flow, code, flag, "default"), res, ex)
+            return
+        m.record(c.FLOW_LATENCY, total_ms, (r.flow, code, flag, "lastbyte"), res, ex)
+        first = _first_chunk_ns(r)
+        if first is None:
+            warn_once(f"nofirstchunk:{r.flow}", "streamed flow %s has no first-chunk event; its firstbyte latency "
+                      "and streaming duration are not recorded (see README, Streaming)", r.flow)
+            return
+        m.record(c.FLOW_LATENCY, (first - request.start_ns) / 1e6, (r.flow, code, flag, "firstbyte"), res, ex)
+        m.record(c.FLOW_STREAMING_RESPONSE_DURATION, (end_ns - first) / 1e6, (r.flow,), res, ex)
+
+    def _node(self, r: SpanRole) -> None:
+        span = r.span
+        exception = _exception(span)
+        run_status = "Failed" if exception else "Completed"
+        self._m.record(c.NODE_LATENCY, span.duration_ms, (r.flow, r.node, run_status), span.resource,
+                       (span.trace_id, span.span_id))
+        self._m.record(c.NODE_REQUEST, 1, (r.flow, r.node, exception, run_status), span.resource)
+
+    def _rpc(self, r: SpanRole) -> None:
+        span = r.span
+        self._m.record(c.RPC_LATENCY, span.duration_ms, (r.flow, r.node, r.api_call), span.resource,
+                       (span.trace_id, span.span_id))
+        self._m.record(c.RPC_REQUEST, 1, (r.flow, r.node, r.api_call, _exception(span)), span.resource)
+
+    def _llm_call(self, r: SpanRole) -> None:
+        span = r.span
+        usage = token_usage(span) or (None, None)
+        req_model, resp_model = request_model(span), response_model(span)
+        engine = req_model or resp_model or ""
+        res = span.resource
+        for count, token_type in ((usage[0], "prompt_tokens"), (usage[1], "completion_tokens")):
+            if count:
+                self._m.record(c.TOKEN_CONSUMPTION, count, (r.flow, r.node, engine, token_type), res)
+        if span.scope_name in self._skip:
+            return
+        error = exception_type(span) if is_failed(span) else None
+        genai: Mapping[str, Any] = span.attributes
+        base = (genai_operation(span) or "", provider(span) or "", req_model or "", resp_model or "",
+                str(genai.get(sc.SERVER_ADDRESS, "")))
+        self._m.record(c.GENAI_OPERATION_DURATION, span.duration_ms / 1000, (*base, error or ""), res,
+                       (span.trace_id, span.span_id))
+        for count, token_type in ((usage[0], "input"), (usage[1], "output")):
+            if count is not None:
+                self._m.record(c.GENAI_TOKEN_USAGE, count, (*base, token_type), res)

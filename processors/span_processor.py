@@ -1,0 +1,137 @@
+"""``FlowtelSpanProcessor``: the in-process host of the shared pipeline.
+
+The request thread only appends the ended span to a bounded queue (no parsing, no
+copying, no locks beyond the deque's). One worker thread drains the queue, runs the
+pipeline, and hands the enriched spans to the span processors behind it, typically a
+``BatchSpanProcessor`` per exporter, so exporters receive enriched spans and keep their
+own batching, retry and isolation.
+
+    provider.add_span_processor(FlowtelSpanProcessor(
+        [BatchSpanProcessor(OTLPSpanExporter())], metrics=flowtel_metrics))
+"""
+
+from __future__ import annotations
+
+import collections
+import os
+import threading
+import time
+import weakref
+from collections.abc import Sequence
+
+from opentelemetry.context import Context
+from opentelemetry.sdk.trace import ReadableSpan, Span, SpanProcessor
+from opentelemetry.trace import Status, StatusCode
+
+from flowtel._log import logger
+from flowtel.config import FlowtelConfig
+from flowtel.selfmetrics import SelfMetrics
+from flowtel.spans import Enrichment, SpanData, from_readable_span
+
+from .metrics import FlowtelMetrics
+from .pipeline import TracePipeline
+
+
+def apply_to_readable_span(data: SpanData, enrichment: Enrichment) -> ReadableSpan:
+    """A new SDK span carrying the enrichment; ended spans are immutable, so we copy the shell, not the values."""
+    span: ReadableSpan = data.native
+    attributes = {k: v for k, v in span.attributes.items() if k not in enrichment.removed_attributes} \
+        if enrichment.removed_attributes else dict(span.attributes)
+    attributes.update(enrichment.added)
+    events = span.events
+    if enrichment.removed_events:
+        events = tuple(e for e in events if e.name not in enrichment.removed_events)
+    status = span.status
+    if enrichment.set_error_status is not None:
+        status = Status(StatusCode.ERROR, enrichment.set_error_status)
+    return ReadableSpan(
+        name=span.name, context=span.context, parent=span.parent, resource=span.resource,
+        attributes=attributes, events=events, links=span.links, kind=span.kind, status=status,
+        start_time=span.start_time, end_time=span.end_time, instrumentation_scope=span.instrumentation_scope,
+    )
+
+
+class FlowtelSpanProcessor(SpanProcessor):
+    def __init__(self, span_processors: Sequence[SpanProcessor], *, metrics: FlowtelMetrics,
+                 self_metrics: SelfMetrics, config: FlowtelConfig | None = None) -> None:
+        self._config = config or FlowtelConfig.from_env()
+        self._downstream = tuple(span_processors)
+        self._self = self_metrics
+        self._pipeline = TracePipeline(self._config, metrics, self_metrics, apply_to_readable_span)
+        self._queue: collections.deque[ReadableSpan] = collections.deque()
+        self._max_queue = self._config.max_queue_size
+        self._wake_at = min(512, self._max_queue)
+        self._wake = threading.Event()
+        self._shutdown = False
+        self._lock = threading.Lock()  # serialises pipeline runs between the worker and force_flush
+        self_metrics.register_gauge("queue", lambda: len(self._queue))
+        self._start_worker()
+        if hasattr(os, "register_at_fork"):
+            ref = weakref.WeakMethod(self._start_worker)
+            os.register_at_fork(after_in_child=lambda: (m := ref()) and m())  # type: ignore[func-returns-value]
+
+    def _start_worker(self) -> None:
+        self._worker = threading.Thread(target=self._run, name="flowtel-worker", daemon=True)
+        self._worker.start()
+
+    # The request thread: keep this path to a length check and an append.
+    def on_start(self, span: Span, parent_context: Context | None = None) -> None:
+        pass
+
+    def on_end(self, span: ReadableSpan) -> None:
+        if len(self._queue) >= self._max_queue:
+            self._self.dropped("queue_full")
+            return
+        self._queue.append(span)
+        if len(self._queue) >= self._wake_at:
+            self._wake.set()
+
+    # The worker thread.
+    def _run(self) -> None:
+        delay = self._config.schedule_delay_s
+        while not self._shutdown:
+            self._wake.wait(delay)
+            self._wake.clear()
+            self._drain_once()
+
+    def _drain_once(self) -> None:
+        with self._lock:
+            batch: list[SpanData] = []
+            queue = self._queue
+            while queue:
+                batch.append(from_readable_span(queue.popleft()))
+            try:
+                ready = self._pipeline.process(batch, time.monotonic_ns())
+            except Exception:  # the pipeline already guards per trace; this guards the worker itself
+                logger.exception("flowtel worker failed on a batch of %d spans", len(batch))
+                self._self.dropped("internal_error", len(batch))
+                return
+            self._forward(ready)
+
+    def _forward(self, ready: Sequence[ReadableSpan]) -> None:
+        for processor in self._downstream:
+            for span in ready:
+                processor.on_end(span)
+
+    def force_flush(self, timeout_millis: int = 30000) -> bool:
+        """Process everything queued now; traces whose root is still running stay held."""
+        self._drain_once()
+        deadline = time.monotonic() + timeout_millis / 1000
+        ok = True
+        for processor in self._downstream:
+            remaining = max(0, int((deadline - time.monotonic()) * 1000))
+            ok = processor.force_flush(remaining) and ok
+        return ok
+
+    def shutdown(self) -> None:
+        """Process the queue, release every held trace as it is, then shut the exporters down."""
+        if self._shutdown:
+            return
+        self._shutdown = True
+        self._wake.set()
+        self._worker.join(timeout=5)
+        self._drain_once()
+        with self._lock:
+            self._forward(self._pipeline.drain())
+        for processor in self._downstream:
+            processor.shutdown()

@@ -1,0 +1,256 @@
+"""Read GenAI facts from any of the span vocabularies real traffic carries.
+
+Each reader tries the OpenTelemetry GenAI names first (new, then old), then prompt flow,
+OpenInference, OpenLLMetry and MLflow. Values parsed from JSON attributes are memoised on
+the span so analysis, enrichment and derivation share one parse.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from typing import Any
+
+from flowtel import semconv as sc
+from flowtel.spans import SpanData
+
+_MISSING = object()
+
+_PF_OPERATION_BY_NAME = (
+    ("openai_chat", sc.OP_CHAT),
+    ("openai_completion", sc.OP_TEXT_COMPLETION),
+    ("openai_embeddings", sc.OP_EMBEDDINGS),
+)
+_PF_OPERATION_BY_TYPE = {"LLM": sc.OP_CHAT, "Embedding": sc.OP_EMBEDDINGS, "Retrieval": sc.OP_RETRIEVAL}
+_OI_OPERATION = {"LLM": sc.OP_CHAT, "EMBEDDING": sc.OP_EMBEDDINGS, "RETRIEVER": sc.OP_RETRIEVAL,
+                 "TOOL": sc.OP_EXECUTE_TOOL, "AGENT": sc.OP_INVOKE_AGENT}
+_TL_REQUEST_TYPE = {"chat": sc.OP_CHAT, "completion": sc.OP_TEXT_COMPLETION, "embedding": sc.OP_EMBEDDINGS,
+                    "rerank": sc.OP_RETRIEVAL}
+_TL_SPAN_KIND = {"tool": sc.OP_EXECUTE_TOOL, "agent": sc.OP_INVOKE_AGENT, "workflow": sc.OP_INVOKE_WORKFLOW}
+_ML_SPAN_TYPE = {"CHAT_MODEL": sc.OP_CHAT, "LLM": sc.OP_CHAT, "EMBEDDING": sc.OP_EMBEDDINGS,
+                 "RETRIEVER": sc.OP_RETRIEVAL, "TOOL": sc.OP_EXECUTE_TOOL, "AGENT": sc.OP_INVOKE_AGENT}
+
+
+def plain(value: Any) -> Any:
+    """MLflow JSON-encodes every attribute value; unwrap a JSON string literal."""
+    if isinstance(value, str) and len(value) >= 2 and value[0] == '"' and value[-1] == '"':
+        try:
+            return json.loads(value)
+        except ValueError:
+            return value
+    return value
+
+
+def _as_int(value: Any) -> int | None:
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int):
+        return value
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    return None
+
+
+def _json_attr(span: SpanData, key: str) -> Any:
+    """Parse a JSON-valued attribute once per span; None when absent or not JSON."""
+    cached = span.memo.get(key, _MISSING)
+    if cached is not _MISSING:
+        return cached
+    raw = span.attributes.get(key)
+    parsed = None
+    if isinstance(raw, str) and raw[:1] in ("{", "["):
+        try:
+            parsed = json.loads(raw)
+        except ValueError:
+            parsed = None
+    span.memo[key] = parsed
+    return parsed
+
+
+def pf_inputs(span: SpanData) -> Mapping[str, Any]:
+    parsed = _json_attr(span, sc.PF_INPUTS)
+    return parsed if isinstance(parsed, dict) else {}
+
+
+def pf_output(span: SpanData) -> Any:
+    return _json_attr(span, sc.PF_OUTPUT)
+
+
+def is_pf_model_call(span: SpanData) -> bool:
+    return span.attributes.get(sc.PF_FRAMEWORK) == "promptflow" and span.attributes.get(sc.PF_SPAN_TYPE) in (
+        "LLM", "Embedding")
+
+
+def genai_operation(span: SpanData) -> str | None:
+    attrs = span.attributes
+    op = attrs.get(sc.OPERATION_NAME)
+    if isinstance(op, str) and op:
+        return op
+    if attrs.get(sc.PF_FRAMEWORK) == "promptflow":
+        span_type = attrs.get(sc.PF_SPAN_TYPE)
+        if span_type in ("LLM", "Embedding"):
+            for prefix, name in _PF_OPERATION_BY_NAME:
+                if span.name.startswith(prefix):
+                    return name
+            function = str(attrs.get(sc.PF_FUNCTION, ""))
+            if span_type == "LLM" and ".chat." not in function and "completions" in function:
+                return sc.OP_TEXT_COMPLETION
+        return _PF_OPERATION_BY_TYPE.get(str(span_type))
+    for key, table in ((sc.OI_SPAN_KIND, _OI_OPERATION), (sc.TL_REQUEST_TYPE, _TL_REQUEST_TYPE),
+                       (sc.TL_SPAN_KIND, _TL_SPAN_KIND)):
+        value = attrs.get(key)
+        if isinstance(value, str) and value in table:
+            return table[value]
+    ml = plain(attrs.get(sc.ML_SPAN_TYPE))
+    if isinstance(ml, str):
+        return _ML_SPAN_TYPE.get(ml)
+    return None
+
+
+def token_usage(span: SpanData) -> tuple[int | None, int | None] | None:
+    """(input, output) tokens of a model call, from whichever vocabulary the span speaks."""
+    cached = span.memo.get("usage", _MISSING)
+    if cached is not _MISSING:
+        return cached  # type: ignore[no-any-return]
+    attrs = span.attributes
+    usage: tuple[int | None, int | None] | None = None
+    for in_key, out_key in ((sc.USAGE_INPUT_TOKENS, sc.USAGE_OUTPUT_TOKENS),
+                            (sc.USAGE_PROMPT_TOKENS_OLD, sc.USAGE_COMPLETION_TOKENS_OLD),
+                            (sc.PF_USAGE_PROMPT, sc.PF_USAGE_COMPLETION),
+                            (sc.OI_TOKENS_PROMPT, sc.OI_TOKENS_COMPLETION)):
+        i, o = _as_int(attrs.get(in_key)), _as_int(attrs.get(out_key))
+        if i is not None or o is not None:
+            usage = (i, o)
+            break
+    if usage is None and sc.ML_TOKEN_USAGE in attrs:
+        parsed = _json_attr(span, sc.ML_TOKEN_USAGE)
+        if isinstance(parsed, dict):
+            i, o = _as_int(parsed.get("input_tokens")), _as_int(parsed.get("output_tokens"))
+            usage = (i, o) if i is not None or o is not None else None
+    if usage is None and is_pf_model_call(span):
+        usage = _pf_streamed_usage(span)
+    span.memo["usage"] = usage
+    return usage
+
+
+def _pf_streamed_usage(span: SpanData) -> tuple[int | None, int | None] | None:
+    """prompt flow drops usage of streamed calls; the chunks keep it when the caller asked for it."""
+    output = pf_output(span)
+    if isinstance(output, list):
+        for chunk in reversed(output):
+            usage = chunk.get("usage") if isinstance(chunk, dict) else None
+            if isinstance(usage, dict):
+                return _as_int(usage.get("prompt_tokens")), _as_int(usage.get("completion_tokens"))
+    return None
+
+
+def request_model(span: SpanData) -> str | None:
+    attrs = span.attributes
+    value = attrs.get(sc.REQUEST_MODEL)
+    if isinstance(value, str) and value:
+        return value
+    if is_pf_model_call(span):
+        inputs = pf_inputs(span)
+        for key in ("model", "deployment_name", "azure_deployment", "engine"):
+            candidate = inputs.get(key)
+            if isinstance(candidate, str) and candidate:
+                return candidate
+    for key in (sc.ML_MODEL, sc.OI_MODEL_NAME):
+        candidate = plain(attrs.get(key))
+        if isinstance(candidate, str) and candidate:
+            return candidate
+    return None
+
+
+def response_model(span: SpanData) -> str | None:
+    attrs = span.attributes
+    for key in (sc.RESPONSE_MODEL, sc.PF_RESPONSE_MODEL, sc.OI_MODEL_NAME):
+        value = attrs.get(key)
+        if isinstance(value, str) and value:
+            return value
+    return None
+
+
+def provider(span: SpanData) -> str | None:
+    attrs = span.attributes
+    for key in (sc.PROVIDER_NAME, sc.SYSTEM, sc.OI_PROVIDER, sc.ML_PROVIDER):
+        value = plain(attrs.get(key))
+        if isinstance(value, str) and value:
+            return value.lower() if key == sc.OI_PROVIDER else value
+    if is_pf_model_call(span) and str(attrs.get(sc.PF_FUNCTION, "")).startswith("openai."):
+        inputs = pf_inputs(span)
+        return "azure.ai.openai" if "azure_deployment" in inputs or "deployment_name" in inputs else "openai"
+    return None
+
+
+def request_parameters(span: SpanData) -> dict[str, float | int]:
+    """temperature / max_tokens / top_p the caller asked for, from prompt flow inputs or OpenInference."""
+    source: Mapping[str, Any] = {}
+    if is_pf_model_call(span):
+        source = pf_inputs(span)
+    elif sc.OI_INVOCATION_PARAMETERS in span.attributes:
+        parsed = _json_attr(span, sc.OI_INVOCATION_PARAMETERS)
+        source = parsed if isinstance(parsed, dict) else {}
+    out: dict[str, float | int] = {}
+    for key, attr in (("temperature", sc.REQUEST_TEMPERATURE), ("top_p", sc.REQUEST_TOP_P),
+                      ("max_tokens", sc.REQUEST_MAX_TOKENS), ("max_completion_tokens", sc.REQUEST_MAX_TOKENS)):
+        value = source.get(key)
+        if isinstance(value, (int, float)) and not isinstance(value, bool) and attr not in out:
+            out[attr] = value
+    return out
+
+
+def response_details(span: SpanData) -> tuple[str | None, tuple[str, ...]]:
+    """(response id, finish reasons) from prompt flow's ``output`` JSON, whole or streamed chunks."""
+    if not is_pf_model_call(span):
+        return None, ()
+    output = pf_output(span)
+    chunks = output if isinstance(output, list) else [output]
+    response_id: str | None = None
+    reasons: list[str] = []
+    for chunk in chunks:
+        if not isinstance(chunk, dict):
+            continue
+        if response_id is None and isinstance(chunk.get("id"), str):
+            response_id = chunk["id"]
+        for choice in chunk.get("choices") or ():
+            reason = choice.get("finish_reason") if isinstance(choice, dict) else None
+            if isinstance(reason, str):
+                reasons.append(reason)
+    return response_id, tuple(reasons)
+
+
+def is_streaming(span: SpanData) -> bool:
+    attrs = span.attributes
+    if attrs.get(sc.PF_OUTPUT_TYPE) == "iterated" or attrs.get(sc.TL_IS_STREAMING) is True:
+        return True
+    return bool(is_pf_model_call(span) and pf_inputs(span).get("stream") is True)
+
+
+def exception_type(span: SpanData) -> str | None:
+    """Fully qualified type of the error that ended the span, if any."""
+    for event in reversed(span.events):
+        if event.name == "exception":
+            value = event.attributes.get("exception.type")
+            if isinstance(value, str) and value:
+                return value
+    value = span.attributes.get(sc.ERROR_TYPE)
+    if isinstance(value, str) and value:
+        return value
+    return None
+
+
+def short_error_name(error_type: str) -> str:
+    """``openai.InternalServerError`` and ``<class 'openai.InternalServerError'>`` -> ``InternalServerError``."""
+    name = error_type.strip()
+    if name.startswith("<class '") and name.endswith("'>"):
+        name = name[8:-2]
+    return name.rsplit(".", 1)[-1]
+
+
+def http_status(span: SpanData) -> int | None:
+    for key in (sc.HTTP_STATUS_CODE, sc.HTTP_STATUS_CODE_OLD):
+        value = _as_int(span.attributes.get(key))
+        if value is not None:
+            return value
+    return None

@@ -1,0 +1,28 @@
+"""Entry points for ``opentelemetry-instrument``: run an app under flowtel without code changes.
+
+    pip install flowtel && opentelemetry-instrument python app.py
+
+The SDK's auto-instrumentation loads ``FlowtelDistro`` (``opentelemetry_distro``) and
+``FlowtelConfigurator`` (``opentelemetry_configurator``); the configurator calls
+``flowtel.configure()``, which reads the same ``OTEL_*`` variables the SDK would.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from opentelemetry.instrumentation.distro import BaseDistro  # type: ignore[attr-defined]
+from opentelemetry.sdk._configuration import _BaseConfigurator
+
+
+class FlowtelDistro(BaseDistro):  # type: ignore[misc]
+    def _configure(self, **kwargs: Any) -> None:
+        pass  # flowtel's defaults live in configure(), so code and auto-instrumentation behave alike
+
+
+class FlowtelConfigurator(_BaseConfigurator):
+    def _configure(self, **kwargs: Any) -> None:
+        from flowtel._configure import configure
+
+        # opentelemetry-instrument loads the promptflow streaming instrumentor through its entry point.
+        configure(instrument_promptflow_streaming=False)

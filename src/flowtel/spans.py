@@ -1,0 +1,92 @@
+"""The host-neutral view of a finished span that every piece of flowtel logic reads.
+
+The in-process host builds it from an SDK ``ReadableSpan``; the collector builds it from
+an OTLP ``Span``. ``native`` keeps the host's object so the host can apply what the
+shared logic decided (``Enrichment``) without the logic knowing which host it runs in.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from opentelemetry.sdk.trace import ReadableSpan
+
+# Span kinds as the SDK numbers them (OTLP numbers are one higher); status codes as both number them.
+KIND_INTERNAL, KIND_SERVER, KIND_CLIENT, KIND_PRODUCER, KIND_CONSUMER = 0, 1, 2, 3, 4
+STATUS_UNSET, STATUS_OK, STATUS_ERROR = 0, 1, 2
+
+
+@dataclass(slots=True)
+class SpanEvent:
+    name: str
+    timestamp_ns: int
+    attributes: Mapping[str, Any]
+
+
+@dataclass(slots=True)
+class SpanData:
+    trace_id: int
+    span_id: int
+    parent_span_id: int  # 0 when the span has no parent
+    parent_is_remote: bool
+    name: str
+    kind: int
+    start_ns: int
+    end_ns: int
+    status: int
+    status_message: str
+    attributes: Mapping[str, Any]
+    events: Sequence[SpanEvent]
+    scope_name: str = ""
+    resource: Mapping[str, Any] = field(default_factory=dict)
+    native: Any = None
+    #: Per-span cache for values parsed from attributes (e.g. prompt flow's ``inputs`` JSON), so
+    #: analysis, enrichment and derivation parse each at most once.
+    memo: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def is_local_root(self) -> bool:
+        return self.parent_span_id == 0 or self.parent_is_remote
+
+    @property
+    def duration_ms(self) -> float:
+        return max(0, self.end_ns - self.start_ns) / 1e6
+
+
+@dataclass(slots=True)
+class Enrichment:
+    """What the shared logic decided for one span; the host applies it to its native span."""
+
+    added: dict[str, Any] = field(default_factory=dict)
+    removed_attributes: frozenset[str] = frozenset()
+    removed_events: frozenset[str] = frozenset()
+    set_error_status: str | None = None  # description for an UNSET span that evidently failed
+
+    def __bool__(self) -> bool:
+        return bool(self.added or self.removed_attributes or self.removed_events or self.set_error_status is not None)
+
+
+def from_readable_span(span: ReadableSpan) -> SpanData:
+    """Adapt an SDK span without copying its attributes or events."""
+    ctx = span.context
+    parent = span.parent
+    status = span.status
+    return SpanData(
+        trace_id=ctx.trace_id if ctx else 0,
+        span_id=ctx.span_id if ctx else 0,
+        parent_span_id=parent.span_id if parent else 0,
+        parent_is_remote=bool(parent and parent.is_remote),
+        name=span.name,
+        kind=span.kind.value,
+        start_ns=span.start_time or 0,
+        end_ns=span.end_time or 0,
+        status=status.status_code.value,
+        status_message=status.description or "",
+        attributes=span.attributes or {},
+        events=[SpanEvent(e.name, e.timestamp, e.attributes or {}) for e in span.events],
+        scope_name=span.instrumentation_scope.name if span.instrumentation_scope else "",
+        resource=span.resource.attributes if span.resource else {},
+        native=span,
+    )
