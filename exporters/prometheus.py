@@ -18,7 +18,6 @@ from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from flowtel.processors.catalog import prometheus_name
 from opentelemetry.sdk.metrics import (
     Counter,
     Histogram,
@@ -41,6 +40,7 @@ from prometheus_client.samples import Exemplar
 
 from flowtel._wsgi import TLSSettings, WSGIEndpoint, bearer_auth
 from flowtel.config import ConfigError
+from flowtel.processors.catalog import prometheus_name
 
 _CUMULATIVE = {cls: AggregationTemporality.CUMULATIVE for cls in (
     Counter, UpDownCounter, Histogram, ObservableCounter, ObservableUpDownCounter, ObservableGauge)}
