@@ -14,6 +14,7 @@ from opentelemetry.metrics import CallbackOptions, MeterProvider, Observation
 from flowtel._log import warn_once
 
 Gauge = Callable[[], float]
+DROP_REASONS = ("queue_full", "internal_error")
 
 
 class SelfMetrics:
@@ -29,6 +30,9 @@ class SelfMetrics:
                                               "Measurements folded into a metric's overflow series")
         self._errors = meter.create_counter("flowtel.processing.errors", "{span}",
                                             "Spans forwarded unenriched because flowtel's logic failed on them")
+        # Known reasons start at zero so alerts and dashboards have a series before the first loss.
+        for reason in DROP_REASONS:
+            self._dropped.add(0, {"reason": reason})
         self._gauges: dict[str, Gauge] = {}
         meter.create_observable_gauge("flowtel.queue.size", [self._observe("queue")], "{span}",
                                       "Spans waiting between the request thread and the worker")
