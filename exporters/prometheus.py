@@ -42,6 +42,7 @@ from flowtel._wsgi import TLSSettings, WSGIEndpoint, bearer_auth
 from flowtel.config import ConfigError
 from flowtel.processors.catalog import prometheus_name
 
+_SDK_DEFAULT_LIMIT = 2000
 _CUMULATIVE = {cls: AggregationTemporality.CUMULATIVE for cls in (
     Counter, UpDownCounter, Histogram, ObservableCounter, ObservableUpDownCounter, ObservableGauge)}
 
@@ -67,11 +68,15 @@ class PrometheusMetricReader(MetricReader):
     def __init__(self, cardinality_limit: int | None = None) -> None:
         limits = None
         if cardinality_limit is not None:
-            # Headroom over flowtel's own limit, so flowtel folds (and counts) before the SDK does.
-            limits = {cls: cardinality_limit + 2 for cls in _CUMULATIVE}
+            # Headroom over flowtel's own limit, so flowtel folds (and counts) before the SDK does; never
+            # below the SDK default, which also guards flowtel's self-metrics and the app's own instruments.
+            limits = {cls: max(_SDK_DEFAULT_LIMIT, cardinality_limit + 2) for cls in _CUMULATIVE}
         super().__init__(preferred_temporality=_CUMULATIVE, cardinality_limits=limits)
         self._latest: MetricsData | None = None
         self._collect_lock = threading.Lock()
+        # The SDK hands each exemplar to one collection only; keep the last one per bucket so every
+        # scrape (and every scraper) sees it. Bounded by series x buckets, which the limit bounds.
+        self._exemplars: dict[tuple[str, frozenset[tuple[str, str]]], dict[int, Exemplar]] = {}
 
     def _receive_metrics(self, metrics_data: MetricsData, timeout_millis: float = 10_000, **kwargs: Any) -> None:
         self._latest = metrics_data
@@ -84,16 +89,16 @@ class PrometheusMetricReader(MetricReader):
             self._latest = None
             self.collect()
             data = self._latest
-        return list(_convert(data)) if data is not None else []
+            return list(self._convert(data)) if data is not None else []
 
-
-def _convert(data: MetricsData) -> Iterator[Metric]:
-    merged: dict[str, Metric] = {}
-    for resource_metrics in data.resource_metrics:
-        for scope_metrics in resource_metrics.scope_metrics:
-            for metric in scope_metrics.metrics:
-                _add_metric(merged, metric.name, metric.unit or "", metric.description or "", metric.data)
-    yield from merged.values()
+    def _convert(self, data: MetricsData) -> Iterator[Metric]:
+        merged: dict[str, Metric] = {}
+        for resource_metrics in data.resource_metrics:
+            for scope_metrics in resource_metrics.scope_metrics:
+                for metric in scope_metrics.metrics:
+                    _add_metric(merged, metric.name, metric.unit or "", metric.description or "", metric.data,
+                                self._exemplars)
+        yield from merged.values()
 
 
 def _family(merged: dict[str, Metric], name: str, doc: str, typ: str) -> Metric:
@@ -103,7 +108,11 @@ def _family(merged: dict[str, Metric], name: str, doc: str, typ: str) -> Metric:
     return family
 
 
-def _add_metric(merged: dict[str, Metric], otel_name: str, unit: str, doc: str, data: Any) -> None:
+ExemplarCache = dict[tuple[str, frozenset[tuple[str, str]]], dict[int, Exemplar]]
+
+
+def _add_metric(merged: dict[str, Metric], otel_name: str, unit: str, doc: str, data: Any,
+                exemplar_cache: ExemplarCache) -> None:
     name = prometheus_name(otel_name, unit)
     if isinstance(data, Sum):
         typ = "counter" if data.is_monotonic else "gauge"
@@ -119,7 +128,8 @@ def _add_metric(merged: dict[str, Metric], otel_name: str, unit: str, doc: str, 
         family = _family(merged, name, doc, "histogram")
         for point in data.data_points:
             labels = _labels(point.attributes)
-            exemplars = _bucket_exemplars(point.explicit_bounds, point.exemplars)
+            exemplars = exemplar_cache.setdefault((name, frozenset(labels.items())), {})
+            exemplars.update(_bucket_exemplars(point.explicit_bounds, point.exemplars))
             cumulative = 0
             bounds = [*point.explicit_bounds, float("inf")]
             for i, (bound, count) in enumerate(zip(bounds, point.bucket_counts, strict=True)):

@@ -6,8 +6,9 @@ every release says why (``complete``, ``timeout``, ``capacity``, ``late``, ``shu
 
 * a trace whose root has not arrived ``timeout_ns`` after its first span is released as is;
 * past ``max_spans`` held, the oldest traces are released as they are;
-* a span of a trace released in the recent past (children outliving their root, such as a
-  background task) is released at once rather than held until the timeout.
+* a span whose parent was released in the recent past (children outliving their root, such
+  as a background task) is released at once rather than held until the timeout. Other spans
+  of an already released trace (a second request in the same trace) are held as usual.
 
 A released partial trace is still enriched and exported; derivation does what it can
 with it (spans whose flow is unknown are counted with an empty ``flow``).
@@ -31,13 +32,15 @@ class _Pending:
 
 
 class TraceAssembler:
-    def __init__(self, timeout_ns: int, max_spans: int, remember_released: int = 10_000) -> None:
+    def __init__(self, timeout_ns: int, max_spans: int, remember_released_spans: int = 100_000) -> None:
         self._timeout_ns = timeout_ns
         self._max_spans = max_spans
         self._pending: OrderedDict[int, _Pending] = OrderedDict()
         self._held = 0
-        self._released_ids: OrderedDict[int, None] = OrderedDict()
-        self._remember = remember_released
+        # span ids released per trace, oldest trace first, bounded by the total number of ids kept
+        self._released: OrderedDict[int, set[int]] = OrderedDict()
+        self._released_count = 0
+        self._remember = remember_released_spans
 
     @property
     def held_spans(self) -> int:
@@ -54,9 +57,10 @@ class TraceAssembler:
             spans = [span]
             if pending is not None:
                 spans.extend(self._take_descendants(trace_id, pending, span.span_id))
-            self._mark_released(trace_id)
+            self._mark_released(trace_id, spans)
             yield "complete", spans
-        elif pending is None and trace_id in self._released_ids:
+        elif span.parent_span_id in self._released.get(trace_id, ()):
+            self._mark_released(trace_id, [span])
             yield "late", [span]
         else:
             if pending is None:
@@ -80,7 +84,7 @@ class TraceAssembler:
     def _pop_oldest(self) -> list[SpanData]:
         trace_id, pending = self._pending.popitem(last=False)
         self._held -= len(pending.spans)
-        self._mark_released(trace_id)
+        self._mark_released(trace_id, pending.spans)
         return pending.spans
 
     def _take_descendants(self, trace_id: int, pending: _Pending, root_id: int) -> list[SpanData]:
@@ -102,8 +106,15 @@ class TraceAssembler:
         self._held -= len(taken)
         return taken
 
-    def _mark_released(self, trace_id: int) -> None:
-        self._released_ids[trace_id] = None
-        self._released_ids.move_to_end(trace_id)
-        if len(self._released_ids) > self._remember:
-            self._released_ids.popitem(last=False)
+    def _mark_released(self, trace_id: int, spans: list[SpanData]) -> None:
+        ids = self._released.get(trace_id)
+        if ids is None:
+            ids = self._released[trace_id] = set()
+        else:
+            self._released.move_to_end(trace_id)
+        before = len(ids)
+        ids.update(s.span_id for s in spans)
+        self._released_count += len(ids) - before
+        while self._released_count > self._remember and len(self._released) > 1:
+            _, oldest = self._released.popitem(last=False)
+            self._released_count -= len(oldest)

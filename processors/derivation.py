@@ -38,7 +38,7 @@ def _exception(span: SpanData) -> str:
 
 
 def _first_event_ns(span: SpanData) -> int | None:
-    times = [e.timestamp_ns for e in span.events if e.name in sc.FIRST_CHUNK_EVENTS]
+    times = [e.timestamp for e in span.events if e.name in sc.FIRST_CHUNK_EVENTS]
     return min(times) if times else None
 
 
@@ -52,8 +52,8 @@ def _first_chunk_ns(flow: SpanRole) -> int | None:
     while stack:
         cur = stack.pop()
         for event in cur.span.events:
-            if event.name in sc.FIRST_CHUNK_EVENTS and (first is None or event.timestamp_ns < first):
-                first = event.timestamp_ns
+            if event.name in sc.FIRST_CHUNK_EVENTS and (first is None or event.timestamp < first):
+                first = event.timestamp
         stack.extend(cur.children)
     return first
 

@@ -35,10 +35,10 @@ from .pipeline import TracePipeline
 def apply_to_readable_span(data: SpanData, enrichment: Enrichment) -> ReadableSpan:
     """A new SDK span carrying the enrichment; ended spans are immutable, so we copy the shell, not the values."""
     span: ReadableSpan = data.native
-    attributes = {k: v for k, v in span.attributes.items() if k not in enrichment.removed_attributes} \
-        if enrichment.removed_attributes else dict(span.attributes)
+    removed = enrichment.removed_attributes
+    attributes = {k: v for k, v in data.attributes.items() if k not in removed} if removed else dict(data.attributes)
     attributes.update(enrichment.added)
-    events = span.events
+    events = data.events
     if enrichment.removed_events:
         events = tuple(e for e in events if e.name not in enrichment.removed_events)
     status = span.status

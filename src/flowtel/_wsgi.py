@@ -39,6 +39,8 @@ class _Server(ThreadingMixIn, WSGIServer):
 
 
 class _QuietHandler(WSGIRequestHandler):
+    timeout = 30  # seconds a connection may stay silent; a stalled client holds only its own thread
+
     def log_message(self, format: str, *args: Any) -> None:
         pass
 
@@ -65,7 +67,10 @@ class WSGIEndpoint:
     def __init__(self, app: WSGIApp, host: str, port: int, *, name: str, tls: TLSSettings | None = None) -> None:
         self._server = make_server(host, port, app, server_class=_Server, handler_class=_QuietHandler)
         if tls is not None:
-            self._server.socket = tls.context().wrap_socket(self._server.socket, server_side=True)
+            # The handshake runs in the connection's own thread (on first read), not in accept(),
+            # so a client that connects and says nothing cannot stall the listener.
+            self._server.socket = tls.context().wrap_socket(self._server.socket, server_side=True,
+                                                            do_handshake_on_connect=False)
         self._name = name
         self.tls = tls is not None
         self._thread: threading.Thread | None = None

@@ -8,8 +8,9 @@ and what was expected.
 from __future__ import annotations
 
 import json
+import math
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields
 
 
@@ -56,13 +57,15 @@ class FlowtelConfig:
             if getattr(self, name) < minimum:
                 raise ConfigError("FlowtelConfig", name, f"an integer >= {minimum}", getattr(self, name))
         for name in ("trace_timeout_s", "schedule_delay_s"):
-            if getattr(self, name) <= 0:
-                raise ConfigError("FlowtelConfig", name, "a number of seconds > 0", getattr(self, name))
+            value = getattr(self, name)
+            if not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0):
+                raise ConfigError("FlowtelConfig", name, "a finite number of seconds > 0", value)
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: object) -> FlowtelConfig:
         env = os.environ if environ is None else environ
         values: dict[str, object] = {}
+        sources: dict[str, str] = {}  # field -> variable it came from, so range errors name the variable
         dims: dict[str, str] = {}
         for var in ("PF_SERVING_METRICS_COMMON_DIMENSIONS", "FLOWTEL_METRICS_COMMON_DIMENSIONS"):
             if env.get(var):
@@ -71,24 +74,33 @@ class FlowtelConfig:
         if env.get("FLOWTEL_METRICS_RESOURCE_DIMENSIONS"):
             values["resource_dimensions"] = _pairs("environment", "FLOWTEL_METRICS_RESOURCE_DIMENSIONS",
                                                    env["FLOWTEL_METRICS_RESOURCE_DIMENSIONS"])
-        _maybe(values, env, "FLOWTEL_METRICS_CARDINALITY_LIMIT", "cardinality_limit", _int)
-        _maybe(values, env, "OTEL_INSTRUMENTATION_GENAI_CAPTURE_MESSAGE_CONTENT", "capture_content", _bool)
-        _maybe(values, env, "FLOWTEL_CAPTURE_CONTENT", "capture_content", _bool)
-        _maybe(values, env, "FLOWTEL_TRACE_TIMEOUT", "trace_timeout_s", _float)
-        _maybe(values, env, "FLOWTEL_MAX_HELD_SPANS", "max_held_spans", _int)
-        _maybe(values, env, "FLOWTEL_MAX_QUEUE_SIZE", "max_queue_size", _int)
+        _maybe(values, sources, env, "FLOWTEL_METRICS_CARDINALITY_LIMIT", "cardinality_limit", _int)
+        _maybe(values, sources, env, "OTEL_INSTRUMENTATION_GENAI_CAPTURE_MESSAGE_CONTENT", "capture_content", _bool)
+        _maybe(values, sources, env, "FLOWTEL_CAPTURE_CONTENT", "capture_content", _bool)
+        _maybe(values, sources, env, "FLOWTEL_TRACE_TIMEOUT", "trace_timeout_s", _float)
+        _maybe(values, sources, env, "FLOWTEL_MAX_HELD_SPANS", "max_held_spans", _int)
+        _maybe(values, sources, env, "FLOWTEL_MAX_QUEUE_SIZE", "max_queue_size", _int)
         values.update(overrides)
+        for key in overrides:
+            sources.pop(key, None)
         known = {f.name for f in fields(cls)}
         for key in values:
             if key not in known:
                 raise ConfigError("FlowtelConfig", key, f"one of {sorted(known)}", key)
-        return cls(**values)  # type: ignore[arg-type]
+        try:
+            return cls(**values)  # type: ignore[arg-type]
+        except ConfigError as error:
+            if error.key in sources:
+                raise ConfigError("environment", sources[error.key], error.expected, error.got) from None
+            raise
 
 
-def _maybe(values: dict[str, object], env: Mapping[str, str], var: str, key: str, parse) -> None:  # type: ignore[no-untyped-def]
+def _maybe(values: dict[str, object], sources: dict[str, str], env: Mapping[str, str], var: str, key: str,
+           parse: Callable[[str, str, str], object]) -> None:
     raw = env.get(var)
     if raw is not None and raw.strip() != "":
         values[key] = parse("environment", var, raw.strip())
+        sources[key] = var
 
 
 def _int(source: str, key: str, raw: str) -> int:
@@ -118,7 +130,8 @@ def _json_str_map(source: str, key: str, raw: str) -> dict[str, str]:
         parsed = json.loads(raw)
     except json.JSONDecodeError:
         raise ConfigError(source, key, 'a JSON object of strings, e.g. {"deployment": "blue"}', raw) from None
-    if not isinstance(parsed, dict):
+    if not isinstance(parsed, dict) or not all(
+            isinstance(v, (str, int, float)) and not isinstance(v, bool) for v in parsed.values()):
         raise ConfigError(source, key, 'a JSON object of strings, e.g. {"deployment": "blue"}', raw)
     return {str(k): str(v) for k, v in parsed.items()}
 

@@ -20,8 +20,10 @@ STATUS_UNSET, STATUS_OK, STATUS_ERROR = 0, 1, 2
 
 @dataclass(slots=True)
 class SpanEvent:
+    """Shaped like the SDK's ``Event`` (name, timestamp in ns, attributes), so SDK events are used as they are."""
+
     name: str
-    timestamp_ns: int
+    timestamp: int
     attributes: Mapping[str, Any]
 
 
@@ -69,7 +71,8 @@ class Enrichment:
 
 
 def from_readable_span(span: ReadableSpan) -> SpanData:
-    """Adapt an SDK span without copying its attributes or events."""
+    """Adapt an SDK span: attributes become a plain dict once (the SDK mapping's Python-level ``get`` is
+    what every later read would pay), events are the SDK's own objects."""
     ctx = span.context
     parent = span.parent
     status = span.status
@@ -84,8 +87,8 @@ def from_readable_span(span: ReadableSpan) -> SpanData:
         end_ns=span.end_time or 0,
         status=status.status_code.value,
         status_message=status.description or "",
-        attributes=span.attributes or {},
-        events=[SpanEvent(e.name, e.timestamp, e.attributes or {}) for e in span.events],
+        attributes=dict(span.attributes) if span.attributes else {},
+        events=span.events,
         scope_name=span.instrumentation_scope.name if span.instrumentation_scope else "",
         resource=span.resource.attributes if span.resource else {},
         native=span,
