@@ -61,9 +61,6 @@ class FlowtelMetrics:
             return [Observation(value, _OVERFLOW if key is _OVERFLOW_KEY else series[key]) for key, value in sums]
         return callback
 
-    def dimension_keys(self, spec: MetricSpec) -> tuple[str, ...]:
-        return (*spec.dimensions, *self._common, *self._resource_dims)
-
     def record(self, spec: MetricSpec, value: float, dims: tuple[Any, ...], resource: Mapping[str, Any],
                exemplar: tuple[int, int] | None = None) -> None:
         """Add (counters) or record (histograms) ``value`` with ``dims`` in ``spec.dimensions`` order."""
