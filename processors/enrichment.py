@@ -36,7 +36,7 @@ def enrich(role: SpanRole, capture_content: bool) -> Enrichment:
             added[key] = value
 
     if role.role == ROLE_FLOW:
-        put(sc.OPERATION_NAME, sc.OP_INVOKE_WORKFLOW if attrs.get(sc.OPERATION_NAME) is None else None)
+        put(sc.OPERATION_NAME, sc.OP_INVOKE_WORKFLOW)
         put(sc.WORKFLOW_NAME, role.flow)
     else:
         put(sc.OPERATION_NAME, genai_operation(span))

@@ -2,11 +2,14 @@
 
 Both hosts report through this one class, on the same meter provider as the derived
 metrics, so the Prometheus endpoint shows them next to each other
-(``flowtel_spans_dropped_total{reason=...}`` and so on).
+(``flowtel_spans_dropped_total{reason=...}`` and so on). Counts are kept here and read
+by observable instruments at collection time: the hot paths (the worker per trace, the
+request thread when the queue is full) pay one locked integer add, not an SDK call.
 """
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable, Iterable
 
 from opentelemetry.metrics import CallbackOptions, MeterProvider, Observation
@@ -16,53 +19,74 @@ from flowtel._log import warn_once
 Gauge = Callable[[], float]
 DROP_REASONS = ("queue_full", "internal_error")
 
+_COUNTERS = {
+    # name: (unit, description, attribute key or None, values that start at zero)
+    "flowtel.spans.dropped": ("{span}", "Spans flowtel could not process or forward, by reason", "reason",
+                              DROP_REASONS),
+    "flowtel.spans.processed": ("{span}", "Spans enriched and forwarded to exporters", None, ()),
+    "flowtel.traces.released": ("{trace}", "Local traces released for derivation, by reason", "reason", ()),
+    "flowtel.metric.overflow": ("{measurement}", "Measurements folded into a metric's overflow series", "metric", ()),
+    "flowtel.processing.errors": ("{span}", "Spans forwarded unenriched because flowtel's logic failed on them",
+                                  "stage", ()),
+}
+_GAUGES = {
+    "queue": ("flowtel.queue.size", "{span}", "Spans waiting between the request thread and the worker"),
+    "held_spans": ("flowtel.spans.held", "{span}", "Spans held until their local trace completes"),
+    "held_traces": ("flowtel.traces.held", "{trace}", "Local traces waiting for their root span"),
+}
+
 
 class SelfMetrics:
     def __init__(self, meter_provider: MeterProvider) -> None:
         meter = meter_provider.get_meter("flowtel.self")
-        self._dropped = meter.create_counter("flowtel.spans.dropped", "{span}",
-                                             "Spans flowtel could not process or forward, by reason")
-        self._processed = meter.create_counter("flowtel.spans.processed", "{span}",
-                                               "Spans enriched and forwarded to exporters")
-        self._released = meter.create_counter("flowtel.traces.released", "{trace}",
-                                              "Local traces released for derivation, by reason")
-        self._overflow = meter.create_counter("flowtel.metric.overflow", "{measurement}",
-                                              "Measurements folded into a metric's overflow series")
-        self._errors = meter.create_counter("flowtel.processing.errors", "{span}",
-                                            "Spans forwarded unenriched because flowtel's logic failed on them")
-        # Known reasons start at zero so alerts and dashboards have a series before the first loss.
-        for reason in DROP_REASONS:
-            self._dropped.add(0, {"reason": reason})
+        self._lock = threading.Lock()
+        self._counts: dict[str, dict[str, int]] = {}
+        self._keys: dict[str, str | None] = {}
+        for name, (unit, description, key, zeros) in _COUNTERS.items():
+            # Known reasons start at zero so alerts and dashboards have a series before the first loss.
+            self._counts[name] = dict.fromkeys(zeros, 0) if key else {"": 0}
+            self._keys[name] = key
+            meter.create_observable_counter(name, [self._observe_count(name)], unit, description)
         self._gauges: dict[str, Gauge] = {}
-        meter.create_observable_gauge("flowtel.queue.size", [self._observe("queue")], "{span}",
-                                      "Spans waiting between the request thread and the worker")
-        meter.create_observable_gauge("flowtel.spans.held", [self._observe("held_spans")], "{span}",
-                                      "Spans held until their local trace completes")
-        meter.create_observable_gauge("flowtel.traces.held", [self._observe("held_traces")], "{trace}",
-                                      "Local traces waiting for their root span")
+        for gauge, (name, unit, description) in _GAUGES.items():
+            meter.create_observable_gauge(name, [self._observe_gauge(gauge)], unit, description)
 
-    def _observe(self, name: str) -> Callable[[CallbackOptions], Iterable[Observation]]:
+    def _observe_count(self, name: str) -> Callable[[CallbackOptions], Iterable[Observation]]:
+        key = self._keys[name]
+
+        def callback(_: CallbackOptions) -> Iterable[Observation]:
+            with self._lock:
+                counts = list(self._counts[name].items())
+            return [Observation(n, {key: value} if key else None) for value, n in counts]
+        return callback
+
+    def _observe_gauge(self, name: str) -> Callable[[CallbackOptions], Iterable[Observation]]:
         def callback(_: CallbackOptions) -> Iterable[Observation]:
             gauge = self._gauges.get(name)
             return [Observation(gauge())] if gauge is not None else []
         return callback
 
+    def _add(self, name: str, value: str, count: int) -> None:
+        counts = self._counts[name]
+        with self._lock:
+            counts[value] = counts.get(value, 0) + count
+
     def register_gauge(self, name: str, gauge: Gauge) -> None:
         self._gauges[name] = gauge
 
     def dropped(self, reason: str, count: int = 1) -> None:
-        self._dropped.add(count, {"reason": reason})
+        self._add("flowtel.spans.dropped", reason, count)
         warn_once(f"dropped:{reason}", "flowtel dropped spans (reason: %s); counted in flowtel_spans_dropped_total",
                   reason)
 
     def processed(self, count: int) -> None:
-        self._processed.add(count)
+        self._add("flowtel.spans.processed", "", count)
 
     def released(self, reason: str, count: int = 1) -> None:
-        self._released.add(count, {"reason": reason})
+        self._add("flowtel.traces.released", reason, count)
 
     def metric_overflow(self, metric: str) -> None:
-        self._overflow.add(1, {"metric": metric})
+        self._add("flowtel.metric.overflow", metric, 1)
 
     def processing_error(self, stage: str, count: int = 1) -> None:
-        self._errors.add(count, {"stage": stage})
+        self._add("flowtel.processing.errors", stage, count)

@@ -70,6 +70,15 @@ class Enrichment:
         return bool(self.added or self.removed_attributes or self.removed_events or self.set_error_status is not None)
 
 
+def _plain_attributes(span: ReadableSpan) -> dict[str, Any]:
+    # The SDK keeps attributes in BoundedAttributes (a Python-level mapping over a dict); copying its
+    # inner dict is a C-level copy. Fall back to the public mapping if that layout ever changes.
+    inner = getattr(getattr(span, "_attributes", None), "_dict", None)
+    if isinstance(inner, dict):
+        return dict(inner)
+    return dict(span.attributes) if span.attributes else {}
+
+
 def from_readable_span(span: ReadableSpan) -> SpanData:
     """Adapt an SDK span: attributes become a plain dict once (the SDK mapping's Python-level ``get`` is
     what every later read would pay), events are the SDK's own objects."""
@@ -87,7 +96,7 @@ def from_readable_span(span: ReadableSpan) -> SpanData:
         end_ns=span.end_time or 0,
         status=status.status_code.value,
         status_message=status.description or "",
-        attributes=dict(span.attributes) if span.attributes else {},
+        attributes=_plain_attributes(span),
         events=span.events,
         scope_name=span.instrumentation_scope.name if span.instrumentation_scope else "",
         resource=span.resource.attributes if span.resource else {},
