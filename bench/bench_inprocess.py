@@ -209,10 +209,11 @@ def build_flowtel(resource: Resource, queue_size: int, keep: bool = False,
                   extra_downstream: Sequence[SpanProcessor] = ()) -> Pipeline:
     """As ``flowtel.configure()`` builds it, minus the HTTP endpoint and the global providers."""
     config = FlowtelConfig(max_queue_size=max(FlowtelConfig().max_queue_size, queue_size))
-    reader = PrometheusMetricReader(config.cardinality_limit)
+    reader = PrometheusMetricReader()
     meter_provider = MeterProvider(resource=resource, metric_readers=[reader], shutdown_on_exit=False)
     self_metrics = SelfMetrics(meter_provider)
-    flowtel_metrics = FlowtelMetrics(meter_provider, config, self_metrics)
+    flowtel_metrics = FlowtelMetrics(config, self_metrics)
+    reader.add_producer(flowtel_metrics)
     exporter = NoOpExporter(keep)
     before = {t.ident for t in threading.enumerate()}
     processor = FlowtelSpanProcessor([BatchSpanProcessor(exporter, max_queue_size=queue_size), *extra_downstream],

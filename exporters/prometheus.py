@@ -1,7 +1,8 @@
 """Expose flowtel's meter provider to Prometheus, with exemplars and optional auth / TLS.
 
 ``PrometheusMetricReader`` is a pull reader: each scrape collects the meter provider
-(cumulative temporality) and converts it with prometheus-client, which negotiates the
+(cumulative temporality) and flowtel's derived metrics (``add_producer``) and converts
+them with prometheus-client, which negotiates the
 text format or, when the scraper asks for ``application/openmetrics-text``, OpenMetrics
 with exemplars (``trace_id``, ``span_id``) on histogram buckets.
 
@@ -34,6 +35,7 @@ from opentelemetry.sdk.metrics.export import (
     Sum,
 )
 from opentelemetry.sdk.metrics.export import Histogram as HistogramData
+from opentelemetry.sdk.metrics.export import Metric as OtelMetric
 from prometheus_client import CollectorRegistry, make_wsgi_app
 from prometheus_client.metrics_core import Metric
 from prometheus_client.samples import Exemplar
@@ -41,8 +43,8 @@ from prometheus_client.samples import Exemplar
 from flowtel._wsgi import TLSSettings, WSGIEndpoint, bearer_auth
 from flowtel.config import ConfigError
 from flowtel.processors.catalog import prometheus_name
+from flowtel.processors.metrics import Consumer, FlowtelMetrics
 
-_SDK_DEFAULT_LIMIT = 2000
 _CUMULATIVE = {cls: AggregationTemporality.CUMULATIVE for cls in (
     Counter, UpDownCounter, Histogram, ObservableCounter, ObservableUpDownCounter, ObservableGauge)}
 
@@ -65,18 +67,18 @@ def _labels(attributes: Mapping[str, Any] | None) -> dict[str, str]:
 
 
 class PrometheusMetricReader(MetricReader):
-    def __init__(self, cardinality_limit: int | None = None) -> None:
-        limits = None
-        if cardinality_limit is not None:
-            # Headroom over flowtel's own limit, so flowtel folds (and counts) before the SDK does; never
-            # below the SDK default, which also guards flowtel's self-metrics and the app's own instruments.
-            limits = {cls: max(_SDK_DEFAULT_LIMIT, cardinality_limit + 2) for cls in _CUMULATIVE}
-        super().__init__(preferred_temporality=_CUMULATIVE, cardinality_limits=limits)
+    def __init__(self) -> None:
+        super().__init__(preferred_temporality=_CUMULATIVE)
         self._latest: MetricsData | None = None
+        self._producers: list[tuple[FlowtelMetrics, Consumer]] = []
         self._collect_lock = threading.Lock()
         # The SDK hands each exemplar to one collection only; keep the last one per bucket so every
         # scrape (and every scraper) sees it. Bounded by series x buckets, which the limit bounds.
         self._exemplars: dict[tuple[str, frozenset[tuple[str, str]]], dict[int, Exemplar]] = {}
+
+    def add_producer(self, metrics: FlowtelMetrics) -> None:
+        """Serve flowtel's derived metrics too, cumulative, on every scrape."""
+        self._producers.append((metrics, metrics.consumer()))
 
     def _receive_metrics(self, metrics_data: MetricsData, timeout_millis: float = 10_000, **kwargs: Any) -> None:
         self._latest = metrics_data
@@ -89,15 +91,16 @@ class PrometheusMetricReader(MetricReader):
             self._latest = None
             self.collect()
             data = self._latest
-            return list(self._convert(data)) if data is not None else []
+            derived = [m for metrics, consumer in self._producers for m in metrics.produce(consumer)]
+            return list(self._convert(data, derived))
 
-    def _convert(self, data: MetricsData) -> Iterator[Metric]:
+    def _convert(self, data: MetricsData | None, derived: Iterable[OtelMetric]) -> Iterator[Metric]:
         merged: dict[str, Metric] = {}
-        for resource_metrics in data.resource_metrics:
-            for scope_metrics in resource_metrics.scope_metrics:
-                for metric in scope_metrics.metrics:
-                    _add_metric(merged, metric.name, metric.unit or "", metric.description or "", metric.data,
-                                self._exemplars)
+        sdk_metrics = (metric for resource_metrics in (data.resource_metrics if data else ())
+                       for scope_metrics in resource_metrics.scope_metrics for metric in scope_metrics.metrics)
+        for metric in (*sdk_metrics, *derived):
+            _add_metric(merged, metric.name, metric.unit or "", metric.description or "", metric.data,
+                        self._exemplars)
         yield from merged.values()
 
 

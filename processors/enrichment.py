@@ -35,27 +35,32 @@ def enrich(role: SpanRole, capture_content: bool) -> Enrichment:
         if value is not None and value != () and key not in attrs:
             added[key] = value
 
+    usage = token_usage(span)
     if role.role == ROLE_FLOW:
         put(sc.OPERATION_NAME, sc.OP_INVOKE_WORKFLOW)
         put(sc.WORKFLOW_NAME, role.flow)
+        operation = None
     else:
-        put(sc.OPERATION_NAME, genai_operation(span))
-    system = provider(span)
-    if system is not None:
-        # Both names: new readers look at provider.name, the Azure exporter only at gen_ai.system.
-        put(sc.PROVIDER_NAME, system)
-        put(sc.SYSTEM, system)
-    put(sc.REQUEST_MODEL, request_model(span))
-    put(sc.RESPONSE_MODEL, response_model(span))
-    usage = token_usage(span)
-    if usage is not None:
-        put(sc.USAGE_INPUT_TOKENS, usage[0])
-        put(sc.USAGE_OUTPUT_TOKENS, usage[1])
-    for key, value in request_parameters(span).items():
-        put(key, value)
-    response_id, reasons = response_details(span)
-    put(sc.RESPONSE_ID, response_id)
-    put(sc.RESPONSE_FINISH_REASONS, reasons)
+        operation = genai_operation(span)
+        put(sc.OPERATION_NAME, operation)
+    # Model attributes only for spans that are GenAI operations or report usage: plain functions,
+    # most of a trace, skip every lookup below.
+    if operation is not None or usage is not None:
+        system = provider(span)
+        if system is not None:
+            # Both names: new readers look at provider.name, the Azure exporter only at gen_ai.system.
+            put(sc.PROVIDER_NAME, system)
+            put(sc.SYSTEM, system)
+        put(sc.REQUEST_MODEL, request_model(span))
+        put(sc.RESPONSE_MODEL, response_model(span))
+        if usage is not None:
+            put(sc.USAGE_INPUT_TOKENS, usage[0])
+            put(sc.USAGE_OUTPUT_TOKENS, usage[1])
+        for key, value in request_parameters(span).items():
+            put(key, value)
+        response_id, reasons = response_details(span)
+        put(sc.RESPONSE_ID, response_id)
+        put(sc.RESPONSE_FINISH_REASONS, reasons)
 
     error = exception_type(span)
     set_error: str | None = None
@@ -67,7 +72,8 @@ def enrich(role: SpanRole, capture_content: bool) -> Enrichment:
     removed_attrs: frozenset[str] = frozenset()
     removed_events: frozenset[str] = frozenset()
     if not capture_content:
-        removed_attrs = frozenset(
-            k for k in attrs if k in sc.CONTENT_ATTRIBUTES or k.startswith(sc.CONTENT_ATTRIBUTE_PREFIXES))
-        removed_events = frozenset(e.name for e in span.events if e.name in sc.CONTENT_EVENTS)
+        removed_attrs = sc.CONTENT_ATTRIBUTES.intersection(attrs)
+        if any(k.startswith(sc.CONTENT_ATTRIBUTE_PREFIXES) for k in attrs):
+            removed_attrs = removed_attrs.union(k for k in attrs if k.startswith(sc.CONTENT_ATTRIBUTE_PREFIXES))
+        removed_events = sc.CONTENT_EVENTS.intersection(e.name for e in span.events)
     return Enrichment(added, removed_attrs, removed_events, set_error)

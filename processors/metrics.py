@@ -1,25 +1,32 @@
-"""Record derived measurements on OpenTelemetry instruments, with a cardinality cap.
+"""Aggregate derived measurements in flowtel and hand them to readers as SDK metric data.
 
-One ``FlowtelMetrics`` owns the instruments of ``catalog.ALL_METRICS`` on a meter
-provider; every reader of that provider (Prometheus, OTLP, Azure Monitor) sees the same
-numbers. Bucket boundaries travel as instrument advice, so no View is needed. Counters
-are summed here and reported through observable counters (cumulative; the SDK turns them
-into deltas for DELTA readers): one dict update per measurement instead of the SDK's
-per-call attribute validation, which dominated the worker's cost. Past
-``cardinality_limit`` distinct label sets a metric's new label sets fold into one series
-labelled ``otel.metric.overflow=true``, and the folded measurements are counted.
+``FlowtelMetrics`` keeps, per metric of ``catalog.ALL_METRICS`` and per label set, a
+cumulative sum (counters) or explicit-bucket histogram (count, sum, min, max, bucket
+counts, last exemplar per bucket). Recording is one dict lookup and a few additions under
+a lock; the SDK's synchronous instruments validate, sort and hash attributes on every
+call and repeat that per reader, which made them most of the worker's cost.
+
+Readers get the same numbers through ``produce(consumer)``, which returns ordinary
+``opentelemetry.sdk.metrics.export.Metric`` objects in the consumer's temporality:
+cumulative for Prometheus, cumulative or delta for push exporters (the Azure exporter
+asks for delta), so every backend sees one set of values.
+
+Past ``cardinality_limit`` label sets, a metric's new label sets fold into one series
+labelled ``otel.metric.overflow=true`` and the folded measurements are counted.
 """
 
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable, Iterable, Mapping
+import time
+from bisect import bisect_left
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from typing import Any
 
-from opentelemetry import context as otel_context
-from opentelemetry import trace
-from opentelemetry.metrics import CallbackOptions, MeterProvider, Observation
-from opentelemetry.trace import NonRecordingSpan, SpanContext, TraceFlags
+from opentelemetry.sdk.metrics import Counter, Exemplar, Histogram
+from opentelemetry.sdk.metrics.export import AggregationTemporality, HistogramDataPoint, Metric, NumberDataPoint, Sum
+from opentelemetry.sdk.metrics.export import Histogram as HistogramData
 
 from flowtel import semconv as sc
 from flowtel._log import warn_once
@@ -28,66 +35,155 @@ from flowtel.selfmetrics import SelfMetrics
 
 from .catalog import ALL_METRICS, COUNTER, MetricSpec
 
-_OVERFLOW = {sc.OVERFLOW_ATTRIBUTE: True}
+_OVERFLOW: Mapping[str, Any] = {sc.OVERFLOW_ATTRIBUTE: True}
 _OVERFLOW_KEY = ("\x00overflow",)
-_SAMPLED = TraceFlags(TraceFlags.SAMPLED)
+CUMULATIVE, DELTA = AggregationTemporality.CUMULATIVE, AggregationTemporality.DELTA
+
+
+@dataclass(slots=True)
+class _Series:
+    attributes: Mapping[str, Any]
+    start_ns: int
+    value: float = 0  # counters: the running sum; histograms: the sum of values
+    count: int = 0
+    min: float = float("inf")
+    max: float = float("-inf")
+    buckets: list[int] = field(default_factory=list)
+    exemplars: dict[int, tuple[float, int, int, int]] = field(default_factory=dict)  # bucket -> value, t, trace, span
+
+
+@dataclass
+class Consumer:
+    """One reader's view: its temporality and, for delta, what it was last given."""
+
+    temporality: Mapping[type, AggregationTemporality]
+    last_ns: int = field(default_factory=time.time_ns)
+    last: dict[tuple[str, tuple[Any, ...]], tuple[float, int, list[int]]] = field(default_factory=dict)
+    window: dict[tuple[str, tuple[Any, ...]], list[float]] = field(default_factory=dict)  # delta min / max
+
+    def delta(self, kind: type) -> bool:
+        return self.temporality.get(kind, CUMULATIVE) == DELTA
 
 
 class FlowtelMetrics:
-    def __init__(self, meter_provider: MeterProvider, config: FlowtelConfig, self_metrics: SelfMetrics) -> None:
-        meter = meter_provider.get_meter("flowtel", schema_url="https://opentelemetry.io/schemas/1.37.0")
-        self._instruments: dict[str, Any] = {}
-        self._sums: dict[str, dict[tuple[Any, ...], float]] = {}
-        self._sums_lock = threading.Lock()
-        for spec in ALL_METRICS:
-            if spec.kind == COUNTER:
-                self._sums[spec.name] = {}
-                meter.create_observable_counter(spec.name, [self._observe(spec.name)], spec.unit, spec.description)
-            else:
-                self._instruments[spec.name] = meter.create_histogram(
-                    spec.name, spec.unit, spec.description, explicit_bucket_boundaries_advisory=list(spec.buckets))
+    def __init__(self, config: FlowtelConfig, self_metrics: SelfMetrics) -> None:
+        self._specs = {spec.name: spec for spec in ALL_METRICS}
         self._common = dict(config.common_dimensions)
         self._resource_dims = dict(config.resource_dimensions)
         self._limit = config.cardinality_limit
-        # label set key -> attributes dict, per metric: the cardinality ledger and a cache of built labels
-        self._series: dict[str, dict[tuple[Any, ...], Mapping[str, Any]]] = {spec.name: {} for spec in ALL_METRICS}
+        self._series: dict[str, dict[tuple[Any, ...], _Series]] = {spec.name: {} for spec in ALL_METRICS}
         self._self = self_metrics
+        self._lock = threading.Lock()
+        self._delta_consumers: list[Consumer] = []
 
-    def _observe(self, name: str) -> Callable[[CallbackOptions], Iterable[Observation]]:
-        def callback(_: CallbackOptions) -> Iterable[Observation]:
-            series = self._series[name]
-            with self._sums_lock:
-                sums = list(self._sums[name].items())
-            return [Observation(value, _OVERFLOW if key is _OVERFLOW_KEY else series[key]) for key, value in sums]
-        return callback
+    def consumer(self, temporality: Mapping[type, AggregationTemporality] | None = None) -> Consumer:
+        consumer = Consumer(dict(temporality or {}))
+        if consumer.delta(Histogram):
+            with self._lock:
+                self._delta_consumers.append(consumer)
+        return consumer
 
     def record(self, spec: MetricSpec, value: float, dims: tuple[Any, ...], resource: Mapping[str, Any],
                exemplar: tuple[int, int] | None = None) -> None:
-        """Add (counters) or record (histograms) ``value`` with ``dims`` in ``spec.dimensions`` order."""
-        res_values = tuple(str(resource.get(key, "")) for key in self._resource_dims.values())
-        key = dims + res_values
-        series = self._series[spec.name]
-        attributes = series.get(key)
-        if attributes is None and len(series) < self._limit:
-            built = dict(zip(spec.dimensions, dims, strict=True))
-            built.update(self._common)
-            built.update(zip(self._resource_dims, res_values, strict=True))
-            attributes = series[key] = built
-        elif attributes is None:
-            key, attributes = _OVERFLOW_KEY, _OVERFLOW
-            self._self.metric_overflow(spec.name)
-            warn_once(f"overflow:{spec.name}",
-                      "metric %s reached its cardinality limit of %d label sets; new label sets are folded into "
-                      "the otel_metric_overflow=\"true\" series and counted in flowtel_metric_overflow_total",
-                      spec.name, self._limit)
-        if spec.kind == COUNTER:
-            sums = self._sums[spec.name]
-            with self._sums_lock:
-                sums[key] = sums.get(key, 0) + value
-            return
-        instrument = self._instruments[spec.name]
-        ctx = None
-        if exemplar is not None and spec.exemplars:
-            span_context = SpanContext(exemplar[0], exemplar[1], is_remote=False, trace_flags=_SAMPLED)
-            ctx = trace.set_span_in_context(NonRecordingSpan(span_context), otel_context.Context())
-        instrument.record(value, attributes, context=ctx)
+        """Add (counters) or observe (histograms) ``value`` with ``dims`` in ``spec.dimensions`` order."""
+        res_values = tuple(str(resource.get(key, "")) for key in self._resource_dims.values()) \
+            if self._resource_dims else ()
+        key = dims + res_values if res_values else dims
+        with self._lock:
+            table = self._series[spec.name]
+            series = table.get(key)
+            if series is None:
+                if len(table) >= self._limit and key is not _OVERFLOW_KEY:
+                    key = _OVERFLOW_KEY
+                    series = table.get(key)
+                    self._self.metric_overflow(spec.name)
+                    warn_once(f"overflow:{spec.name}",
+                              "metric %s reached its cardinality limit of %d label sets; new label sets are folded "
+                              "into the otel_metric_overflow=\"true\" series and counted in "
+                              "flowtel_metric_overflow_total", spec.name, self._limit)
+                if series is None:
+                    series = table[key] = _Series(self._attributes(spec, key, dims, res_values), time.time_ns(),
+                                                  buckets=[0] * (len(spec.buckets) + 1) if spec.buckets else [])
+            if spec.kind == COUNTER:
+                series.value += value
+                return
+            series.value += value
+            series.count += 1
+            series.min = min(series.min, value)
+            series.max = max(series.max, value)
+            index = bisect_left(spec.buckets, value)
+            series.buckets[index] += 1
+            if exemplar is not None and spec.exemplars:
+                series.exemplars[index] = (value, time.time_ns(), exemplar[0], exemplar[1])
+            for consumer in self._delta_consumers:
+                window = consumer.window.get((spec.name, key))
+                if window is None:
+                    consumer.window[(spec.name, key)] = [value, value]
+                else:
+                    window[0] = min(window[0], value)
+                    window[1] = max(window[1], value)
+
+    def _attributes(self, spec: MetricSpec, key: tuple[Any, ...], dims: tuple[Any, ...],
+                    res_values: tuple[str, ...]) -> Mapping[str, Any]:
+        if key is _OVERFLOW_KEY:
+            return _OVERFLOW
+        built = dict(zip(spec.dimensions, dims, strict=True))
+        built.update(self._common)
+        built.update(zip(self._resource_dims, res_values, strict=True))
+        return built
+
+    def produce(self, consumer: Consumer) -> list[Metric]:
+        """The derived metrics as SDK data, in the consumer's temporality; advances a delta consumer."""
+        now = time.time_ns()
+        out: list[Metric] = []
+        with self._lock:
+            for name, table in self._series.items():
+                if not table:
+                    continue
+                spec = self._specs[name]
+                if spec.kind == COUNTER:
+                    out.append(self._sum(spec, table, consumer, now))
+                else:
+                    out.append(self._histogram(spec, table, consumer, now))
+            consumer.window = {}
+            consumer.last_ns = now
+        return [m for m in out if m.data.data_points]
+
+    def _sum(self, spec: MetricSpec, table: dict[tuple[Any, ...], _Series], consumer: Consumer, now: int) -> Metric:
+        delta = consumer.delta(Counter)
+        points = []
+        for key, s in table.items():
+            value, start = s.value, s.start_ns
+            if delta:
+                previous = consumer.last.get((spec.name, key))
+                if previous is not None and previous[0] == s.value:
+                    continue
+                consumer.last[(spec.name, key)] = (s.value, 0, [])
+                value, start = s.value - (previous[0] if previous else 0), max(consumer.last_ns, s.start_ns)
+            points.append(NumberDataPoint(s.attributes, start, now, value))
+        return Metric(spec.name, spec.description, spec.unit,
+                      Sum(points, DELTA if delta else CUMULATIVE, is_monotonic=True))
+
+    def _histogram(self, spec: MetricSpec, table: dict[tuple[Any, ...], _Series], consumer: Consumer,
+                   now: int) -> Metric:
+        delta = consumer.delta(Histogram)
+        points = []
+        for key, s in table.items():
+            count, total, buckets, start = s.count, s.value, list(s.buckets), s.start_ns
+            low, high = s.min, s.max
+            since = 0
+            if delta:
+                previous = consumer.last.get((spec.name, key))
+                if previous is not None and previous[1] == s.count:
+                    continue
+                consumer.last[(spec.name, key)] = (s.value, s.count, list(s.buckets))
+                if previous is not None:
+                    count, total = s.count - previous[1], s.value - previous[0]
+                    buckets = [a - b for a, b in zip(s.buckets, previous[2], strict=True)]
+                low, high = consumer.window.get((spec.name, key), (s.min, s.max))
+                start, since = max(consumer.last_ns, s.start_ns), consumer.last_ns
+            exemplars = [Exemplar({}, v, t, span_id, trace_id)
+                         for v, t, trace_id, span_id in s.exemplars.values() if t >= since]
+            points.append(HistogramDataPoint(s.attributes, start, now, count, total, buckets, spec.buckets,
+                                             low, high, exemplars))
+        return Metric(spec.name, spec.description, spec.unit, HistogramData(points, DELTA if delta else CUMULATIVE))

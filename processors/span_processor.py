@@ -32,6 +32,13 @@ from .metrics import FlowtelMetrics
 from .pipeline import TracePipeline
 
 
+def _links(span: ReadableSpan) -> object:
+    # ``span.links`` copies the SDK's locked BoundedList into a tuple on every access; an ended span's
+    # list no longer changes, so the new span can share it. Public property as the fallback.
+    inner = getattr(span, "_links", None)
+    return inner if inner is not None else span.links
+
+
 def apply_to_readable_span(data: SpanData, enrichment: Enrichment) -> ReadableSpan:
     """A new SDK span carrying the enrichment; ended spans are immutable, so we copy the shell, not the values."""
     span: ReadableSpan = data.native
@@ -46,7 +53,7 @@ def apply_to_readable_span(data: SpanData, enrichment: Enrichment) -> ReadableSp
         status = Status(StatusCode.ERROR, enrichment.set_error_status)
     return ReadableSpan(
         name=span.name, context=span.context, parent=span.parent, resource=span.resource,
-        attributes=attributes, events=events, links=span.links, kind=span.kind, status=status,
+        attributes=attributes, events=events, links=_links(span), kind=span.kind, status=status,
         start_time=span.start_time, end_time=span.end_time, instrumentation_scope=span.instrumentation_scope,
     )
 

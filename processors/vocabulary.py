@@ -16,6 +16,10 @@ from flowtel.spans import SpanData
 
 _MISSING = object()
 
+_USAGE_KEYS = ((sc.USAGE_INPUT_TOKENS, sc.USAGE_OUTPUT_TOKENS),
+               (sc.USAGE_PROMPT_TOKENS_OLD, sc.USAGE_COMPLETION_TOKENS_OLD),
+               (sc.PF_USAGE_PROMPT, sc.PF_USAGE_COMPLETION),
+               (sc.OI_TOKENS_PROMPT, sc.OI_TOKENS_COMPLETION))
 _PF_OPERATION_BY_NAME = (
     ("openai_chat", sc.OP_CHAT),
     ("openai_completion", sc.OP_TEXT_COMPLETION),
@@ -114,10 +118,9 @@ def token_usage(span: SpanData) -> tuple[int | None, int | None] | None:
         return cached  # type: ignore[no-any-return]
     attrs = span.attributes
     usage: tuple[int | None, int | None] | None = None
-    for in_key, out_key in ((sc.USAGE_INPUT_TOKENS, sc.USAGE_OUTPUT_TOKENS),
-                            (sc.USAGE_PROMPT_TOKENS_OLD, sc.USAGE_COMPLETION_TOKENS_OLD),
-                            (sc.PF_USAGE_PROMPT, sc.PF_USAGE_COMPLETION),
-                            (sc.OI_TOKENS_PROMPT, sc.OI_TOKENS_COMPLETION)):
+    for in_key, out_key in _USAGE_KEYS:
+        if in_key not in attrs and out_key not in attrs:
+            continue
         i, o = _as_int(attrs.get(in_key)), _as_int(attrs.get(out_key))
         if i is not None or o is not None:
             usage = (i, o)

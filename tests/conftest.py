@@ -95,7 +95,7 @@ def make_harness() -> Iterator:
         reset_otel_globals()
         exporter = InMemorySpanExporter()
         config = flowtel.FlowtelConfig.from_env(environ or {}, **config_overrides)
-        handle = flowtel.configure(config=config, span_exporters=[exporter], metric_readers=[],
+        handle = flowtel.configure(config=config, span_exporters=[exporter], metric_exporters=[],
                                    prometheus=PrometheusSettings(port=0))
         harness = Harness(handle, exporter)
         made.append(harness)

@@ -58,10 +58,11 @@ def make_stack() -> Iterator[Factory]:
 
     def make(config: FlowtelConfig | None = None, **settings: Any) -> Stack:
         config = config or FlowtelConfig()
-        reader = PrometheusMetricReader(cardinality_limit=config.cardinality_limit)
+        reader = PrometheusMetricReader()
         provider = MeterProvider(metric_readers=[reader])
         self_metrics = SelfMetrics(provider)
-        metrics = FlowtelMetrics(provider, config, self_metrics)
+        metrics = FlowtelMetrics(config, self_metrics)
+        reader.add_producer(metrics)
         endpoint = PrometheusEndpoint(reader, PrometheusSettings(host="127.0.0.1", port=0, **settings))
         started.append((endpoint, provider))
         endpoint.start()

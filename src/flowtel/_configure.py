@@ -23,13 +23,14 @@ from opentelemetry.sdk._configuration import (
     _import_sampler,
 )
 from opentelemetry.sdk.metrics import MeterProvider
-from opentelemetry.sdk.metrics.export import MetricReader, PeriodicExportingMetricReader
+from opentelemetry.sdk.metrics.export import MetricExporter, MetricReader, PeriodicExportingMetricReader
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter
 
 from flowtel._log import logger
 from flowtel.config import FlowtelConfig
+from flowtel.exporters.derived import DerivedMetricsExporter
 from flowtel.exporters.prometheus import PrometheusEndpoint, PrometheusMetricReader, PrometheusSettings
 from flowtel.processors.metrics import FlowtelMetrics
 from flowtel.processors.span_processor import FlowtelSpanProcessor
@@ -72,7 +73,7 @@ def configure(
     *,
     config: FlowtelConfig | None = None,
     span_exporters: Sequence[SpanExporter] | None = None,
-    metric_readers: Sequence[MetricReader] | None = None,
+    metric_exporters: Sequence[MetricExporter] | None = None,
     prometheus: PrometheusSettings | bool | None = None,
     resource: Resource | None = None,
     set_global: bool = True,
@@ -80,7 +81,8 @@ def configure(
 ) -> Flowtel:
     """Set up tracing and metrics with flowtel enriching spans and deriving metrics.
 
-    ``span_exporters`` / ``metric_readers`` replace what the environment would choose;
+    ``span_exporters`` / ``metric_exporters`` replace what the environment would choose (each
+    metric exporter is wrapped so it also receives the derived metrics);
     ``prometheus`` is on unless ``OTEL_METRICS_EXPORTER`` leaves it out (``False`` turns it
     off, a ``PrometheusSettings`` overrides host, port, token and TLS).
     """
@@ -96,18 +98,26 @@ def configure(
     want_prometheus = "prometheus" in metric_names if prometheus is None else prometheus is not False
     metric_names = [n for n in metric_names if n != "prometheus"]
     trace_classes, metric_classes, _ = _import_exporters(
-        trace_names if span_exporters is None else [], metric_names if metric_readers is None else [], [])
+        trace_names if span_exporters is None else [], metric_names if metric_exporters is None else [], [])
     exporters = list(span_exporters) if span_exporters is not None else [cls() for cls in trace_classes.values()]
-    readers: list[MetricReader] = list(metric_readers or [])
-    if metric_readers is None:
-        for cls in metric_classes.values():
-            readers.append(cls() if issubclass(cls, MetricReader) else PeriodicExportingMetricReader(cls()))
 
-    prometheus_reader = PrometheusMetricReader(config.cardinality_limit) if want_prometheus else None
-    meter_provider = MeterProvider(resource=resource,
-                                   metric_readers=[*readers, *([prometheus_reader] if prometheus_reader else [])])
-    self_metrics = SelfMetrics(meter_provider)
-    flowtel_metrics = FlowtelMetrics(meter_provider, config, self_metrics)
+    self_metrics = SelfMetrics()
+    flowtel_metrics = FlowtelMetrics(config, self_metrics)
+    readers: list[MetricReader] = []
+    for exporter in metric_exporters if metric_exporters is not None else []:
+        readers.append(PeriodicExportingMetricReader(DerivedMetricsExporter(exporter, flowtel_metrics, resource)))
+    for name, cls in (metric_classes.items() if metric_exporters is None else ()):
+        if issubclass(cls, MetricReader):
+            logger.warning("metric reader %r gets the app's metrics but not flowtel's derived ones", name)
+            readers.append(cls())
+        else:
+            readers.append(PeriodicExportingMetricReader(DerivedMetricsExporter(cls(), flowtel_metrics, resource)))
+    prometheus_reader = PrometheusMetricReader() if want_prometheus else None
+    if prometheus_reader is not None:
+        prometheus_reader.add_producer(flowtel_metrics)
+        readers.append(prometheus_reader)
+    meter_provider = MeterProvider(resource=resource, metric_readers=readers)
+    self_metrics.bind(meter_provider)
     processor = FlowtelSpanProcessor([BatchSpanProcessor(e) for e in exporters], metrics=flowtel_metrics,
                                      self_metrics=self_metrics, config=config)
     tracer_provider = TracerProvider(resource=resource, sampler=_import_sampler(_get_sampler()),

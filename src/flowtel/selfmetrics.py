@@ -37,17 +37,24 @@ _GAUGES = {
 
 
 class SelfMetrics:
-    def __init__(self, meter_provider: MeterProvider) -> None:
-        meter = meter_provider.get_meter("flowtel.self")
+    """Counts start at once; ``bind`` (or passing a meter provider) makes them visible to its readers."""
+
+    def __init__(self, meter_provider: MeterProvider | None = None) -> None:
         self._lock = threading.Lock()
         self._counts: dict[str, dict[str, int]] = {}
         self._keys: dict[str, str | None] = {}
-        for name, (unit, description, key, zeros) in _COUNTERS.items():
+        for name, (_, _, key, zeros) in _COUNTERS.items():
             # Known reasons start at zero so alerts and dashboards have a series before the first loss.
             self._counts[name] = dict.fromkeys(zeros, 0) if key else {"": 0}
             self._keys[name] = key
-            meter.create_observable_counter(name, [self._observe_count(name)], unit, description)
         self._gauges: dict[str, Gauge] = {}
+        if meter_provider is not None:
+            self.bind(meter_provider)
+
+    def bind(self, meter_provider: MeterProvider) -> None:
+        meter = meter_provider.get_meter("flowtel.self")
+        for name, (unit, description, _, _) in _COUNTERS.items():
+            meter.create_observable_counter(name, [self._observe_count(name)], unit, description)
         for gauge, (name, unit, description) in _GAUGES.items():
             meter.create_observable_gauge(name, [self._observe_gauge(gauge)], unit, description)
 
