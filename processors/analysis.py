@@ -22,7 +22,7 @@ This is the rule set the README documents under "How flowtel reads a trace":
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from flowtel import semconv as sc
 from flowtel.spans import KIND_CLIENT, KIND_SERVER, STATUS_ERROR, SpanData
@@ -49,7 +49,7 @@ class SpanRole:
     flow_span: SpanData | None = None
     request_span: SpanData | None = None  # for flows: the span whose timing is the request's
     is_llm_call: bool = False
-    children: list[SpanRole] = field(default_factory=list)
+    children: list[SpanRole] | tuple[()] = ()  # a list once a child is attached; most spans are leaves
 
 
 def is_pf_span(span: SpanData) -> bool:
@@ -97,7 +97,9 @@ def analyze(spans: Sequence[SpanData]) -> list[SpanRole]:
         if parent is None or parent is r:
             roots.append(r)
         else:
-            parent.children.append(r)
+            if not parent.children:
+                parent.children = []
+            parent.children.append(r)  # type: ignore[union-attr]
     for root in roots:
         request = root.span if root.span.kind == KIND_SERVER else None
         _walk(root, None, request)

@@ -55,9 +55,16 @@ def _as_int(value: Any) -> int | None:
     return None
 
 
+def _memo(span: SpanData) -> dict[str, Any]:
+    if span.memo is None:
+        span.memo = {}
+    return span.memo
+
+
 def _json_attr(span: SpanData, key: str) -> Any:
     """Parse a JSON-valued attribute once per span; None when absent or not JSON."""
-    cached = span.memo.get(key, _MISSING)
+    memo = _memo(span)
+    cached = memo.get(key, _MISSING)
     if cached is not _MISSING:
         return cached
     raw = span.attributes.get(key)
@@ -67,7 +74,7 @@ def _json_attr(span: SpanData, key: str) -> Any:
             parsed = json.loads(raw)
         except ValueError:
             parsed = None
-    span.memo[key] = parsed
+    memo[key] = parsed
     return parsed
 
 
@@ -113,9 +120,8 @@ def genai_operation(span: SpanData) -> str | None:
 
 def token_usage(span: SpanData) -> tuple[int | None, int | None] | None:
     """(input, output) tokens of a model call, from whichever vocabulary the span speaks."""
-    cached = span.memo.get("usage", _MISSING)
-    if cached is not _MISSING:
-        return cached  # type: ignore[no-any-return]
+    if span.memo and "usage" in span.memo:
+        return span.memo["usage"]  # type: ignore[no-any-return]
     attrs = span.attributes
     usage: tuple[int | None, int | None] | None = None
     for in_key, out_key in _USAGE_KEYS:
@@ -132,7 +138,8 @@ def token_usage(span: SpanData) -> tuple[int | None, int | None] | None:
             usage = (i, o) if i is not None or o is not None else None
     if usage is None and is_pf_model_call(span):
         usage = _pf_streamed_usage(span)
-    span.memo["usage"] = usage
+    if usage is not None:  # a span without usage (most of them) is cheap to check again; no memo for it
+        _memo(span)["usage"] = usage
     return usage
 
 

@@ -46,7 +46,7 @@ class SpanData:
     native: Any = None
     #: Per-span cache for values parsed from attributes (e.g. prompt flow's ``inputs`` JSON), so
     #: analysis, enrichment and derivation parse each at most once.
-    memo: dict[str, Any] = field(default_factory=dict)
+    memo: dict[str, Any] | None = None
 
     @property
     def is_local_root(self) -> bool:
