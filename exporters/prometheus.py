@@ -221,3 +221,35 @@ class PrometheusEndpoint:
         self._endpoint.shutdown()
 
 
+
+
+class PrometheusExporter:
+    """The collector's ``prometheus`` exporter: a pull endpoint for derived and self metrics.
+
+    In a traces pipeline it takes no spans; every ``flowtel`` processor of the pipelines it is
+    listed in adds its derived metrics (``add_producer``), and the collector's own metrics
+    are always served.
+    """
+
+    def __init__(self, exporter_id: str, settings: PrometheusSettings) -> None:
+        self.id = exporter_id
+        self.reader = PrometheusMetricReader()
+        self._settings = settings
+        self._endpoint: PrometheusEndpoint | None = None
+
+    def add_producer(self, metrics: FlowtelMetrics) -> None:
+        self.reader.add_producer(metrics)
+
+    def start(self) -> None:
+        self._endpoint = PrometheusEndpoint(self.reader, self._settings).start()
+
+    @property
+    def url(self) -> str:
+        return self._endpoint.url if self._endpoint else ""
+
+    def export(self, payload: bytes, spans: int) -> None:
+        pass
+
+    def shutdown(self, deadline: float) -> None:
+        if self._endpoint is not None:
+            self._endpoint.shutdown()

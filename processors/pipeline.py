@@ -28,14 +28,14 @@ logger = logging.getLogger("flowtel")
 
 class TracePipeline:
     def __init__(self, config: FlowtelConfig, metrics: FlowtelMetrics, self_metrics: SelfMetrics,
-                 apply: Apply) -> None:
+                 apply: Apply, gauge_labels: dict[str, str] | None = None) -> None:
         self._config = config
         self._assembler = TraceAssembler(int(config.trace_timeout_s * 1e9), config.max_held_spans)
         self._deriver = Deriver(metrics, config.genai_metrics_skip_scopes)
         self._self = self_metrics
         self._apply = apply
-        self_metrics.register_gauge("held_spans", lambda: self._assembler.held_spans)
-        self_metrics.register_gauge("held_traces", lambda: self._assembler.held_traces)
+        self_metrics.register_gauge("held_spans", lambda: self._assembler.held_spans, gauge_labels)
+        self_metrics.register_gauge("held_traces", lambda: self._assembler.held_traces, gauge_labels)
 
     def process(self, spans: Iterable[SpanData], now_ns: int) -> list[Any]:
         out: list[Any] = []

@@ -1,38 +1,59 @@
-"""flowtel's metrics about itself: what it dropped, held, released and folded, and why.
+"""flowtel's metrics about itself: what it received, refused, dropped, held, exported, and why.
 
 Both hosts report through this one class, on the same meter provider as the derived
 metrics, so the Prometheus endpoint shows them next to each other
-(``flowtel_spans_dropped_total{reason=...}`` and so on). Counts are kept here and read
-by observable instruments at collection time: the hot paths (the worker per trace, the
-request thread when the queue is full) pay one locked integer add, not an SDK call.
+(``flowtel_spans_dropped_total{reason=...}`` and so on). The collector's receiver and
+exporter counters keep the upstream OpenTelemetry Collector's names
+(``otelcol_receiver_accepted_spans`` ...) so its dashboards and alerts carry over.
+Counts are kept here and read by observable instruments at collection time: the hot
+paths pay one locked integer add, not an SDK call.
 """
 
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 
 from opentelemetry.metrics import CallbackOptions, MeterProvider, Observation
 
 from flowtel._log import warn_once
 
 Gauge = Callable[[], float]
+Labels = tuple[tuple[str, str], ...]
 DROP_REASONS = ("queue_full", "internal_error")
 
-_COUNTERS = {
-    # name: (unit, description, attribute key or None, values that start at zero)
-    "flowtel.spans.dropped": ("{span}", "Spans flowtel could not process or forward, by reason", "reason",
-                              DROP_REASONS),
-    "flowtel.spans.processed": ("{span}", "Spans enriched and forwarded to exporters", None, ()),
-    "flowtel.traces.released": ("{trace}", "Local traces released for derivation, by reason", "reason", ()),
-    "flowtel.metric.overflow": ("{measurement}", "Measurements folded into a metric's overflow series", "metric", ()),
+_COUNTERS: dict[str, tuple[str, str, tuple[str, ...]]] = {
+    # name: (unit, description, label keys)
+    "flowtel.spans.dropped": ("{span}", "Spans flowtel lost after accepting them, by reason", ("reason",)),
+    "flowtel.spans.processed": ("{span}", "Spans enriched and forwarded to exporters", ()),
+    "flowtel.traces.released": ("{trace}", "Local traces released for derivation, by reason", ("reason",)),
+    "flowtel.metric.overflow": ("{measurement}", "Measurements folded into a metric's overflow series", ("metric",)),
     "flowtel.processing.errors": ("{span}", "Spans forwarded unenriched because flowtel's logic failed on them",
-                                  "stage", ()),
+                                  ("stage",)),
+    # The collector's receivers and exporters, named as the upstream collector names them.
+    "otelcol.receiver.accepted.spans": ("{span}", "Spans a receiver accepted into the pipeline",
+                                        ("receiver", "transport")),
+    "otelcol.receiver.refused.spans": ("{span}", "Spans a receiver refused, by reason (the client was told)",
+                                       ("receiver", "transport", "reason")),
+    "flowtel.receiver.refused.requests": ("{request}", "Requests a receiver refused, by reason",
+                                          ("receiver", "transport", "reason")),
+    "otelcol.exporter.sent.spans": ("{span}", "Spans an exporter delivered", ("exporter",)),
+    "otelcol.exporter.send_failed.spans": ("{span}", "Spans an exporter gave up on, by reason",
+                                           ("exporter", "reason")),
+    "otelcol.exporter.enqueue_failed.spans": ("{span}", "Spans an exporter's full queue could not take",
+                                              ("exporter",)),
 }
-_GAUGES = {
-    "queue": ("flowtel.queue.size", "{span}", "Spans waiting between the request thread and the worker"),
+_GAUGES: dict[str, tuple[str, str, str]] = {
+    "queue": ("flowtel.queue.size", "{span}", "Spans waiting between intake and the flowtel worker"),
     "held_spans": ("flowtel.spans.held", "{span}", "Spans held until their local trace completes"),
     "held_traces": ("flowtel.traces.held", "{trace}", "Local traces waiting for their root span"),
+    "exporter_queue": ("otelcol.exporter.queue.size", "{batch}", "Batches waiting in an exporter's queue"),
+    "exporter_queue_capacity": ("otelcol.exporter.queue.capacity", "{batch}", "Size of an exporter's queue"),
+}
+#: Series that exist from the start, so alerts and dashboards have them before the first loss.
+_ZEROS: dict[str, tuple[Labels, ...]] = {
+    "flowtel.spans.dropped": tuple((("reason", r),) for r in DROP_REASONS),
+    "flowtel.spans.processed": ((),),
 }
 
 
@@ -41,59 +62,62 @@ class SelfMetrics:
 
     def __init__(self, meter_provider: MeterProvider | None = None) -> None:
         self._lock = threading.Lock()
-        self._counts: dict[str, dict[str, int]] = {}
-        self._keys: dict[str, str | None] = {}
-        for name, (_, _, key, zeros) in _COUNTERS.items():
-            # Known reasons start at zero so alerts and dashboards have a series before the first loss.
-            self._counts[name] = dict.fromkeys(zeros, 0) if key else {"": 0}
-            self._keys[name] = key
-        self._gauges: dict[str, Gauge] = {}
+        self._counts: dict[str, dict[Labels, int]] = {name: {} for name in _COUNTERS}
+        for name, label_sets in _ZEROS.items():
+            for labels in label_sets:
+                self._counts[name][labels] = 0
+        self._gauges: dict[str, dict[Labels, Gauge]] = {name: {} for name in _GAUGES}
         if meter_provider is not None:
             self.bind(meter_provider)
 
     def bind(self, meter_provider: MeterProvider) -> None:
         meter = meter_provider.get_meter("flowtel.self")
-        for name, (unit, description, _, _) in _COUNTERS.items():
+        for name, (unit, description, _) in _COUNTERS.items():
             meter.create_observable_counter(name, [self._observe_count(name)], unit, description)
         for gauge, (name, unit, description) in _GAUGES.items():
             meter.create_observable_gauge(name, [self._observe_gauge(gauge)], unit, description)
 
     def _observe_count(self, name: str) -> Callable[[CallbackOptions], Iterable[Observation]]:
-        key = self._keys[name]
-
         def callback(_: CallbackOptions) -> Iterable[Observation]:
             with self._lock:
                 counts = list(self._counts[name].items())
-            return [Observation(n, {key: value} if key else None) for value, n in counts]
+            return [Observation(n, dict(labels) or None) for labels, n in counts]
         return callback
 
     def _observe_gauge(self, name: str) -> Callable[[CallbackOptions], Iterable[Observation]]:
         def callback(_: CallbackOptions) -> Iterable[Observation]:
-            gauge = self._gauges.get(name)
-            return [Observation(gauge())] if gauge is not None else []
+            return [Observation(gauge(), dict(labels) or None) for labels, gauge in list(self._gauges[name].items())]
         return callback
 
-    def _add(self, name: str, value: str, count: int) -> None:
+    def add(self, name: str, count: int, *values: str) -> None:
+        """Add to counter ``name``; ``values`` follow the counter's label keys in order."""
+        labels = tuple(zip(_COUNTERS[name][2], values, strict=True))
         counts = self._counts[name]
         with self._lock:
-            counts[value] = counts.get(value, 0) + count
+            counts[labels] = counts.get(labels, 0) + count
 
-    def register_gauge(self, name: str, gauge: Gauge) -> None:
-        self._gauges[name] = gauge
+    def count(self, name: str, **labels: str) -> int:
+        """Current value of one series (tests, health checks)."""
+        key = tuple((k, labels[k]) for k in _COUNTERS[name][2])
+        with self._lock:
+            return self._counts[name].get(key, 0)
+
+    def register_gauge(self, name: str, gauge: Gauge, labels: Mapping[str, str] | None = None) -> None:
+        self._gauges[name][tuple((labels or {}).items())] = gauge
 
     def dropped(self, reason: str, count: int = 1) -> None:
-        self._add("flowtel.spans.dropped", reason, count)
+        self.add("flowtel.spans.dropped", count, reason)
         warn_once(f"dropped:{reason}", "flowtel dropped spans (reason: %s); counted in flowtel_spans_dropped_total",
                   reason)
 
     def processed(self, count: int) -> None:
-        self._add("flowtel.spans.processed", "", count)
+        self.add("flowtel.spans.processed", count)
 
     def released(self, reason: str, count: int = 1) -> None:
-        self._add("flowtel.traces.released", reason, count)
+        self.add("flowtel.traces.released", count, reason)
 
     def metric_overflow(self, metric: str) -> None:
-        self._add("flowtel.metric.overflow", metric, 1)
+        self.add("flowtel.metric.overflow", 1, metric)
 
     def processing_error(self, stage: str, count: int = 1) -> None:
-        self._add("flowtel.processing.errors", stage, count)
+        self.add("flowtel.processing.errors", count, stage)

@@ -1,0 +1,257 @@
+"""The queue and retry loop in front of a network exporter, as the upstream collector's exporterhelper.
+
+``export`` only enqueues; ``num_consumers`` threads send, retrying retryable failures
+with exponential backoff (honouring a server's requested delay) for up to
+``max_elapsed_time``. With ``storage`` set, each batch is a file in a directory until it
+is delivered or finally refused, so a restart loses nothing already accepted: the next
+start picks up the files left behind. Every batch given up on is counted by reason in
+``otelcol_exporter_send_failed_spans`` and ``flowtel_spans_dropped_total`` and logged once.
+"""
+
+from __future__ import annotations
+
+import collections
+import contextlib
+import os
+import random
+import struct
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from pydantic import Field
+
+from flowtel._log import logger, warn_once
+from flowtel.collector.settings import Duration, Model, PositiveDuration
+from flowtel.selfmetrics import SelfMetrics
+
+
+class QueueSettings(Model):
+    #: Threads sending batches in parallel.
+    num_consumers: int = Field(2, ge=1)
+    #: Batches held before new ones are refused (``otelcol_exporter_enqueue_failed_spans``).
+    queue_size: int = Field(1000, ge=1)
+    #: A ``file_storage`` extension id: keep the queue on disk so it survives restarts.
+    storage: str | None = None
+
+
+class RetrySettings(Model):
+    enabled: bool = True
+    initial_interval: PositiveDuration = 5.0
+    max_interval: PositiveDuration = 30.0
+    #: Give a batch up after this long; 0 retries for ever.
+    max_elapsed_time: Duration = 300.0
+    multiplier: float = 1.5
+    randomization_factor: float = 0.5
+
+
+@dataclass(frozen=True, slots=True)
+class SendResult:
+    """What one attempt did: delivered, or failed (retryable or not, with a delay the server asked for)."""
+
+    ok: bool
+    retryable: bool = False
+    reason: str = ""
+    retry_after_s: float | None = None
+    rejected: int = 0  # spans the backend refused inside an accepted request (partial success)
+
+    @classmethod
+    def success(cls, rejected: int = 0, reason: str = "") -> SendResult:
+        return cls(True, rejected=rejected, reason=reason)
+
+
+Send = Callable[[bytes, float], SendResult]
+_HEADER = struct.Struct(">Q")  # span count, ahead of the payload in a stored batch
+
+
+@dataclass(slots=True)
+class _Item:
+    spans: int
+    payload: bytes | None  # None: still on disk only
+    path: str | None = None
+
+
+class SendingQueue:
+    def __init__(self, exporter_id: str, send: Send, queue: QueueSettings, retry: RetrySettings,
+                 self_metrics: SelfMetrics, timeout_s: float, storage_dir: str | None = None) -> None:
+        self._id = exporter_id
+        self._send = send
+        self._queue_settings = queue
+        self._retry = retry
+        self._self = self_metrics
+        self._timeout_s = timeout_s
+        self._dir = storage_dir
+        self._items: collections.deque[_Item] = collections.deque()
+        self._cond = threading.Condition()
+        self._stopping = threading.Event()
+        self._threads: list[threading.Thread] = []
+        self._in_flight = 0
+        self._seq = 0
+        if self._dir is not None:
+            os.makedirs(self._dir, mode=0o700, exist_ok=True)
+            self._recover()
+        self_metrics.register_gauge("exporter_queue", lambda: len(self._items), {"exporter": exporter_id})
+        self_metrics.register_gauge("exporter_queue_capacity", lambda: queue.queue_size, {"exporter": exporter_id})
+
+    def _recover(self) -> None:
+        assert self._dir is not None
+        names = sorted(n for n in os.listdir(self._dir) if n.endswith(".batch"))
+        for name in names:
+            path = os.path.join(self._dir, name)
+            try:
+                with open(path, "rb") as f:
+                    (spans,) = _HEADER.unpack(f.read(_HEADER.size))
+            except (OSError, struct.error):
+                logger.warning("exporter %s: unreadable stored batch %s skipped", self._id, path)
+                continue
+            self._items.append(_Item(spans, None, path))
+            self._seq = max(self._seq, int(name.split(".")[0]) + 1)
+        if names:
+            logger.info("exporter %s: %d stored batch(es) (%d spans) recovered from %s", self._id, len(self._items),
+                        sum(i.spans for i in self._items), self._dir)
+
+    def start(self) -> None:
+        for n in range(max(1, self._queue_settings.num_consumers)):
+            thread = threading.Thread(target=self._consume, name=f"flowtel-export-{self._id}-{n}", daemon=True)
+            thread.start()
+            self._threads.append(thread)
+
+    def put(self, payload: bytes, spans: int) -> bool:
+        with self._cond:
+            if len(self._items) >= self._queue_settings.queue_size or self._stopping.is_set():
+                self._self.add("otelcol.exporter.enqueue_failed.spans", spans, self._id)
+                self._self.dropped("exporter_queue_full", spans)
+                warn_once(f"enqueue:{self._id}", "exporter %s: queue full (%d batches); spans dropped and counted",
+                          self._id, self._queue_settings.queue_size)
+                return False
+            item = _Item(spans, payload)
+            if self._dir is not None:
+                item.path = self._store(payload, spans)
+            self._items.append(item)
+            self._cond.notify()
+        return True
+
+    def _store(self, payload: bytes, spans: int) -> str:
+        assert self._dir is not None
+        path = os.path.join(self._dir, f"{self._seq:020d}.batch")
+        self._seq += 1
+        tmp = path + ".tmp"
+        with open(tmp, "wb") as f:
+            f.write(_HEADER.pack(spans))
+            f.write(payload)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+        return path
+
+    def _take(self) -> _Item | None:
+        with self._cond:
+            while not self._items:
+                if self._stopping.is_set():
+                    return None
+                self._cond.wait(0.5)
+            self._in_flight += 1
+            return self._items.popleft()
+
+    def _consume(self) -> None:
+        while True:
+            item = self._take()
+            if item is None:
+                return
+            try:
+                self._deliver(item)
+            finally:
+                with self._cond:
+                    self._in_flight -= 1
+                    self._cond.notify_all()
+
+    def _deliver(self, item: _Item) -> None:
+        payload = item.payload
+        if payload is None and item.path is not None:
+            try:
+                with open(item.path, "rb") as f:
+                    payload = f.read()[_HEADER.size:]
+            except OSError as error:
+                self._give_up(item, f"storage_read: {error.strerror}", "storage_error")
+                return
+        assert payload is not None
+        started = time.monotonic()
+        interval = self._retry.initial_interval
+        while True:
+            result = self._attempt(payload)
+            if result.ok:
+                delivered = item.spans - result.rejected
+                self._self.add("otelcol.exporter.sent.spans", delivered, self._id)
+                if result.rejected:
+                    self._self.add("otelcol.exporter.send_failed.spans", result.rejected, self._id,
+                                   "rejected_by_backend")
+                    self._self.dropped("rejected_by_backend", result.rejected)
+                    warn_once(f"partial:{self._id}", "exporter %s: backend rejected %d span(s): %s", self._id,
+                              result.rejected, result.reason)
+                self._forget(item)
+                return
+            if not (result.retryable and self._retry.enabled):
+                self._give_up(item, result.reason, "permanent_error")
+                return
+            delay = result.retry_after_s if result.retry_after_s is not None else _jitter(
+                interval, self._retry.randomization_factor)
+            interval = min(interval * self._retry.multiplier, self._retry.max_interval)
+            elapsed = time.monotonic() - started
+            limit = self._retry.max_elapsed_time
+            if limit and elapsed + delay > limit:
+                self._give_up(item, f"{result.reason} (retried for {elapsed:.0f}s)", "retries_exhausted")
+                return
+            logger.debug("exporter %s: %s; retrying in %.1fs", self._id, result.reason, delay)
+            if self._stopping.wait(delay) and self._dir is not None:
+                # Stopping with a persistent queue: the file stays for the next start.
+                self._items.appendleft(item)
+                return
+
+    def _attempt(self, payload: bytes) -> SendResult:
+        try:
+            return self._send(payload, self._timeout_s)
+        except Exception as error:  # a bug or an unexpected client error must not kill the consumer
+            return SendResult(False, retryable=True, reason=f"{type(error).__name__}: {error}")
+
+    def _give_up(self, item: _Item, reason: str, kind: str) -> None:
+        self._self.add("otelcol.exporter.send_failed.spans", item.spans, self._id, kind)
+        self._self.dropped(f"export_{kind}", item.spans)
+        warn_once(f"giveup:{self._id}:{kind}", "exporter %s: dropped %d span(s) (%s): %s", self._id, item.spans,
+                  kind, reason)
+        self._forget(item)
+
+    def _forget(self, item: _Item) -> None:
+        if item.path is not None:
+            with contextlib.suppress(FileNotFoundError):
+                os.remove(item.path)
+
+    @property
+    def size(self) -> int:
+        return len(self._items)
+
+    def shutdown(self, deadline: float) -> None:
+        """Deliver what is queued until ``deadline``; then stop. Stored batches stay on disk, others are counted."""
+        with self._cond:
+            # A persistent queue keeps what is left for the next start, so it only waits for batches in flight.
+            while (self._in_flight or (self._items and self._dir is None)) and time.monotonic() < deadline:
+                self._cond.wait(min(0.1, max(0.0, deadline - time.monotonic())))
+            self._stopping.set()
+            self._cond.notify_all()
+        for thread in self._threads:
+            thread.join(timeout=max(0.0, deadline - time.monotonic()) + 0.5)
+        with self._cond:
+            left = list(self._items)
+            self._items.clear()
+        if left and self._dir is None:
+            spans = sum(i.spans for i in left)
+            self._self.add("otelcol.exporter.send_failed.spans", spans, self._id, "shutdown")
+            self._self.dropped("shutdown_timeout", spans)
+            logger.warning("exporter %s: %d span(s) still queued at the shutdown deadline were dropped", self._id,
+                           spans)
+        elif left:
+            logger.info("exporter %s: %d batch(es) left in %s for the next start", self._id, len(left), self._dir)
+
+
+def _jitter(interval: float, factor: float) -> float:
+    return interval * (1 + factor * (2 * random.random() - 1))

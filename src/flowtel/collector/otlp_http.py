@@ -1,0 +1,147 @@
+"""OTLP/HTTP transport of the ``otlp`` receiver: ``POST /v1/traces``, protobuf or JSON, gzip or deflate.
+
+The body is read only up to ``max_request_body_size`` and decompressed only up to the
+same limit, so neither a huge body nor a gzip bomb costs more than the limit. Errors
+answer with a ``google.rpc.Status`` in the request's encoding, as the specification says.
+"""
+
+from __future__ import annotations
+
+import zlib
+from collections.abc import Callable, Iterable
+from typing import Any
+
+from google.protobuf import json_format
+from google.protobuf.message import DecodeError, Message
+from google.rpc import status_pb2
+from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
+
+from flowtel._wsgi import WSGIEndpoint
+from flowtel.otlp import parse_json_request
+
+from .otlp_receiver import BearerToken, HTTPServerConfig, Intake
+from .refusal import Refused
+from .settings import split_endpoint
+
+_PROTOBUF = "application/x-protobuf"
+_JSON = "application/json"
+#: google.rpc.Code for the HTTP statuses this receiver answers with, as the upstream receiver maps them.
+_GRPC_CODE = {400: 3, 401: 16, 404: 5, 405: 12, 411: 3, 413: 8, 415: 3, 503: 14}
+_OTHER_SIGNALS = ("/v1/metrics", "/v1/logs", "/v1development/profiles")
+
+
+class _Reject(Exception):
+    def __init__(self, status: str, reason: str, message: str, headers: Iterable[tuple[str, str]] = ()) -> None:
+        super().__init__(message)
+        self.status, self.reason, self.message, self.headers = status, reason, message, list(headers)
+
+
+def _decompress(body: bytes, encoding: str, limit: int) -> bytes:
+    if encoding in ("", "identity"):
+        return body
+    if encoding == "gzip":
+        inflater = zlib.decompressobj(16 + zlib.MAX_WBITS)
+    elif encoding == "deflate":
+        inflater = zlib.decompressobj()
+    else:
+        raise _Reject("400 Bad Request", "unsupported_encoding",
+                      f"unsupported Content-Encoding {encoding!r}; use gzip, deflate or none")
+    try:
+        out = inflater.decompress(body, limit + 1)
+        if len(out) > limit or inflater.unconsumed_tail:
+            raise _Reject("413 Content Too Large", "too_large",
+                          f"decompressed body exceeds max_request_body_size ({limit} bytes)")
+        out += inflater.flush()
+    except zlib.error as error:
+        raise _Reject("400 Bad Request", "malformed", f"cannot decompress {encoding} body: {error}") from None
+    if len(out) > limit:
+        raise _Reject("413 Content Too Large", "too_large",
+                      f"decompressed body exceeds max_request_body_size ({limit} bytes)")
+    return out
+
+
+class HTTPTransport:
+    def __init__(self, config: HTTPServerConfig, intake: Intake, token: BearerToken | None) -> None:
+        self._config = config
+        self._intake = intake
+        self._token = token
+        host, port = split_endpoint(config.endpoint)
+        self._endpoint = WSGIEndpoint(self._app, host, port, name="flowtel-otlp-http",
+                                      tls=config.tls.settings() if config.tls else None)
+
+    @property
+    def url(self) -> str:
+        return self._endpoint.url
+
+    @property
+    def port(self) -> int:
+        return self._endpoint.port
+
+    def start(self) -> None:
+        self._endpoint.start()
+
+    def shutdown(self) -> None:
+        self._endpoint.shutdown()
+
+    def _app(self, environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
+        content_type = environ.get("CONTENT_TYPE", "").split(";")[0].strip().lower()
+        try:
+            body = self._handle(environ, content_type)
+        except _Reject as reject:
+            self._intake.refuse_request("http", reject.reason, reject.message)
+            return self._status(start_response, reject.status, reject.message, content_type, reject.headers)
+        except Refused as refused:
+            retry = str(max(1, round(refused.retry_after_s)))
+            return self._status(start_response, "503 Service Unavailable", refused.message, content_type,
+                                [("Retry-After", retry)])
+        start_response("200 OK", [("Content-Type", content_type), ("Content-Length", str(len(body)))])
+        return [body]
+
+    def _handle(self, environ: dict[str, Any], content_type: str) -> bytes:
+        path = environ.get("PATH_INFO", "")
+        if path != self._config.traces_url_path:
+            hint = " (flowtel's collector takes traces only)" if path in _OTHER_SIGNALS else ""
+            raise _Reject("404 Not Found", "not_found", f"no OTLP endpoint at {path}{hint}")
+        if environ.get("REQUEST_METHOD") != "POST":
+            raise _Reject("405 Method Not Allowed", "method", "use POST", [("Allow", "POST")])
+        if self._token is not None and not self._token.check(environ.get("HTTP_AUTHORIZATION")):
+            raise _Reject("401 Unauthorized", "unauthenticated", "missing or wrong bearer token",
+                          [("WWW-Authenticate", "Bearer")])
+        if content_type not in (_PROTOBUF, _JSON):
+            raise _Reject("415 Unsupported Media Type", "content_type",
+                          f"Content-Type must be {_PROTOBUF} or {_JSON}, got {content_type or 'none'!r}")
+        limit = self._config.max_request_body_size
+        raw_length = environ.get("CONTENT_LENGTH") or ""
+        if not raw_length.isdigit():
+            raise _Reject("411 Length Required", "length_required", "Content-Length is required")
+        length = int(raw_length)
+        if length > limit:
+            raise _Reject("413 Content Too Large", "too_large",
+                          f"body of {length} bytes exceeds max_request_body_size ({limit} bytes)")
+        body = environ["wsgi.input"].read(length)
+        if len(body) != length:
+            raise _Reject("400 Bad Request", "malformed", "body shorter than Content-Length")
+        body = _decompress(body, environ.get("HTTP_CONTENT_ENCODING", "").strip().lower(), limit)
+        try:
+            request = parse_json_request(body) if content_type == _JSON else ExportTraceServiceRequest.FromString(body)
+        except (DecodeError, ValueError, json_format.ParseError, UnicodeDecodeError) as error:
+            raise _Reject("400 Bad Request", "malformed", f"malformed OTLP {content_type} body: {error}") from None
+        response = self._intake.accept(request, "http")
+        return _encode(response, content_type)
+
+    @staticmethod
+    def _status(start_response: Callable[..., Any], status: str, message: str, content_type: str,
+                headers: list[tuple[str, str]]) -> Iterable[bytes]:
+        code = int(status.split()[0])
+        if content_type not in (_PROTOBUF, _JSON):
+            body, content_type = (message + "\n").encode(), "text/plain; charset=utf-8"
+        else:
+            body = _encode(status_pb2.Status(code=_GRPC_CODE.get(code, 2), message=message), content_type)
+        start_response(status, [("Content-Type", content_type), ("Content-Length", str(len(body))), *headers])
+        return [body]
+
+
+def _encode(message: Message, content_type: str) -> bytes:
+    if content_type == _JSON:
+        return json_format.MessageToJson(message, indent=None).encode()
+    return message.SerializeToString()

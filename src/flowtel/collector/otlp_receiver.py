@@ -1,0 +1,113 @@
+"""``otlp`` receiver: OTLP/gRPC (grpcio) and OTLP/HTTP (protobuf and JSON) for traces.
+
+Defaults and answers follow the upstream receiver: ``localhost:4317`` / ``localhost:4318``,
+4 MiB gRPC messages and 20 MiB HTTP bodies, 400 / INVALID_ARGUMENT for malformed data,
+415 for other content types, 413 / RESOURCE_EXHAUSTED past the size limits, 401 /
+UNAUTHENTICATED without the configured bearer token, 503 / UNAVAILABLE with a retry delay
+when the collector is over its memory or queue limits. Spans with invalid ids are
+rejected one by one and reported through OTLP partial success; the rest are accepted.
+"""
+
+from __future__ import annotations
+
+import hmac
+from collections.abc import Sequence
+
+from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
+    ExportTraceServiceRequest,
+    ExportTraceServiceResponse,
+)
+from pydantic import Field, model_validator
+
+from flowtel._log import warn_once
+from flowtel.otlp import adapt
+from flowtel.selfmetrics import SelfMetrics
+
+from .pipeline import TracesPipeline
+from .refusal import Refused
+from .settings import Auth, EmptyIsDefault, Endpoint, Model, ServerTLS
+
+MIB = 1 << 20
+
+
+class GRPCServerConfig(Model):
+    endpoint: Endpoint = "localhost:4317"
+    max_recv_msg_size_mib: float = Field(4, gt=0)
+    tls: ServerTLS | None = None
+    auth: Auth | None = None
+
+
+class HTTPServerConfig(Model):
+    endpoint: Endpoint = "localhost:4318"
+    max_request_body_size: int = Field(20 * MIB, gt=0)
+    traces_url_path: str = "/v1/traces"
+    tls: ServerTLS | None = None
+    auth: Auth | None = None
+
+
+class Protocols(EmptyIsDefault):
+    grpc: GRPCServerConfig | None = None
+    http: HTTPServerConfig | None = None
+
+    @model_validator(mode="after")
+    def _at_least_one(self) -> Protocols:
+        if self.grpc is None and self.http is None:
+            raise ValueError("at least one of grpc, http")
+        return self
+
+
+class OTLPReceiverConfig(Model):
+    protocols: Protocols
+
+
+class BearerToken:
+    """Constant-time check of ``Authorization: Bearer <token>``."""
+
+    def __init__(self, token: str) -> None:
+        self._expected = f"Bearer {token}".encode()
+
+    def check(self, header: str | None) -> bool:
+        return hmac.compare_digest((header or "").encode(), self._expected)
+
+
+class Intake:
+    """What both transports do with a decoded request: adapt, fan out to pipelines, count, answer."""
+
+    def __init__(self, receiver_id: str, pipelines: Sequence[TracesPipeline], self_metrics: SelfMetrics) -> None:
+        self.receiver_id = receiver_id
+        self._pipelines = tuple(pipelines)
+        self._self = self_metrics
+
+    def refuse_request(self, transport: str, reason: str, detail: str) -> None:
+        self._self.add("flowtel.receiver.refused.requests", 1, self.receiver_id, transport, reason)
+        warn_once(f"refused:{self.receiver_id}:{transport}:{reason}",
+                  "receiver %s (%s) refused a request (%s): %s; counted in flowtel_receiver_refused_requests_total",
+                  self.receiver_id, transport, reason, detail)
+
+    def accept(self, request: ExportTraceServiceRequest, transport: str) -> ExportTraceServiceResponse:
+        requests = [request]
+        for _ in self._pipelines[1:]:  # each pipeline edits its spans in place, so each gets its own copy
+            copy = ExportTraceServiceRequest()
+            copy.CopyFrom(request)
+            requests.append(copy)
+        adapted = [adapt(r) for r in requests]
+        first = adapted[0]
+        count = len(first.spans)
+        try:
+            for pipeline, a in zip(self._pipelines, adapted, strict=True):
+                pipeline.consume(a.spans)
+        except Refused as refused:
+            self._self.add("otelcol.receiver.refused.spans", count + first.rejected, self.receiver_id, transport,
+                           refused.reason)
+            self.refuse_request(transport, refused.reason, refused.message)
+            raise
+        self._self.add("otelcol.receiver.accepted.spans", count, self.receiver_id, transport)
+        response = ExportTraceServiceResponse()
+        if first.rejected:
+            self._self.add("otelcol.receiver.refused.spans", first.rejected, self.receiver_id, transport,
+                           "invalid_span")
+            warn_once(f"invalid:{self.receiver_id}", "receiver %s: %s (reported to the client as partial success)",
+                      self.receiver_id, first.error_message)
+            response.partial_success.rejected_spans = first.rejected
+            response.partial_success.error_message = first.error_message
+        return response

@@ -1,0 +1,130 @@
+"""One ``traces`` pipeline of the collector: intake, the flowtel worker, and the exporters.
+
+Receivers call ``consume`` on their own threads; it only checks the limits and appends
+(the request thread stays cheap, as in-process). One worker thread per pipeline runs
+the shared ``TracePipeline`` with ``apply_to_otlp_span``, encodes released spans into
+OTLP requests and hands them to every exporter, each of which queues on its own.
+"""
+
+from __future__ import annotations
+
+import collections
+import threading
+import time
+from collections.abc import Sequence
+from typing import Any, Protocol
+
+from flowtel._log import logger
+from flowtel.config import FlowtelConfig
+from flowtel.otlp import apply_to_otlp_span, encode_request
+from flowtel.processors.metrics import FlowtelMetrics
+from flowtel.processors.pipeline import TracePipeline
+from flowtel.selfmetrics import SelfMetrics
+from flowtel.spans import SpanData
+
+from .batch import BatchConfig
+from .memory_limiter import MemoryLimiter
+from .refusal import Refused
+
+DEFAULT_MAX_QUEUE = 20_000
+
+
+class TracesExporter(Protocol):
+    id: str
+
+    def start(self) -> None: ...
+    def export(self, payload: bytes, spans: int) -> None: ...
+    def shutdown(self, deadline: float) -> None: ...
+
+
+class TracesPipeline:
+    def __init__(self, pipeline_id: str, exporters: Sequence[TracesExporter], self_metrics: SelfMetrics, *,
+                 flowtel: tuple[FlowtelConfig, FlowtelMetrics] | None = None,
+                 memory_limiters: Sequence[MemoryLimiter] = (), batch: BatchConfig | None = None) -> None:
+        self.id = pipeline_id
+        self._exporters = tuple(exporters)
+        self._self = self_metrics
+        self._limiters = tuple(memory_limiters)
+        self._batch = batch or BatchConfig()
+        self._max_queue = flowtel[0].max_queue_size if flowtel else DEFAULT_MAX_QUEUE
+        self._trace_pipeline = None
+        if flowtel is not None:
+            self._trace_pipeline = TracePipeline(flowtel[0], flowtel[1], self_metrics, apply_to_otlp_span,
+                                                 {"pipeline": pipeline_id})
+        self._intake: collections.deque[list[SpanData]] = collections.deque()
+        self._queued = 0
+        self._intake_lock = threading.Lock()
+        self._run_lock = threading.Lock()
+        self._wake = threading.Event()
+        self._stopping = False
+        self._worker = threading.Thread(target=self._run, name=f"flowtel-pipeline-{pipeline_id}", daemon=True)
+        self_metrics.register_gauge("queue", lambda: self._queued, {"pipeline": pipeline_id})
+
+    def start(self) -> None:
+        self._worker.start()
+
+    # Receiver threads.
+    def consume(self, spans: list[SpanData]) -> None:
+        for limiter in self._limiters:
+            limiter.check()
+        n = len(spans)
+        with self._intake_lock:
+            if self._stopping:
+                raise Refused("shutting_down", "collector is shutting down; retry against another instance")
+            if self._queued + n > self._max_queue and self._queued:
+                raise Refused("queue_full", f"collector queue is full ({self._max_queue} spans); retry later")
+            self._intake.append(spans)
+            self._queued += n
+        if self._queued >= self._batch.send_batch_size:
+            self._wake.set()
+
+    # The worker.
+    def _run(self) -> None:
+        while not self._stopping:
+            self._wake.wait(self._batch.timeout)
+            self._wake.clear()
+            self._drain_once()
+
+    def _drain_once(self) -> None:
+        with self._run_lock:
+            with self._intake_lock:
+                chunks = list(self._intake)
+                self._intake.clear()
+                self._queued = 0
+            batch = [span for chunk in chunks for span in chunk]
+            try:
+                if self._trace_pipeline is not None:
+                    ready = self._trace_pipeline.process(batch, time.monotonic_ns())
+                else:
+                    ready = [span.native for span in batch]
+                    self._self.processed(len(ready))
+                self._emit(ready)
+            except Exception:
+                logger.exception("pipeline %s failed on a batch of %d spans", self.id, len(batch))
+                self._self.dropped("internal_error", len(batch))
+
+    def _emit(self, ready: list[Any]) -> None:
+        if not ready:
+            return
+        size = self._batch.send_batch_max_size or len(ready)
+        for start in range(0, len(ready), size):
+            chunk = ready[start:start + size]
+            payload = encode_request(chunk)
+            for exporter in self._exporters:
+                try:
+                    exporter.export(payload, len(chunk))
+                except Exception:
+                    logger.exception("exporter %s failed to take a batch of %d spans", exporter.id, len(chunk))
+                    self._self.dropped("internal_error", len(chunk))
+
+    def shutdown(self) -> None:
+        """Stop taking data, process what is queued and release every held trace to the exporters."""
+        with self._intake_lock:
+            self._stopping = True
+        self._wake.set()
+        if self._worker.is_alive():
+            self._worker.join(timeout=10)
+        self._drain_once()
+        if self._trace_pipeline is not None:
+            with self._run_lock:
+                self._emit(self._trace_pipeline.drain())
