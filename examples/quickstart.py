@@ -11,6 +11,7 @@ request in ten failing at the model. Watch the metrics with:
 
     python examples/quickstart.py                 # run until Ctrl-C
     python examples/quickstart.py --requests 20   # run 20 requests, print a summary, exit
+    python examples/quickstart.py --collector     # no flowtel in the app: plain OTLP to a flowtel collector
 """
 
 from __future__ import annotations
@@ -83,7 +84,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description="flowtel quickstart (offline)")
     parser.add_argument("--requests", type=int, default=0, help="stop after N requests (default: run until Ctrl-C)")
     parser.add_argument("--interval", type=float, default=0.5, help="seconds between requests")
+    parser.add_argument("--collector", action="store_true",
+                        help="leave flowtel out of the app and send plain OTLP to a flowtel collector "
+                             "(OTEL_EXPORTER_OTLP_ENDPOINT, default http://localhost:4318)")
     args = parser.parse_args()
+    if args.collector:
+        return run_against_collector(args)
 
     telemetry = flowtel.configure()
     start_trace()  # prompt flow's own setup: wraps the openai client; keeps flowtel's tracer provider
@@ -105,6 +111,34 @@ def main() -> None:
         print("\n".join(line for line in body.splitlines()
                         if line.startswith(("flow_request_total", "token_consumption_total"))))
     telemetry.shutdown()
+
+
+def run_against_collector(args: argparse.Namespace) -> None:
+    """What an app that changes no code looks like: the bare SDK exporting OTLP to the collector."""
+    from opentelemetry import trace as otel_trace
+    from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+    from opentelemetry.sdk.resources import Resource
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import BatchSpanProcessor
+
+    provider = TracerProvider(resource=Resource.create({"service.name": "quickstart"}))
+    provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter()))
+    otel_trace.set_tracer_provider(provider)
+    start_trace()
+    with FakeLLMServer(chunk_delay_s=0.02) as server:
+        LLM[:] = [openai.OpenAI(base_url=server.base_url, api_key="not-needed", max_retries=0)]
+        endpoint = os.environ.get("OTEL_EXPORTER_OTLP_ENDPOINT", "http://localhost:4318")
+        print(f"fake model at {server.base_url}; spans to the collector at {endpoint}", flush=True)
+        i = 0
+        try:
+            while not args.requests or i < args.requests:
+                serve_one(i)
+                i += 1
+                time.sleep(args.interval)
+        except KeyboardInterrupt:
+            pass
+    provider.shutdown()
+    print("done; the collector's metrics: curl -s localhost:9464/metrics | grep -E '^(flow|node|rpc|token)_'")
 
 
 if __name__ == "__main__":
