@@ -51,7 +51,7 @@ class CollectorProcess:
             self.lines.append(line)
             m = _LISTEN.search(line)
             if m:
-                kind, cid, what, where = m.groups()
+                _, cid, what, where = m.groups()
                 if what == "OTLP/gRPC":
                     self.grpc[cid] = where
                 elif what == "OTLP/HTTP":

@@ -17,7 +17,7 @@ class _Service(trace_service_pb2_grpc.TraceServiceServicer):
     def __init__(self, sink: OTLPSink) -> None:
         self.sink = sink
 
-    def Export(self, request, context):  # type: ignore[no-untyped-def]  # noqa: N802
+    def Export(self, request, context):  # type: ignore[no-untyped-def]
         if self.sink.fail_with is not None:
             context.abort(self.sink.fail_with, "sink told to fail")
         with self.sink.lock:
