@@ -60,7 +60,7 @@ def test_default_config_serves_otlp_metrics_and_health() -> None:
     lines: list[str] = []
     threading.Thread(target=lambda: lines.extend(proc.stdout), daemon=True).start()  # type: ignore[arg-type]
     try:
-        status, body = _wait(lambda: _health()[0] == 200 and _health())
+        _, body = _wait(lambda: _health()[0] == 200 and _health())
         assert body["status"] == "Server available" and body["state"] == "ready"
         log = "".join(lines)
         for what in ("OTLP/gRPC listening on 127.0.0.1:4317", "OTLP/HTTP listening on http://127.0.0.1:4318/v1/traces",
