@@ -39,7 +39,16 @@ class TracePipeline:
 
     def process(self, spans: Iterable[SpanData], now_ns: int) -> list[Any]:
         out: list[Any] = []
+        # Roots last: a batch may carry a root ahead of its children (senders and relays reorder),
+        # and a root that arrives first would release its trace before the children are there.
+        roots: list[SpanData] = []
         for span in spans:
+            if span.parent_span_id == 0 or span.parent_is_remote:
+                roots.append(span)
+                continue
+            for released in self._assembler.add(span, now_ns):
+                self._finish(released, out)
+        for span in roots:
             for released in self._assembler.add(span, now_ns):
                 self._finish(released, out)
         for released in self._assembler.expire(now_ns):
