@@ -74,8 +74,17 @@ def encode_value(target: AnyValue, value: Any) -> None:
         target.string_value = str(value)
 
 
+_SCALARS = frozenset({"string_value", "int_value", "double_value", "bool_value", "bytes_value"})
+
+
 def decode_attributes(kvs: Iterable[KeyValue]) -> dict[str, Any]:
-    return {kv.key: decode_value(kv.value) for kv in kvs}
+    out: dict[str, Any] = {}
+    for kv in kvs:
+        value = kv.value
+        kind = value.WhichOneof("value")
+        # Scalars are nearly every attribute: read them without a call to decode_value.
+        out[kv.key] = getattr(value, kind) if kind in _SCALARS else decode_value(value)
+    return out
 
 
 def _varint(n: int) -> bytes:
@@ -229,22 +238,32 @@ def _hex_ids_to_base64(obj: dict[str, Any]) -> None:
             obj[key] = base64.b64encode(bytes.fromhex(value)).decode()
 
 
+def _objects(value: Any, where: str) -> list[dict[str, Any]]:
+    """``value`` as a JSON array of objects (absent or null is empty), else ``ValueError`` naming ``where``."""
+    if value is None:
+        return []
+    if not isinstance(value, list) or not all(isinstance(item, dict) for item in value):
+        raise ValueError(f"{where} must be an array of objects")
+    return value
+
+
 def parse_json_request(body: bytes) -> ExportTraceServiceRequest:
     """OTLP/JSON: protobuf JSON mapping, except that trace and span ids are hex, not base64.
 
     Raises ``ValueError`` (with the reason) for anything that is not a valid request.
     """
-    data = json.loads(body)
+    try:
+        data = json.loads(body)
+    except RecursionError:
+        raise ValueError("JSON nested too deeply") from None
     if not isinstance(data, dict):
         raise ValueError("the body must be a JSON object")
-    for rs in data.get("resourceSpans") or ():
-        for ss in (rs or {}).get("scopeSpans") or ():
-            for span in (ss or {}).get("spans") or ():
-                if isinstance(span, dict):
-                    _hex_ids_to_base64(span)
-                    for link in span.get("links") or ():
-                        if isinstance(link, dict):
-                            _hex_ids_to_base64(link)
+    for rs in _objects(data.get("resourceSpans"), "resourceSpans"):
+        for ss in _objects(rs.get("scopeSpans"), "resourceSpans[].scopeSpans"):
+            for span in _objects(ss.get("spans"), "scopeSpans[].spans"):
+                _hex_ids_to_base64(span)
+                for link in _objects(span.get("links"), "spans[].links"):
+                    _hex_ids_to_base64(link)
     request = ExportTraceServiceRequest()
     json_format.ParseDict(data, request, ignore_unknown_fields=True)
     return request

@@ -16,6 +16,7 @@ from google.protobuf.message import DecodeError, Message
 from google.rpc import status_pb2
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 
+from flowtel._log import logger
 from flowtel._wsgi import WSGIEndpoint
 from flowtel.otlp import parse_json_request
 
@@ -26,7 +27,7 @@ from .settings import split_endpoint
 _PROTOBUF = "application/x-protobuf"
 _JSON = "application/json"
 #: google.rpc.Code for the HTTP statuses this receiver answers with, as the upstream receiver maps them.
-_GRPC_CODE = {400: 3, 401: 16, 404: 5, 405: 12, 411: 3, 413: 8, 415: 3, 503: 14}
+_GRPC_CODE = {400: 3, 401: 16, 404: 5, 405: 12, 411: 3, 413: 8, 415: 3, 500: 13, 503: 14}
 _OTHER_SIGNALS = ("/v1/metrics", "/v1/logs", "/v1development/profiles")
 
 
@@ -40,24 +41,34 @@ def _decompress(body: bytes, encoding: str, limit: int) -> bytes:
     if encoding in ("", "identity"):
         return body
     if encoding == "gzip":
-        inflater = zlib.decompressobj(16 + zlib.MAX_WBITS)
+        wbits = 16 + zlib.MAX_WBITS
     elif encoding == "deflate":
-        inflater = zlib.decompressobj()
+        wbits = zlib.MAX_WBITS
     else:
         raise _Reject("400 Bad Request", "unsupported_encoding",
                       f"unsupported Content-Encoding {encoding!r}; use gzip, deflate or none")
+    too_large = _Reject("413 Content Too Large", "too_large",
+                        f"decompressed body exceeds max_request_body_size ({limit} bytes)")
+    out = bytearray()
+    data = body
     try:
-        out = inflater.decompress(body, limit + 1)
-        if len(out) > limit or inflater.unconsumed_tail:
-            raise _Reject("413 Content Too Large", "too_large",
-                          f"decompressed body exceeds max_request_body_size ({limit} bytes)")
-        out += inflater.flush()
+        while True:  # gzip allows several members one after the other; they decode as one body
+            inflater = zlib.decompressobj(wbits)
+            out += inflater.decompress(data, limit + 1 - len(out))  # never 0 (unbounded): len(out) <= limit
+            if len(out) > limit or inflater.unconsumed_tail:
+                raise too_large
+            out += inflater.flush()
+            if len(out) > limit:
+                raise too_large
+            if not inflater.eof:
+                raise _Reject("400 Bad Request", "malformed", f"truncated {encoding} body")
+            data = inflater.unused_data
+            if not data:
+                return bytes(out)
+            if encoding == "deflate":
+                raise _Reject("400 Bad Request", "malformed", "data after the end of the deflate stream")
     except zlib.error as error:
         raise _Reject("400 Bad Request", "malformed", f"cannot decompress {encoding} body: {error}") from None
-    if len(out) > limit:
-        raise _Reject("413 Content Too Large", "too_large",
-                      f"decompressed body exceeds max_request_body_size ({limit} bytes)")
-    return out
 
 
 class HTTPTransport:
@@ -94,6 +105,10 @@ class HTTPTransport:
             retry = str(max(1, round(refused.retry_after_s)))
             return self._status(start_response, "503 Service Unavailable", refused.message, content_type,
                                 [("Retry-After", retry)])
+        except Exception:  # a bug of ours, not the client's: answer 500 and keep serving, as upstream does
+            logger.exception("receiver %s (http): internal error on a request", self._intake.receiver_id)
+            self._intake.refuse_request("http", "internal_error", "internal error (see the log)")
+            return self._status(start_response, "500 Internal Server Error", "internal error", content_type, [])
         start_response("200 OK", [("Content-Type", content_type), ("Content-Length", str(len(body)))])
         return [body]
 
