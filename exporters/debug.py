@@ -6,8 +6,10 @@ request as OTLP JSON. Meant for trying a config out, not for production volumes.
 
 from __future__ import annotations
 
+import base64
+import json
 import logging
-from typing import Literal
+from typing import Any, Literal
 
 from google.protobuf import json_format
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
@@ -16,6 +18,20 @@ from flowtel.collector.settings import Model
 from flowtel.selfmetrics import SelfMetrics
 
 logger = logging.getLogger("flowtel.debug")
+_ID_KEYS = ("traceId", "spanId", "parentSpanId")
+
+
+def _otlp_json(request: ExportTraceServiceRequest) -> str:
+    """OTLP/JSON: the protobuf JSON mapping, except that ids are hex (not base64) and enums integers."""
+    data: dict[str, Any] = json_format.MessageToDict(request, use_integers_for_enums=True)
+    for rs in data.get("resourceSpans", ()):
+        for ss in rs.get("scopeSpans", ()):
+            for span in ss.get("spans", ()):
+                for obj in (span, *span.get("links", ())):
+                    for key in _ID_KEYS:
+                        if obj.get(key):
+                            obj[key] = base64.b64decode(obj[key]).hex()
+    return json.dumps(data, separators=(", ", ": "), ensure_ascii=False)
 
 
 class DebugExporterConfig(Model):
@@ -36,7 +52,7 @@ class DebugExporter:
         if self._verbosity != "basic":
             request = ExportTraceServiceRequest.FromString(payload)
             if self._verbosity == "detailed":
-                logger.info("%s", json_format.MessageToJson(request, indent=None))
+                logger.info("%s", _otlp_json(request))
             else:
                 for rs in request.resource_spans:
                     for ss in rs.scope_spans:

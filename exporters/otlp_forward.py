@@ -15,6 +15,7 @@ from typing import Literal
 
 import grpc
 import requests
+from google.protobuf import json_format
 from google.rpc import error_details_pb2, status_pb2
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceResponse
 from pydantic import Field, model_validator
@@ -116,6 +117,20 @@ class GRPCSender:
         self._channel.close()
 
 
+def _error_message(response: requests.Response) -> str:
+    """The message of the ``google.rpc.Status`` an OTLP/HTTP server answers a failure with, else the body's text."""
+    content_type = response.headers.get("Content-Type", "").split(";")[0].strip().lower()
+    message = ""
+    try:
+        if content_type == "application/x-protobuf":
+            message = status_pb2.Status.FromString(response.content).message
+        elif content_type == "application/json":
+            message = json_format.Parse(response.content, status_pb2.Status(), ignore_unknown_fields=True).message
+    except Exception:  # not a Status after all: show the text
+        pass
+    return (message or response.text)[:200]
+
+
 class HTTPSender:
     def __init__(self, config: OTLPHTTPExporterConfig) -> None:
         self._url = config.url
@@ -144,7 +159,7 @@ class HTTPSender:
         retry_after = response.headers.get("Retry-After")
         delay = float(retry_after) if retry_after and retry_after.isdigit() else None
         return SendResult(False, retryable=response.status_code in _RETRYABLE_HTTP,
-                          reason=f"HTTP {response.status_code}: {response.text[:200]}", retry_after_s=delay)
+                          reason=f"HTTP {response.status_code}: {_error_message(response)}", retry_after_s=delay)
 
     def close(self) -> None:
         self._session.close()

@@ -65,7 +65,7 @@ Send = Callable[[bytes, float], SendResult]
 _HEADER = struct.Struct(">Q")  # span count, ahead of the payload in a stored batch
 
 
-@dataclass(slots=True)
+@dataclass(slots=True, eq=False)
 class _Item:
     spans: int
     payload: bytes | None  # None: still on disk only
@@ -86,7 +86,7 @@ class SendingQueue:
         self._cond = threading.Condition()
         self._stopping = threading.Event()
         self._threads: list[threading.Thread] = []
-        self._in_flight = 0
+        self._in_flight: list[_Item] = []  # taken by a consumer: being sent or waiting to be retried
         self._seq = 0
         if self._dir is not None:
             os.makedirs(self._dir, mode=0o700, exist_ok=True)
@@ -147,12 +147,14 @@ class SendingQueue:
 
     def _take(self) -> _Item | None:
         with self._cond:
-            while not self._items:
-                if self._stopping.is_set():
+            while True:
+                if self._stopping.is_set():  # what is left stays queued for ``shutdown`` to keep or count
                     return None
+                if self._items:
+                    item = self._items.popleft()
+                    self._in_flight.append(item)
+                    return item
                 self._cond.wait(0.5)
-            self._in_flight += 1
-            return self._items.popleft()
 
     def _consume(self) -> None:
         while True:
@@ -163,7 +165,8 @@ class SendingQueue:
                 self._deliver(item)
             finally:
                 with self._cond:
-                    self._in_flight -= 1
+                    if item in self._in_flight:
+                        self._in_flight.remove(item)
                     self._cond.notify_all()
 
     def _deliver(self, item: _Item) -> None:
@@ -203,9 +206,12 @@ class SendingQueue:
                 self._give_up(item, f"{result.reason} (retried for {elapsed:.0f}s)", "retries_exhausted")
                 return
             logger.debug("exporter %s: %s; retrying in %.1fs", self._id, result.reason, delay)
-            if self._stopping.wait(delay) and self._dir is not None:
-                # Stopping with a persistent queue: the file stays for the next start.
-                self._items.appendleft(item)
+            if self._stopping.wait(delay):
+                # Stopping: back to the queue, for ``shutdown`` to leave on disk (persistent) or count as dropped.
+                with self._cond:
+                    if item in self._in_flight:
+                        self._in_flight.remove(item)
+                        self._items.appendleft(item)
                 return
 
     def _attempt(self, payload: bytes) -> SendResult:
@@ -231,17 +237,26 @@ class SendingQueue:
         return len(self._items)
 
     def shutdown(self, deadline: float) -> None:
-        """Deliver what is queued until ``deadline``; then stop. Stored batches stay on disk, others are counted."""
+        """Deliver what is queued until ``deadline``; then stop. Stored batches stay on disk, others are counted.
+
+        A persistent queue keeps what is left for the next start, so it stops at once: a batch being sent
+        finishes its attempt, one waiting to be retried goes back to its file. An in-memory queue keeps
+        sending and retrying until it is empty or the deadline; what is still queued or in flight then
+        is counted as dropped and logged.
+        """
         with self._cond:
-            # A persistent queue keeps what is left for the next start, so it only waits for batches in flight.
-            while (self._in_flight or (self._items and self._dir is None)) and time.monotonic() < deadline:
-                self._cond.wait(min(0.1, max(0.0, deadline - time.monotonic())))
+            if self._dir is None:
+                while (self._in_flight or self._items) and time.monotonic() < deadline:
+                    self._cond.wait(min(0.1, max(0.0, deadline - time.monotonic())))
             self._stopping.set()
             self._cond.notify_all()
+        end = max(deadline, time.monotonic()) + 0.5  # a consumer interrupted at the deadline needs a moment
         for thread in self._threads:
-            thread.join(timeout=max(0.0, deadline - time.monotonic()) + 0.5)
+            thread.join(timeout=max(0.0, end - time.monotonic()))
         with self._cond:
-            left = list(self._items)
+            # Batches still in flight belong to consumers stuck in an attempt past the deadline.
+            left = [*self._in_flight, *self._items]
+            self._in_flight.clear()
             self._items.clear()
         if left and self._dir is None:
             spans = sum(i.spans for i in left)
