@@ -96,7 +96,7 @@ class SendingQueue:
 
     def _recover(self) -> None:
         assert self._dir is not None
-        names = sorted(n for n in os.listdir(self._dir) if n.endswith(".batch"))
+        names = sorted(n for n in os.listdir(self._dir) if n.endswith(".batch") and n.split(".")[0].isdigit())
         for name in names:
             path = os.path.join(self._dir, name)
             try:
@@ -127,7 +127,14 @@ class SendingQueue:
                 return False
             item = _Item(spans, payload)
             if self._dir is not None:
-                item.path = self._store(payload, spans)
+                try:
+                    item.path = self._store(payload, spans)
+                except OSError as error:  # disk full, directory gone: refuse this batch, keep running
+                    self._self.add("otelcol.exporter.enqueue_failed.spans", spans, self._id)
+                    self._self.dropped("storage_error", spans)
+                    warn_once(f"store:{self._id}", "exporter %s: cannot store a batch (%s); spans dropped and "
+                              "counted", self._id, error)
+                    return False
             self._items.append(item)
             self._cond.notify()
         return True
@@ -163,6 +170,11 @@ class SendingQueue:
                 return
             try:
                 self._deliver(item)
+            except Exception:  # a bug must cost this batch, counted, not the consumer thread
+                logger.exception("exporter %s: failed delivering a batch of %d spans", self._id, item.spans)
+                self._self.add("otelcol.exporter.send_failed.spans", item.spans, self._id, "internal_error")
+                self._self.dropped("internal_error", item.spans)
+                self._forget(item)
             finally:
                 with self._cond:
                     if item in self._in_flight:

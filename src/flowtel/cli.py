@@ -33,7 +33,7 @@ def _collector(args: argparse.Namespace) -> int:
         signal.signal(sig, lambda *_: stop.set())
     try:
         collector = Collector(config).start()
-    except OSError as error:
+    except (OSError, RuntimeError) as error:  # grpcio reports a port it cannot bind as RuntimeError
         print(f"flowtel: cannot start: {error}", file=sys.stderr)
         return 1
     while not stop.wait(1.0):

@@ -8,6 +8,8 @@ expected, so one ``flowtel validate`` run shows everything to fix.
 
 from __future__ import annotations
 
+import difflib
+import re
 import types
 import typing
 from collections.abc import Mapping
@@ -20,12 +22,22 @@ from flowtel.exporters.debug import DebugExporterConfig
 from flowtel.exporters.otlp_forward import OTLPExporterConfig, OTLPHTTPExporterConfig
 
 from .batch import BatchConfig
-from .confmap import ConfigFileError, Document, Path, Problem, load, parse
+from .confmap import ConfigFileError, Document, Path, Problem, dotted, load, parse
 from .extensions import BearerTokenAuthConfig, FileStorageConfig, HealthCheckConfig
 from .flowtel_processor import FlowtelProcessorConfig
 from .memory_limiter import MemoryLimiterConfig
 from .otlp_receiver import OTLPReceiverConfig
-from .settings import Auth, Endpoint, Model, PositiveDuration, ServerTLS, split_endpoint
+from .settings import (
+    Auth,
+    Endpoint,
+    Model,
+    PositiveDuration,
+    ServerTLS,
+    _check_endpoint,
+    _readable,
+    parse_duration,
+    split_endpoint,
+)
 
 
 class PrometheusExporterConfig(Model):
@@ -110,60 +122,150 @@ def _unwrap(annotation: Any) -> Any:
     return annotation
 
 
+_EXPECTED = {
+    "missing": "a value (this key is required)",
+    "greater_than": "a number > {gt}",
+    "greater_than_equal": "a number >= {ge}",
+    "less_than": "a number < {lt}",
+    "less_than_equal": "a number <= {le}",
+    "int_type": "an integer",
+    "int_parsing": "an integer",
+    "int_from_float": "an integer",
+    "float_type": "a number",
+    "float_parsing": "a number",
+    "finite_number": "a finite number",
+    "bool_type": "true or false",
+    "bool_parsing": "true or false",
+    "string_type": "a string",
+    "literal_error": "one of {expected}",
+    "dict_type": "a mapping of keys to values",
+    "model_type": "a mapping of settings",
+    "model_attributes_type": "a mapping of settings",
+    "list_type": "a list",
+    "too_short": "at least {min_length} item(s)",
+}
+
+
 def _problems(doc: Document, base: Path, model: type[BaseModel], error: ValidationError) -> list[Problem]:
     out = []
     for err in error.errors(include_url=False):
         loc = tuple(err["loc"])
         kind = err["type"]
+        got = err.get("input")
         if kind == "extra_forbidden":
             parent = _model_at(model, loc[:-1])
             known = ", ".join(parent.model_fields) if parent else ""
-            out.append(doc.problem((*base, *loc), f"no key {loc[-1]!r} here; known keys: {known}"))
-        elif kind == "missing":
-            out.append(doc.problem((*base, *loc), "a value (this key is required)"))
+            hint = _did_you_mean(str(loc[-1]), parent.model_fields if parent else ())
+            out.append(doc.problem((*base, *loc), f"no such key{hint}; known keys: {known}"))
+            continue
+        if kind in _EXPECTED:
+            expected = _EXPECTED[kind].format(**err.get("ctx", {}))
         else:
-            message = err["msg"].removeprefix("Value error, ")
-            out.append(doc.problem((*base, *loc), message[0].lower() + message[1:], err.get("input")))
+            message = err["msg"].removeprefix("Value error, ").removeprefix("Input should be ")
+            expected = message[:1].lower() + message[1:]
+        # A check on a whole section (input: its mapping) names what it wants; echoing the mapping adds noise.
+        if kind == "missing" or isinstance(got, Mapping):
+            got = None
+        out.append(doc.problem((*base, *loc), expected, got))
     return out
 
 
+def _replaced(data: Any, loc: tuple[Any, ...], value: Any) -> Any:
+    """``data`` with the value at ``loc`` replaced, copying only the containers on the way."""
+    if not loc:
+        return value
+    head, rest = loc[0], loc[1:]
+    if isinstance(data, dict) and head in data:
+        return {**data, head: _replaced(data[head], rest, value)}
+    if isinstance(data, list) and isinstance(head, int) and 0 <= head < len(data):
+        return [*data[:head], _replaced(data[head], rest, value), *data[head + 1:]]
+    return data
+
+
 def _validate(doc: Document, base: Path, model: type[Model], data: Any, problems: list[Problem]) -> Any:
-    try:
-        return model.model_validate({} if data is None else data)
-    except ValidationError as error:
-        problems.extend(_problems(doc, base, model, error))
-        return None
+    data = {} if data is None else data
+    restored: set[tuple[Any, ...]] = set()
+    while True:
+        try:
+            return model.model_validate(data)
+        except ValidationError as error:
+            # A whole ``${env:VAR}`` became a number, boolean or null; where that does not fit (a string
+            # setting such as a token), use the text as written, as the upstream collector does. Each
+            # value is restored at most once, so this ends.
+            retyped = [loc for loc in dict.fromkeys(tuple(e["loc"]) for e in error.errors())
+                       if (*base, *loc) in doc.originals and loc not in restored]
+            if not retyped:
+                problems.extend(_problems(doc, base, model, error))
+                return None
+            for loc in retyped:
+                restored.add(loc)
+                data = _replaced(data, loc, doc.originals[(*base, *loc)])
+
+
+def _did_you_mean(word: str, options: typing.Iterable[str]) -> str:
+    close = difflib.get_close_matches(word, list(options), n=1, cutoff=0.75)
+    return f" (did you mean {close[0]}?)" if close else ""
+
+
+_TYPE = re.compile(r"[A-Za-z][0-9A-Za-z_]{0,62}")
+_NAME = re.compile(r"[^\s/]+(?:/[^\s/]+)*")
+
+
+def _bad_id(component_id: str) -> str | None:
+    """What is wrong with a ``type`` or ``type/name`` id, if anything."""
+    ctype, sep, name = component_id.partition("/")
+    if not _TYPE.fullmatch(ctype):
+        return "an id type or type/name, the type a letter then letters, digits or _"
+    if sep and not _NAME.fullmatch(name):
+        return f"an id {ctype}/name with a non-empty name without spaces"
+    return None
 
 
 def build(doc: Document) -> CollectorConfig:
-    problems: list[Problem] = []
+    problems: list[Problem] = list(doc.problems)
     data = doc.data
     for key in data:
         if key not in _TOP_LEVEL:
-            problems.append(doc.problem((key,), f"one of the sections {', '.join(_TOP_LEVEL)}"))
+            problems.append(doc.problem((key,), f"one of the sections {', '.join(_TOP_LEVEL)}"
+                                                f"{_did_you_mean(str(key), _TOP_LEVEL)}"))
     components: dict[str, dict[str, Any]] = {}
     for section, known in COMPONENTS.items():
         components[section] = {}
-        raw = data.get(section) or {}
+        raw = data.get(section)
+        if raw is None:
+            continue
         if not isinstance(raw, Mapping):
             problems.append(doc.problem((section,), "a mapping of component ids to settings", raw))
             continue
         for component_id, settings in raw.items():
-            ctype = component_type(str(component_id))
-            model = known.get(ctype)
+            # A component that is wrong is still "defined", so pipelines naming it add no second problem.
+            components[section][component_id] = None
+            model = known.get(component_type(component_id))
             if model is None:
+                kind = section[:-1]
                 problems.append(doc.problem((section, component_id),
-                                            f"a {section[:-1]} type among {', '.join(known)} (as type or type/name)"))
-                continue
-            components[section][component_id] = _validate(doc, (section, component_id), model, settings, problems)
-    service = _validate(doc, ("service",), ServiceConfig, data.get("service"), problems)
-    if "service" not in data:
+                                            f"{'an' if kind[0] in 'aeiou' else 'a'} {kind} type among "
+                                            f"{', '.join(known)} (as type or type/name)"
+                                            f"{_did_you_mean(component_type(component_id), known)}"))
+            elif (bad := _bad_id(component_id)) is not None:
+                problems.append(doc.problem((section, component_id), bad))
+            else:
+                components[section][component_id] = _validate(doc, (section, component_id), model, settings,
+                                                              problems)
+    if "service" in data:
+        service = _validate(doc, ("service",), ServiceConfig, data["service"], problems)
+        if service is not None:
+            problems.extend(_check_references(doc, service, components))
+    else:
         problems.append(doc.problem(("service",), "a service section with at least one traces pipeline"))
-    if service is not None:
-        problems.extend(_check_references(doc, service, components))
     if problems:
+        problems.sort(key=lambda p: p.line or 0)
         raise ConfigFileError(problems)
     return CollectorConfig(doc.file, service, **components)
+
+
+def _twice(doc: Document, path: Path, ids: list[str], what: str) -> list[Problem]:
+    return [doc.problem((*path, i), f"each {what} once", ref) for i, ref in enumerate(ids) if ref in ids[:i]]
 
 
 def _check_references(doc: Document, service: ServiceConfig, components: dict[str, dict[str, Any]]) -> list[Problem]:
@@ -172,16 +274,21 @@ def _check_references(doc: Document, service: ServiceConfig, components: dict[st
     for i, ext in enumerate(service.extensions):
         if ext not in components["extensions"]:
             problems.append(doc.problem(("service", "extensions", i), "an extension defined under extensions", ext))
+    problems.extend(_twice(doc, ("service", "extensions"), service.extensions, "extension"))
     for pipeline_id, pipeline in service.pipelines.items():
         path: Path = ("service", "pipelines", pipeline_id)
         if component_type(pipeline_id) != "traces":
             problems.append(doc.problem(path, "a traces pipeline (traces or traces/name): flowtel's collector "
                                               "takes traces and derives metrics from them", pipeline_id))
+        elif (bad := _bad_id(pipeline_id)) is not None:
+            problems.append(doc.problem(path, bad, pipeline_id))
         for section in ("receivers", "processors", "exporters"):
-            for i, ref in enumerate(getattr(pipeline, section)):
+            refs = getattr(pipeline, section)
+            for i, ref in enumerate(refs):
                 if ref not in components[section]:
                     problems.append(doc.problem((*path, section, i), f"a component defined under {section}", ref))
-        types_ = [component_type(p) for p in pipeline.processors]
+            problems.extend(_twice(doc, (*path, section), refs, f"{section[:-1]} in a pipeline"))
+        types_ = [component_type(p) for p in dict.fromkeys(pipeline.processors)]
         for ptype in ("flowtel", "batch"):
             if types_.count(ptype) > 1:
                 problems.append(doc.problem((*path, "processors"), f"at most one {ptype} processor",
@@ -189,18 +296,18 @@ def _check_references(doc: Document, service: ServiceConfig, components: dict[st
         if "memory_limiter" in types_ and types_[0] != "memory_limiter":
             problems.append(doc.problem((*path, "processors"), "memory_limiter first, so it refuses data before any "
                                                                "work is done", pipeline.processors))
-    used_exporters = {e for p in service.pipelines.values() for e in p.exporters}
-    used_receivers = {r for p in service.pipelines.values() for r in p.receivers}
+    used_exporters = list(dict.fromkeys(e for p in service.pipelines.values() for e in p.exporters))
+    used_receivers = list(dict.fromkeys(r for p in service.pipelines.values() for r in p.receivers))
     for section, used in (("receivers", used_receivers), ("exporters", used_exporters)):
-        for cid, cfg in components[section].items():
-            if cid in used and cfg is not None:
-                problems.extend(_check_component_refs(doc, (section, cid), cfg, components, enabled))
+        for cid in used:
+            cfg = components[section].get(cid)
+            if cfg is not None:
+                problems.extend(_check_component_refs(doc, (section, cid), cfg, enabled))
     problems.extend(_check_ports(doc, service, components, used_receivers, used_exporters))
     return problems
 
 
-def _check_component_refs(doc: Document, path: Path, cfg: Any, components: dict[str, dict[str, Any]],
-                          enabled: set[str]) -> list[Problem]:
+def _check_component_refs(doc: Document, path: Path, cfg: Any, enabled: set[str]) -> list[Problem]:
     out: list[Problem] = []
     auths: list[tuple[Path, Auth]] = []
     if isinstance(cfg, OTLPReceiverConfig):
@@ -221,10 +328,20 @@ def _check_component_refs(doc: Document, path: Path, cfg: Any, components: dict[
     return out
 
 
+_ANY_HOST = {"", "0.0.0.0", "::"}
+_LOOPBACK = {"localhost", "127.0.0.1", "::1"}
+
+
+def _same_interface(a: str, b: str) -> bool:
+    if a in _ANY_HOST or b in _ANY_HOST:
+        return True
+    a, b = a.lower(), b.lower()
+    return a == b or (a in _LOOPBACK and b in _LOOPBACK)
+
+
 def _check_ports(doc: Document, service: ServiceConfig, components: dict[str, dict[str, Any]],
-                 receivers: set[str], exporters: set[str]) -> list[Problem]:
-    seen: dict[int, str] = {}
-    out: list[Problem] = []
+                 receivers: list[str], exporters: list[str]) -> list[Problem]:
+    """Two listeners on one port (and overlapping addresses) would fail at start; say so now, at the later one."""
     listeners: list[tuple[Path, str]] = []
     for rid in receivers:
         cfg = components["receivers"].get(rid)
@@ -237,19 +354,94 @@ def _check_ports(doc: Document, service: ServiceConfig, components: dict[str, di
         cfg = components["exporters"].get(eid)
         if isinstance(cfg, PrometheusExporterConfig):
             listeners.append((("exporters", eid, "endpoint"), cfg.endpoint))
-    for xid in service.extensions:
+    for xid in dict.fromkeys(service.extensions):
         cfg = components["extensions"].get(xid)
         if isinstance(cfg, HealthCheckConfig):
             listeners.append((("extensions", xid, "endpoint"), cfg.endpoint))
+    listeners.sort(key=lambda item: doc.line(item[0]) or 0)
+    seen: list[tuple[str, int, Path]] = []
+    out: list[Problem] = []
     for path, endpoint in listeners:
-        port = split_endpoint(endpoint)[1]
+        host, port = split_endpoint(endpoint)
         if port == 0:
             continue
-        if port in seen:
-            out.append(doc.problem(path, f"a port not already used by {seen[port]}", endpoint))
+        clash = next((other for h, p, other in seen if p == port and _same_interface(h, host)), None)
+        if clash is not None:
+            out.append(doc.problem(path, f"a port not already used by {dotted(clash)}", endpoint))
         else:
-            seen[port] = ".".join(str(p) for p in path)
+            seen.append((host, port, path))
     return out
+
+
+def _format_duration(seconds: float) -> str:
+    for unit, size in (("h", 3600.0), ("m", 60.0), ("s", 1.0), ("ms", 1e-3)):
+        if seconds >= size and round(seconds / size, 6).is_integer():
+            return f"{round(seconds / size)}{unit}"
+    return "0s" if seconds == 0 else f"{seconds}s"
+
+
+def _type_name(annotation: Any, metadata: list[Any]) -> str:
+    funcs = {getattr(m, "func", None) for m in metadata}
+    for meta in typing.get_args(annotation)[1:] if typing.get_origin(annotation) is typing.Annotated else ():
+        funcs.add(getattr(meta, "func", None))
+    if parse_duration in funcs:
+        name = "duration"
+    elif _check_endpoint in funcs:
+        name = "host:port"
+    elif _readable in funcs:
+        name = "file path"
+    else:
+        inner = _unwrap(annotation)
+        origin = typing.get_origin(annotation)
+        args = [a for a in typing.get_args(annotation) if a is not type(None)]
+        if origin in (typing.Union, types.UnionType) and len(args) == 1:
+            return _type_name(args[0], metadata)
+        if origin is dict:
+            name = "map of strings" if inner is str else "map of id to mapping"
+        elif origin is list:
+            name = "list of strings"
+        elif origin is typing.Literal:
+            name = "one of " + ", ".join(str(a) for a in typing.get_args(annotation))
+        elif isinstance(inner, type) and issubclass(inner, BaseModel):
+            name = "mapping"
+        else:
+            name = {int: "integer", float: "number", bool: "bool", str: "string"}.get(inner, str(inner))
+    for meta in metadata:
+        for attr, sign in (("gt", ">"), ("ge", ">=")):
+            bound = getattr(meta, attr, None)
+            if bound is not None:
+                name += f" {sign} {bound}"
+    return name
+
+
+def reference(model: type[BaseModel], prefix: str = "") -> list[tuple[str, str, str]]:
+    """``(key, type, default)`` for every key of a component, nested keys dotted: collector-config/README.md."""
+    rows: list[tuple[str, str, str]] = []
+    for name, info in model.model_fields.items():
+        key = f"{prefix}{name}"
+        kind = _type_name(info.annotation, list(info.metadata))
+        if info.is_required():
+            default = "required"
+        else:
+            value = info.get_default(call_default_factory=True)
+            if value is None:
+                default = "none"
+            elif isinstance(value, BaseModel):
+                default = "(below)"
+            elif isinstance(value, bool):
+                default = str(value).lower()
+            elif kind.startswith("duration"):
+                default = _format_duration(value)
+            elif isinstance(value, (dict, list)):
+                default = "{}" if isinstance(value, dict) else "[]"
+            else:
+                default = str(value)
+        rows.append((key, kind, default))
+        nested = _unwrap(info.annotation)
+        if isinstance(nested, type) and issubclass(nested, BaseModel):
+            sub = f"{key}.<id>." if typing.get_origin(info.annotation) is dict else f"{key}."
+            rows.extend(reference(nested, sub))
+    return rows
 
 
 def load_config(path: str | None = None, *, text: str | None = None, env: Mapping[str, str] | None = None,
@@ -258,4 +450,4 @@ def load_config(path: str | None = None, *, text: str | None = None, env: Mappin
     return build(doc)
 
 
-__all__ = ["COMPONENTS", "CollectorConfig", "ConfigFileError", "load_config"]
+__all__ = ["COMPONENTS", "CollectorConfig", "ConfigFileError", "load_config", "reference"]

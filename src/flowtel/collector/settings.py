@@ -14,35 +14,43 @@ from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Fie
 
 from flowtel._wsgi import TLSSettings
 
-_DURATION = re.compile(r"(\d+(?:\.\d+)?)(ns|us|µs|ms|s|m|h)")
-_UNIT_S = {"ns": 1e-9, "us": 1e-6, "µs": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0}
+_DURATION = re.compile(r"(\d+\.?\d*|\.\d+)(ns|us|µs|μs|ms|s|m|h)")
+_UNIT_S = {"ns": 1e-9, "us": 1e-6, "µs": 1e-6, "μs": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0}
+_DURATION_EXPECTED = "a duration such as 5s, 200ms or 1m30s"
 
 
 def parse_duration(value: Any) -> Any:
     """Go-style durations as the upstream collector writes them (``200ms``, ``5s``, ``1m30s``); numbers are seconds."""
     if isinstance(value, bool):
-        raise ValueError("a duration such as 5s or 200ms")
+        raise ValueError(_DURATION_EXPECTED)
     if isinstance(value, (int, float)):
         return float(value)
     if isinstance(value, str):
         text = value.strip()
+        if text == "0":  # as Go's time.ParseDuration: the one duration that needs no unit
+            return 0.0
         parts = _DURATION.findall(text)
         if parts and "".join(n + u for n, u in parts) == text:
             return sum(float(n) * _UNIT_S[u] for n, u in parts)
-    raise ValueError("a duration such as 5s, 200ms or 1m30s")
+    raise ValueError(_DURATION_EXPECTED)
+
+
+_ENDPOINT_EXPECTED = "host:port (no scheme), port 0 to 65535, e.g. localhost:4317 or 0.0.0.0:4317"
 
 
 def _check_endpoint(value: str) -> str:
     host, _ = split_endpoint(value)
     if not host:
-        raise ValueError("host:port, e.g. localhost:4317 or 0.0.0.0:4317")
+        raise ValueError(_ENDPOINT_EXPECTED)
     return value
 
 
 def split_endpoint(value: str) -> tuple[str, int]:
+    """``host:port`` (``[::1]:4317`` for IPv6) to its parts; a scheme, path or stray space is an error."""
     host, sep, port = value.rpartition(":")
-    if not sep or not port.isdigit() or not 0 <= int(port) <= 65535:
-        raise ValueError("host:port with a port from 0 to 65535, e.g. localhost:4317")
+    if (not sep or not (port.isascii() and port.isdigit()) or not 0 <= int(port) <= 65535
+            or any(c.isspace() or c in "/@?#" for c in host)):
+        raise ValueError(_ENDPOINT_EXPECTED)
     return host.strip("[]"), int(port)
 
 
@@ -52,8 +60,16 @@ Endpoint = Annotated[str, AfterValidator(_check_endpoint)]
 
 
 def _readable(path: str | None) -> str | None:
-    if path is not None and not os.access(path, os.R_OK):
-        raise ValueError(f"a readable file (cannot read {path!r})")
+    if path is None:
+        return path
+    if not path:
+        raise ValueError("a readable file (the path is empty)")
+    if not os.path.exists(path):
+        raise ValueError("a readable file (it does not exist)")
+    if not os.path.isfile(path):
+        raise ValueError("a readable file (it is not a regular file)")
+    if not os.access(path, os.R_OK):
+        raise ValueError("a readable file (permission denied)")
     return path
 
 
