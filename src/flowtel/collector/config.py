@@ -124,10 +124,10 @@ def _unwrap(annotation: Any) -> Any:
 
 _EXPECTED = {
     "missing": "a value (this key is required)",
-    "greater_than": "a number > {gt}",
-    "greater_than_equal": "a number >= {ge}",
-    "less_than": "a number < {lt}",
-    "less_than_equal": "a number <= {le}",
+    "greater_than": "{noun} > {gt}",
+    "greater_than_equal": "{noun} >= {ge}",
+    "less_than": "{noun} < {lt}",
+    "less_than_equal": "{noun} <= {le}",
     "int_type": "an integer",
     "int_parsing": "an integer",
     "int_from_float": "an integer",
@@ -146,6 +146,17 @@ _EXPECTED = {
 }
 
 
+def _noun(model: type[BaseModel], loc: tuple[Any, ...]) -> str:
+    """What kind of number the key at ``loc`` takes, for range messages."""
+    parent = _model_at(model, loc[:-1]) if loc else None
+    info = parent.model_fields.get(str(loc[-1])) if parent is not None else None
+    if info is None:
+        return "a number"
+    if any(getattr(m, "func", None) is parse_duration for m in info.metadata):
+        return "a duration"
+    return "an integer" if _unwrap(info.annotation) is int else "a number"
+
+
 def _problems(doc: Document, base: Path, model: type[BaseModel], error: ValidationError) -> list[Problem]:
     out = []
     for err in error.errors(include_url=False):
@@ -159,7 +170,8 @@ def _problems(doc: Document, base: Path, model: type[BaseModel], error: Validati
             out.append(doc.problem((*base, *loc), f"no such key{hint}; known keys: {known}"))
             continue
         if kind in _EXPECTED:
-            expected = _EXPECTED[kind].format(**err.get("ctx", {}))
+            ctx = {k: int(v) if isinstance(v, float) and v.is_integer() else v for k, v in err.get("ctx", {}).items()}
+            expected = _EXPECTED[kind].format(noun=_noun(model, loc), **ctx)
         else:
             message = err["msg"].removeprefix("Value error, ").removeprefix("Input should be ")
             expected = message[:1].lower() + message[1:]
