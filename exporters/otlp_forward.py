@@ -18,7 +18,7 @@ import requests
 from google.protobuf import json_format
 from google.rpc import error_details_pb2, status_pb2
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceResponse
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 
 from flowtel.collector.settings import ClientTLS, Model, PositiveDuration
 from flowtel.selfmetrics import SelfMetrics
@@ -45,6 +45,15 @@ class OTLPExporterConfig(_ForwardConfig):
     """``otlp``: OTLP/gRPC. ``endpoint`` is ``host:port``; ``http://`` in front means plaintext."""
 
     endpoint: str
+
+    @field_validator("endpoint")
+    @classmethod
+    def _host_port(cls, value: str) -> str:
+        target = value.split("://", 1)[1] if value.startswith(("http://", "https://")) else value
+        host, sep, port = target.rstrip("/").rpartition(":")
+        if not sep or not host or not port.isdigit() or "/" in target.rstrip("/"):
+            raise ValueError("host:port (optionally after http:// or https://), e.g. backend:4317")
+        return value
 
 
 class OTLPHTTPExporterConfig(_ForwardConfig):

@@ -20,7 +20,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from pydantic import Field
+from pydantic import Field, field_validator
 
 from flowtel._log import logger, warn_once
 from flowtel.collector.settings import Duration, Model, PositiveDuration
@@ -28,6 +28,15 @@ from flowtel.selfmetrics import SelfMetrics
 
 
 class QueueSettings(Model):
+    #: Accepted for upstream configs; flowtel's network exporters always queue (the pipeline never waits on them).
+    enabled: bool = True
+
+    @field_validator("enabled")
+    @classmethod
+    def _always(cls, value: bool) -> bool:
+        if not value:
+            raise ValueError("true: flowtel's network exporters always queue, so the pipeline never waits on them")
+        return value
     #: Threads sending batches in parallel.
     num_consumers: int = Field(2, ge=1)
     #: Batches held before new ones are refused (``otelcol_exporter_enqueue_failed_spans``).
@@ -42,8 +51,8 @@ class RetrySettings(Model):
     max_interval: PositiveDuration = 30.0
     #: Give a batch up after this long; 0 retries for ever.
     max_elapsed_time: Duration = 300.0
-    multiplier: float = 1.5
-    randomization_factor: float = 0.5
+    multiplier: float = Field(1.5, ge=1)
+    randomization_factor: float = Field(0.5, ge=0, le=1)
 
 
 @dataclass(frozen=True, slots=True)

@@ -282,7 +282,7 @@ def test_readme_lists_every_component_key_type_and_default() -> None:
     assert _readme_tables() == expected
     # spot checks that the generated rows themselves are right
     assert ("trace_timeout", "duration > 0", "5m") in expected["processor `flowtel`"]
-    assert ("limit_mib", "integer > 0", "required") in expected["processor `memory_limiter`"]
+    assert ("limit_percentage", "integer > 0", "none") in expected["processor `memory_limiter`"]
     assert ("retry_on_failure.max_elapsed_time", "duration >= 0", "5m") in expected["exporter `otlp`"]
     assert ("protocols.http.endpoint", "host:port", "localhost:4318") in expected["receiver `otlp`"]
 
@@ -487,7 +487,7 @@ service:
 """
     assert problems(text) == [
         "test.yaml:2: receivers.otlp/: expected an id otlp/name with a non-empty name without spaces",
-        "test.yaml:7: processors.memory_limiter: expected spike_limit_mib below limit_mib",
+        "test.yaml:7: processors.memory_limiter: expected a spike limit below the limit",
         "test.yaml:10: exporters.otlphtp: expected an exporter type among prometheus, otlp, otlphttp, debug "
         "(as type or type/name) (did you mean otlphttp?)",
         "test.yaml:14: service.extensions[1]: expected each extension once, got 'file_storage'",
@@ -693,3 +693,43 @@ def test_every_problem_line_has_the_documented_shape(tmp_path: Path) -> None:
         load_config(str(path))
     assert len(info.value.problems) == 14
     assert all(doc_shape.match(str(p)) for p in info.value.problems), str(info.value)
+
+
+_PIPELINE = """
+receivers: {otlp: {protocols: {http: {endpoint: "127.0.0.1:0"}}}}
+processors:
+%s
+exporters:
+  debug: {}
+%s
+service: {pipelines: {traces: {receivers: [otlp], processors: %s, exporters: [debug%s]}}}
+"""
+
+
+@pytest.mark.parametrize(("processors", "exporters", "expected"), [
+    ("  memory_limiter: {limit_mib: 100, limit_percentage: 50}", "", "exactly one of limit_mib, limit_percentage"),
+    ("  memory_limiter: {check_interval: 1s}", "", "exactly one of limit_mib, limit_percentage"),
+    ("  memory_limiter: {limit_percentage: 101}", "", "an integer <= 100"),
+    ("  batch: {}", "  otlp: {endpoint: 'http://backend/v1/traces'}", "host:port"),
+    ("  batch: {}", "  otlp: {endpoint: backend:4317, sending_queue: {enabled: false}}", "always queue"),
+    ("  batch: {}", "  otlp: {endpoint: backend:4317, retry_on_failure: {multiplier: 0.5}}", ">= 1"),
+])
+def test_more_component_checks(processors: str, exporters: str, expected: str) -> None:
+    ptype = processors.split(":")[0].strip()
+    extra = ", " + exporters.split(":")[0].strip() if exporters else ""
+    text = _PIPELINE % (processors, exporters, f"[{ptype}]", extra)
+    with pytest.raises(ConfigFileError) as error:
+        load_config(text=text, name="t.yaml")
+    assert len(error.value.problems) == 1, str(error.value)
+    assert expected in str(error.value)
+
+
+def test_memory_limit_as_a_percentage_of_available_memory() -> None:
+    from flowtel.collector.memory_limiter import available_mib
+
+    config = load_config(text=_PIPELINE % ("  memory_limiter: {limit_percentage: 50, spike_limit_percentage: 10}",
+                                           "", "[memory_limiter]", ""), name="t.yaml")
+    limit, spike = config.processors["memory_limiter"].limits_mib()
+    total = available_mib()
+    assert total > 0
+    assert (limit, spike) == (total * 50 // 100, total * 10 // 100)

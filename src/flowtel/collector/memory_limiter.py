@@ -24,15 +24,49 @@ _PAGE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
 
 class MemoryLimiterConfig(Model):
     check_interval: PositiveDuration = 1.0
-    limit_mib: int = Field(gt=0)
-    #: Headroom for a burst between checks; defaults to 20% of ``limit_mib``.
+    #: Hard limit in MiB; or ``limit_percentage`` of the memory available to the process (its cgroup limit
+    #: in a container, otherwise the machine's).
+    limit_mib: int | None = Field(None, gt=0)
+    limit_percentage: int | None = Field(None, gt=0, le=100)
+    #: Headroom for a burst between checks; defaults to 20% of the limit.
     spike_limit_mib: int | None = Field(None, ge=0)
+    spike_limit_percentage: int | None = Field(None, ge=0, le=100)
 
     @model_validator(mode="after")
-    def _spike_below_limit(self) -> MemoryLimiterConfig:
-        if self.spike_limit_mib is not None and self.spike_limit_mib >= self.limit_mib:
-            raise ValueError("spike_limit_mib below limit_mib")
+    def _one_limit(self) -> MemoryLimiterConfig:
+        if (self.limit_mib is None) == (self.limit_percentage is None):
+            raise ValueError("exactly one of limit_mib, limit_percentage")
+        limit, spike = self.limits_mib()
+        if spike >= limit:
+            raise ValueError("a spike limit below the limit")
         return self
+
+    def limits_mib(self) -> tuple[int, int]:
+        total = available_mib()
+        limit = self.limit_mib if self.limit_mib is not None else total * (self.limit_percentage or 0) // 100
+        if self.spike_limit_mib is not None:
+            spike = self.spike_limit_mib
+        elif self.spike_limit_percentage is not None:
+            spike = total * self.spike_limit_percentage // 100
+        else:
+            spike = limit // 5
+        return limit, spike
+
+
+def available_mib() -> int:
+    """The cgroup memory limit when there is one (containers), else the machine's memory."""
+    for path in ("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory/memory.limit_in_bytes"):
+        try:
+            with open(path) as f:
+                raw = f.read().strip()
+        except OSError:
+            continue
+        if raw.isdigit() and int(raw) < 1 << 60:
+            return int(raw) // 2**20
+    try:
+        return os.sysconf("SC_PHYS_PAGES") * _PAGE // 2**20
+    except (ValueError, OSError, AttributeError):
+        return 1024
 
 
 def resident_mib() -> float:
@@ -49,8 +83,8 @@ class MemoryLimiter:
     def __init__(self, processor_id: str, config: MemoryLimiterConfig) -> None:
         self.id = processor_id
         self._config = config
-        spike = config.spike_limit_mib if config.spike_limit_mib is not None else config.limit_mib // 5
-        self._soft = config.limit_mib - spike
+        self._limit, spike = config.limits_mib()
+        self._soft = self._limit - spike
         self._over = False
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name=f"flowtel-{processor_id}", daemon=True)
@@ -65,7 +99,7 @@ class MemoryLimiter:
 
     def _check(self) -> None:
         used = resident_mib()
-        if used > self._config.limit_mib:
+        if used > self._limit:
             gc.collect()
             used = resident_mib()
         over = used > self._soft

@@ -40,7 +40,7 @@ class GRPCServerConfig(Model):
 class HTTPServerConfig(Model):
     endpoint: Endpoint = "localhost:4318"
     max_request_body_size: int = Field(20 * MIB, gt=0)
-    traces_url_path: str = "/v1/traces"
+    traces_url_path: str = Field("/v1/traces", pattern=r"^/")
     tls: ServerTLS | None = None
     auth: Auth | None = None
 
