@@ -2,7 +2,7 @@
 
 The collector's receivers decode ``ExportTraceServiceRequest`` messages; ``adapt`` turns
 each valid span into a ``SpanData`` whose ``native`` is ``(proto span, SpanGroup)``.
-``apply_to_otlp_span`` writes an ``Enrichment`` into the proto span in place, and
+``apply_to_otlp_span`` applies an ``Enrichment`` (removals in the proto span, additions as wire bytes), and
 ``encode_request`` re-assembles released spans, grouped by resource and scope again,
 straight into protobuf wire format (spans held across requests come from many original
 messages, and serialising each span once is cheaper than copying messages into a new one).
@@ -11,7 +11,9 @@ messages, and serialising each span once is cheaper than copying messages into a
 from __future__ import annotations
 
 import base64
+import functools
 import json
+import struct
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -27,7 +29,7 @@ _HAS_IS_REMOTE = 0x100  # SPAN_FLAGS_CONTEXT_HAS_IS_REMOTE_MASK
 _IS_REMOTE = 0x200  # SPAN_FLAGS_CONTEXT_IS_REMOTE_MASK
 _ZERO_TRACE = bytes(16)
 _ZERO_SPAN = bytes(8)
-_STATUS_ERROR = 2
+_DOUBLE = struct.Struct("<d")
 
 
 def decode_value(value: AnyValue) -> Any:
@@ -47,31 +49,6 @@ def decode_value(value: AnyValue) -> Any:
     if kind == "bytes_value":
         return value.bytes_value
     return None
-
-
-def encode_value(target: AnyValue, value: Any) -> None:
-    if isinstance(value, bool):
-        target.bool_value = value
-    elif isinstance(value, int):
-        target.int_value = value
-    elif isinstance(value, float):
-        target.double_value = value
-    elif isinstance(value, str):
-        target.string_value = value
-    elif isinstance(value, bytes):
-        target.bytes_value = value
-    elif isinstance(value, Mapping):
-        for k, v in value.items():
-            kv = target.kvlist_value.values.add()
-            kv.key = str(k)
-            encode_value(kv.value, v)
-    elif isinstance(value, (list, tuple)):
-        array = target.array_value
-        array.SetInParent()
-        for v in value:
-            encode_value(array.values.add(), v)
-    else:
-        target.string_value = str(value)
 
 
 _SCALARS = frozenset({"string_value", "int_value", "double_value", "bool_value", "bytes_value"})
@@ -180,39 +157,78 @@ def adapt(request: ExportTraceServiceRequest) -> Adapted:
     return Adapted(out, rejected, message)
 
 
-def apply_to_otlp_span(data: SpanData, enrichment: Enrichment) -> tuple[ProtoSpan, SpanGroup]:
+def _any_value(value: Any) -> bytes:
+    """``AnyValue`` wire bytes for a Python attribute value (sequences become arrays, mappings kvlists)."""
+    if isinstance(value, bool):
+        return b"\x10\x01" if value else b"\x10\x00"
+    if isinstance(value, int):
+        return b"\x18" + _varint(value & 0xFFFFFFFFFFFFFFFF)
+    if isinstance(value, float):
+        return b"\x21" + _DOUBLE.pack(value)
+    if isinstance(value, str):
+        return _field(0x0A, value.encode())
+    if isinstance(value, bytes):
+        return _field(0x3A, value)
+    if isinstance(value, Mapping):
+        return _field(0x32, b"".join(_field(0x0A, _key_value(str(k), v)) for k, v in value.items()))
+    if isinstance(value, (list, tuple)):
+        return _field(0x2A, b"".join(_field(0x0A, _any_value(v)) for v in value))
+    return _field(0x0A, str(value).encode())
+
+
+def _key_value(key: str, value: Any) -> bytes:
+    return _field(0x0A, key.encode()) + _field(0x12, _any_value(value))
+
+
+@functools.lru_cache(maxsize=8192)
+def _attribute_field(key: str, value: Any) -> bytes:
+    return _field(0x4A, _key_value(key, value))  # Span.attributes is field 9
+
+
+def _attribute(key: str, value: Any) -> bytes:
+    try:
+        return _attribute_field(key, value)  # the same few keys and values recur: models, operations, counts
+    except TypeError:  # unhashable (a mapping value)
+        return _field(0x4A, _key_value(key, value))
+
+
+def _delete(repeated: Any, indexes: list[int]) -> None:
+    for i in reversed(indexes):
+        del repeated[i]
+
+
+def apply_to_otlp_span(data: SpanData, enrichment: Enrichment) -> tuple[ProtoSpan, SpanGroup, bytes]:
+    """Removals edit the proto span; additions and the status become wire bytes appended to it when it is
+    encoded (protobuf concatenates repeated fields and merges a repeated message field), which costs far
+    less than building KeyValue messages."""
     span: ProtoSpan = data.native[0]
     removed = enrichment.removed_attributes
     if removed:
-        attributes = span.attributes
-        for i in range(len(attributes) - 1, -1, -1):
-            if attributes[i].key in removed:
-                del attributes[i]
-    if enrichment.added:
-        attributes = span.attributes
-        for key, value in enrichment.added.items():
-            kv = attributes.add()
-            kv.key = key
-            encode_value(kv.value, value)
+        if len(span.attributes) == len(data.attributes):  # no repeated keys: dict order is the wire order
+            _delete(span.attributes, [i for i, key in enumerate(data.attributes) if key in removed])
+        else:
+            _delete(span.attributes, [i for i, kv in enumerate(span.attributes) if kv.key in removed])
     if enrichment.removed_events:
-        events = span.events
-        for i in range(len(events) - 1, -1, -1):
-            if events[i].name in enrichment.removed_events:
-                del events[i]
+        names = enrichment.removed_events
+        _delete(span.events, [i for i, event in enumerate(data.events) if event.name in names])
+    extra = b"".join(_attribute(k, v) for k, v in enrichment.added.items())
     if enrichment.set_error_status is not None:
-        span.status.code = _STATUS_ERROR
-        span.status.message = enrichment.set_error_status
-    return data.native  # type: ignore[no-any-return]
+        status = b"\x18\x02" + _field(0x12, enrichment.set_error_status.encode())  # code ERROR, message
+        extra += _field(0x7A, status)  # Span.status is field 15; a second occurrence merges into the first
+    return span, data.native[1], extra
 
 
-def encode_request(items: Sequence[tuple[ProtoSpan, SpanGroup]]) -> bytes:
-    """Serialized ``ExportTraceServiceRequest`` with ``items`` grouped by their resource and scope."""
+def encode_request(items: Sequence[tuple[Any, ...]]) -> bytes:
+    """Serialized ``ExportTraceServiceRequest`` with ``items`` (``(span, group)`` from ``adapt`` or
+    ``(span, group, extra bytes)`` from ``apply_to_otlp_span``) grouped by their resource and scope."""
     groups: dict[int, tuple[SpanGroup, list[bytes]]] = {}
-    for span, group in items:
+    for item in items:
+        group = item[1]
         entry = groups.get(id(group))
         if entry is None:
             entry = groups[id(group)] = (group, [])
-        entry[1].append(span.SerializeToString())
+        encoded = item[0].SerializeToString()
+        entry[1].append(encoded + item[2] if len(item) == 3 else encoded)
     out = bytearray()
     for group, spans in groups.values():
         scope = bytearray(group.scope_head)
