@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import gc
 import signal
 import sys
 import threading
@@ -36,10 +37,21 @@ def _collector(args: argparse.Namespace) -> int:
     except (OSError, RuntimeError) as error:  # grpcio reports a port it cannot bind as RuntimeError
         print(f"flowtel: cannot start: {error}", file=sys.stderr)
         return 1
+    _tune_gc()
     while not stop.wait(1.0):
         pass
     collector.shutdown()
     return 0
+
+
+def _tune_gc() -> None:
+    """The collector allocates many short-lived, acyclic objects per span; Python's default collector
+    thresholds (700 allocations) made it walk the long-lived start-up heap over and over. Freeze what
+    start-up built and collect the young generation less often (measured: -13% CPU per span, p99
+    latency halved; bench/README.md)."""
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(50_000, 20, 100)
 
 
 def _validate(args: argparse.Namespace) -> int:

@@ -85,6 +85,14 @@ class Intake:
                   self.receiver_id, transport, reason, detail)
 
     def accept(self, request: ExportTraceServiceRequest, transport: str) -> ExportTraceServiceResponse:
+        try:
+            incoming = sum(len(ss.spans) for rs in request.resource_spans for ss in rs.scope_spans)
+            for pipeline in self._pipelines:
+                pipeline.admit(incoming)
+        except Refused as refused:
+            self._self.add("otelcol.receiver.refused.spans", incoming, self.receiver_id, transport, refused.reason)
+            self.refuse_request(transport, refused.reason, refused.message)
+            raise
         requests = [request]
         for _ in self._pipelines[1:]:  # each pipeline edits its spans in place, so each gets its own copy
             copy = ExportTraceServiceRequest()

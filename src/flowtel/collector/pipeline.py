@@ -64,6 +64,16 @@ class TracesPipeline:
         self._worker.start()
 
     # Receiver threads.
+    def admit(self, n: int) -> None:
+        """Refuse early, before the request is adapted: an overloaded collector must not spend its
+        CPU on data it will refuse (that turned overload into collapse in the benchmark)."""
+        for limiter in self._limiters:
+            limiter.check()
+        if self._stopping:
+            raise Refused("shutting_down", "collector is shutting down; retry against another instance")
+        if self._queued + n > self._max_queue and self._queued:
+            raise Refused("queue_full", f"collector queue is full ({self._max_queue} spans); retry later")
+
     def consume(self, spans: list[SpanData]) -> None:
         for limiter in self._limiters:
             limiter.check()
