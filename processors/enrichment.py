@@ -25,6 +25,17 @@ from .vocabulary import (
     token_usage,
 )
 
+#: Attribute key -> is it prompt / completion content. Keys are names, few and recurring, so one
+#: classification per name replaces a prefix scan per span; bounded against hostile senders.
+_CONTENT_KEYS: dict[str, bool] = {}
+
+
+def _classify(key: str) -> bool:
+    content = key in sc.CONTENT_ATTRIBUTES or key.startswith(sc.CONTENT_ATTRIBUTE_PREFIXES)
+    if len(_CONTENT_KEYS) < 100_000:
+        _CONTENT_KEYS[key] = content
+    return content
+
 
 def enrich(role: SpanRole, capture_content: bool) -> Enrichment:
     span = role.span
@@ -72,8 +83,9 @@ def enrich(role: SpanRole, capture_content: bool) -> Enrichment:
     removed_attrs: frozenset[str] = frozenset()
     removed_events: frozenset[str] = frozenset()
     if not capture_content:
-        removed_attrs = sc.CONTENT_ATTRIBUTES.intersection(attrs)
-        if any(k.startswith(sc.CONTENT_ATTRIBUTE_PREFIXES) for k in attrs):
-            removed_attrs = removed_attrs.union(k for k in attrs if k.startswith(sc.CONTENT_ATTRIBUTE_PREFIXES))
+        known = _CONTENT_KEYS
+        content = [k for k in attrs if known.get(k) or (k not in known and _classify(k))]
+        if content:
+            removed_attrs = frozenset(content)
         removed_events = sc.CONTENT_EVENTS.intersection(e.name for e in span.events)
     return Enrichment(added, removed_attrs, removed_events, set_error)

@@ -23,7 +23,7 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTrace
 from opentelemetry.proto.common.v1.common_pb2 import AnyValue, KeyValue
 from opentelemetry.proto.trace.v1.trace_pb2 import Span as ProtoSpan
 
-from flowtel.spans import KIND_CONSUMER, KIND_INTERNAL, KIND_SERVER, Enrichment, SpanData, SpanEvent
+from flowtel.spans import KIND_CONSUMER, KIND_INTERNAL, KIND_SERVER, Enrichment, SpanData
 
 _HAS_IS_REMOTE = 0x100  # SPAN_FLAGS_CONTEXT_HAS_IS_REMOTE_MASK
 _IS_REMOTE = 0x200  # SPAN_FLAGS_CONTEXT_IS_REMOTE_MASK
@@ -75,6 +75,25 @@ def _varint(n: int) -> bytes:
 
 def _field(tag: int, payload: bytes) -> bytes:
     return bytes((tag,)) + _varint(len(payload)) + payload
+
+
+class OTLPEvent:
+    """A span event shaped like ``SpanEvent``, whose attributes are decoded only if the logic reads them
+    (it reads names and timestamps of every event, attributes of exception events only)."""
+
+    __slots__ = ("_attributes", "_proto", "name", "timestamp")
+
+    def __init__(self, proto: Any) -> None:
+        self.name: str = proto.name
+        self.timestamp: int = proto.time_unix_nano
+        self._proto = proto
+        self._attributes: dict[str, Any] | None = None
+
+    @property
+    def attributes(self) -> dict[str, Any]:
+        if self._attributes is None:
+            self._attributes = decode_attributes(self._proto.attributes)
+        return self._attributes
 
 
 class SpanGroup:
@@ -147,8 +166,7 @@ def adapt(request: ExportTraceServiceRequest) -> Adapted:
                     status=status.code,
                     status_message=status.message,
                     attributes=decode_attributes(span.attributes),
-                    events=[SpanEvent(e.name, e.time_unix_nano, decode_attributes(e.attributes))
-                            for e in span.events] if span.events else (),
+                    events=[OTLPEvent(e) for e in span.events] if span.events else (),
                     scope_name=scope_name,
                     resource=resource,
                     native=(span, group),
