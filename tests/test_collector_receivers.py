@@ -569,6 +569,10 @@ def test_stalled_client_does_not_block_others(main: Collector) -> None:
                         b"Content-Length: 1000\r\n\r\n\x0a")
         main.still_serving(before, "http", {})
         main.still_serving(main.snapshot(), "grpc", {})
+        closing = main.snapshot()
+    # Closing the stalled connection ends its request as a short body; wait for that to be counted so
+    # it cannot land in the next test's counters.
+    main.proc.wait_for(lambda: main.delta(closing) == {refused("http", "malformed"): 1})
 
 
 # --- size limits -----------------------------------------------------------------------------------------------

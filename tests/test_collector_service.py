@@ -100,3 +100,10 @@ def test_default_config_serves_otlp_metrics_and_health() -> None:
         if proc.poll() is None:
             proc.kill()
 
+
+
+def test_every_exporter_type_has_a_factory() -> None:
+    from flowtel.collector.config import COMPONENTS
+    from flowtel.collector.service import EXPORTER_FACTORIES
+
+    assert set(COMPONENTS["exporters"]) == set(EXPORTER_FACTORIES)

@@ -13,6 +13,7 @@ import os
 import re
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -98,24 +99,16 @@ class Collector:
         return self._tokens[auth.authenticator] if auth is not None else None
 
     def _exporter(self, eid: str, cfg: Any) -> Any:
-        if isinstance(cfg, PrometheusExporterConfig):
-            host, port = split_endpoint(cfg.endpoint)
-            token = None
-            if cfg.auth is not None:
-                ext = self.config.extensions[cfg.auth.authenticator]
-                token = ext.read_token()
-            return PrometheusExporter(eid, PrometheusSettings(host, port, token,
-                                                              cfg.tls.settings() if cfg.tls else None))
-        if isinstance(cfg, (OTLPExporterConfig, OTLPHTTPExporterConfig)):
-            storage = cfg.sending_queue.storage
-            directory = None
-            if storage is not None:
-                directory = os.path.join(self._storage[storage], re.sub(r"[^A-Za-z0-9_.-]", "_", eid))
-            sender = GRPCSender(cfg) if isinstance(cfg, OTLPExporterConfig) else HTTPSender(cfg)
-            return ForwardingExporter(eid, sender, cfg, self.self_metrics, directory)
-        if isinstance(cfg, DebugExporterConfig):
-            return DebugExporter(eid, cfg, self.self_metrics)
-        raise AssertionError(f"no factory for exporter {eid}")
+        return EXPORTER_FACTORIES[component_type(eid)](self, eid, cfg)
+
+    def storage_directory(self, storage: str | None, eid: str) -> str | None:
+        """A per-exporter directory inside a ``file_storage`` extension's, for exporters that keep data on disk."""
+        if storage is None:
+            return None
+        return os.path.join(self._storage[storage], re.sub(r"[^A-Za-z0-9_.-]", "_", eid))
+
+    def read_token(self, authenticator: str) -> str:
+        return self.config.extensions[authenticator].read_token()  # type: ignore[no-any-return]
 
     def _pipeline(self, pipeline_id: str, processors: list[str], exporters: list[str]) -> TracesPipeline:
         limiters: list[MemoryLimiter] = []
@@ -217,6 +210,32 @@ class Collector:
         for health in self._health:
             health.shutdown()
         logger.info("flowtel collector stopped in %.1fs", time.monotonic() - started)
+
+
+def _prometheus(collector: Collector, eid: str, cfg: PrometheusExporterConfig) -> PrometheusExporter:
+    host, port = split_endpoint(cfg.endpoint)
+    token = collector.read_token(cfg.auth.authenticator) if cfg.auth is not None else None
+    return PrometheusExporter(eid, PrometheusSettings(host, port, token, cfg.tls.settings() if cfg.tls else None))
+
+
+def _otlp(collector: Collector, eid: str, cfg: OTLPExporterConfig | OTLPHTTPExporterConfig) -> ForwardingExporter:
+    sender = GRPCSender(cfg) if isinstance(cfg, OTLPExporterConfig) else HTTPSender(cfg)
+    return ForwardingExporter(eid, sender, cfg, collector.self_metrics,
+                              collector.storage_directory(cfg.sending_queue.storage, eid))
+
+
+def _debug(collector: Collector, eid: str, cfg: DebugExporterConfig) -> DebugExporter:
+    return DebugExporter(eid, cfg, collector.self_metrics)
+
+
+#: Exporter type -> factory(collector, id, validated config). A new exporter (its config model goes in
+#: ``config.COMPONENTS``) plugs in here; one that also takes derived metrics implements ``add_producer``.
+EXPORTER_FACTORIES: dict[str, Callable[[Collector, str, Any], TracesExporter]] = {
+    "prometheus": _prometheus,
+    "otlp": _otlp,
+    "otlphttp": _otlp,
+    "debug": _debug,
+}
 
 
 def configure_logging(level: str) -> None:
