@@ -65,3 +65,44 @@ def test_unenriched_spans_pass_through_unchanged() -> None:
     (data,) = adapt(request).spans
     out = ExportTraceServiceRequest.FromString(encode_request([data.native]))
     assert out == request
+
+
+def test_readable_spans_round_trip_sdk_spans() -> None:
+    from opentelemetry.exporter.otlp.proto.common.trace_encoder import encode_spans
+    from opentelemetry.sdk.resources import Resource
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+    from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+    from opentelemetry.trace import Link, SpanKind, StatusCode
+
+    from flowtel.otlp import readable_spans
+
+    memory = InMemorySpanExporter()
+    provider = TracerProvider(resource=Resource.create({"service.name": "rt", "deployment": "blue"}))
+    provider.add_span_processor(SimpleSpanProcessor(memory))
+    tracer = provider.get_tracer("promptflow", "1.2.3")
+    with tracer.start_as_current_span("flow", kind=SpanKind.SERVER, attributes={"a": 1, "b": ("x", "y")}) as root:  # noqa: SIM117 (the link needs root)
+        with tracer.start_as_current_span("call", kind=SpanKind.CLIENT,
+                                          links=[Link(root.get_span_context(), {"why": "test"})]) as child:
+            child.add_event("flowtel.first_chunk", {"n": 1.5})
+            child.set_status(StatusCode.ERROR, "boom")
+    originals = {s.context.span_id: s for s in memory.get_finished_spans()}
+    converted = readable_spans(ExportTraceServiceRequest.FromString(encode_spans(list(originals.values()))
+                                                                    .SerializeToString()))
+    assert len(converted) == 2
+    for span in converted:
+        original = originals[span.context.span_id]
+        assert span.context.trace_id == original.context.trace_id
+        assert (span.parent.span_id if span.parent else None) == (original.parent.span_id if original.parent
+                                                                  else None)
+        assert (span.name, span.kind, span.start_time, span.end_time) == (
+            original.name, original.kind, original.start_time, original.end_time)
+        assert dict(span.attributes) == dict(original.attributes)
+        assert (span.status.status_code, span.status.description) == (
+            original.status.status_code, original.status.description)
+        assert [(e.name, dict(e.attributes), e.timestamp) for e in span.events] == [
+            (e.name, dict(e.attributes), e.timestamp) for e in original.events]
+        assert [(lk.context.span_id, dict(lk.attributes)) for lk in span.links] == [
+            (lk.context.span_id, dict(lk.attributes)) for lk in original.links]
+        assert dict(span.resource.attributes) == dict(original.resource.attributes)
+        assert (span.instrumentation_scope.name, span.instrumentation_scope.version) == ("promptflow", "1.2.3")

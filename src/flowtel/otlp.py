@@ -301,3 +301,44 @@ def parse_json_request(body: bytes) -> ExportTraceServiceRequest:
     request = ExportTraceServiceRequest()
     json_format.ParseDict(data, request, ignore_unknown_fields=True)
     return request
+
+
+def readable_spans(request: ExportTraceServiceRequest) -> list[Any]:
+    """SDK ``ReadableSpan``s for an OTLP request, for exporters that only take SDK spans (Azure Monitor)."""
+    from opentelemetry.sdk.resources import Resource
+    from opentelemetry.sdk.trace import Event, ReadableSpan
+    from opentelemetry.sdk.util.instrumentation import InstrumentationScope
+    from opentelemetry.trace import Link, SpanContext, SpanKind, Status, StatusCode, TraceFlags, TraceState
+
+    def context(trace_id: bytes, span_id: bytes, flags: int, trace_state: str, remote: bool) -> SpanContext:
+        state = TraceState.from_header([trace_state]) if trace_state else None
+        return SpanContext(int.from_bytes(trace_id, "big"), int.from_bytes(span_id, "big"), is_remote=remote,
+                           trace_flags=TraceFlags(flags & 0xFF), trace_state=state)
+
+    out: list[Any] = []
+    for rs in request.resource_spans:
+        resource = Resource(decode_attributes(rs.resource.attributes), rs.schema_url or None)
+        for ss in rs.scope_spans:
+            scope = InstrumentationScope(ss.scope.name, ss.scope.version or None, ss.schema_url or None,
+                                         decode_attributes(ss.scope.attributes) or None)
+            for span in ss.spans:
+                parent = None
+                if span.parent_span_id:
+                    parent = context(span.trace_id, span.parent_span_id, span.flags, "",
+                                     bool(span.flags & _IS_REMOTE))
+                out.append(ReadableSpan(
+                    name=span.name,
+                    context=context(span.trace_id, span.span_id, span.flags, span.trace_state, False),
+                    parent=parent,
+                    resource=resource,
+                    attributes=decode_attributes(span.attributes),
+                    events=[Event(e.name, decode_attributes(e.attributes), e.time_unix_nano) for e in span.events],
+                    links=[Link(context(link.trace_id, link.span_id, link.flags, link.trace_state, False),
+                                decode_attributes(link.attributes)) for link in span.links],
+                    kind=SpanKind(span.kind - 1) if span.kind > 0 else SpanKind.INTERNAL,
+                    status=Status(StatusCode(span.status.code), span.status.message or None),
+                    start_time=span.start_time_unix_nano,
+                    end_time=span.end_time_unix_nano,
+                    instrumentation_scope=scope,
+                ))
+    return out
