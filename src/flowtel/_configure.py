@@ -25,11 +25,13 @@ from opentelemetry.sdk._configuration import (
 from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.metrics.export import MetricExporter, MetricReader, PeriodicExportingMetricReader
 from opentelemetry.sdk.resources import Resource
-from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter
 
 from flowtel._log import logger
-from flowtel.config import FlowtelConfig
+from flowtel.config import ConfigError, FlowtelConfig
+from flowtel.exporters import azure_monitor as azmon
+from flowtel.exporters.azure_monitor import AzureMonitorSettings
 from flowtel.exporters.derived import DerivedMetricsExporter
 from flowtel.exporters.prometheus import PrometheusEndpoint, PrometheusMetricReader, PrometheusSettings
 from flowtel.processors.metrics import FlowtelMetrics
@@ -51,6 +53,11 @@ class Flowtel:
     span_processor: FlowtelSpanProcessor
     prometheus: PrometheusEndpoint | None = None
     span_exporters: list[SpanExporter] = field(default_factory=list)
+    #: Push metric exporters as built or passed (each wrapped in a DerivedMetricsExporter in its reader).
+    metric_exporters: list[MetricExporter] = field(default_factory=list)
+    self_metrics: SelfMetrics | None = None
+    #: The Application Insights settings in use, when that fan-out is on.
+    azure_monitor: AzureMonitorSettings | None = None
 
     def shutdown(self) -> None:
         self.tracer_provider.shutdown()
@@ -78,6 +85,7 @@ def configure(
     resource: Resource | None = None,
     set_global: bool = True,
     instrument_promptflow_streaming: bool = True,
+    azure_monitor: AzureMonitorSettings | bool | None = None,
 ) -> Flowtel:
     """Set up tracing and metrics with flowtel enriching spans and deriving metrics.
 
@@ -85,6 +93,13 @@ def configure(
     metric exporter is wrapped so it also receives the derived metrics);
     ``prometheus`` is on unless ``OTEL_METRICS_EXPORTER`` leaves it out (``False`` turns it
     off, a ``PrometheusSettings`` overrides host, port, token and TLS).
+
+    Application Insights: with ``APPLICATIONINSIGHTS_CONNECTION_STRING`` set, the Azure Monitor
+    trace exporter is added behind flowtel (it gets the enriched spans) and the metric exporter
+    next to Prometheus (DELTA there, CUMULATIVE on Prometheus), for each signal whose exporters
+    come from the environment. ``azure_monitor`` = an ``AzureMonitorSettings`` (or ``True``: from
+    the environment) adds them regardless of ``span_exporters`` / ``metric_exporters``; ``False``
+    never adds them.
     """
     env = os.environ
     config = config or FlowtelConfig.from_env()
@@ -97,31 +112,53 @@ def configure(
     metric_names = _exporter_names(env, "METRICS", metric_default)
     want_prometheus = "prometheus" in metric_names if prometheus is None else prometheus is not False
     metric_names = [n for n in metric_names if n != "prometheus"]
+    azure, azure_traces, azure_metrics = _azure_monitor(env, azure_monitor, trace_names, metric_names,
+                                                        span_exporters is None, metric_exporters is None)
+    trace_names = [n for n in trace_names if n != azmon.ENTRY_POINT_NAME]
+    metric_names = [n for n in metric_names if n != azmon.ENTRY_POINT_NAME]
     trace_classes, metric_classes, _ = _import_exporters(
         trace_names if span_exporters is None else [], metric_names if metric_exporters is None else [], [])
     exporters = list(span_exporters) if span_exporters is not None else [cls() for cls in trace_classes.values()]
 
     self_metrics = SelfMetrics()
     flowtel_metrics = FlowtelMetrics(config, self_metrics)
+    tracer_provider = TracerProvider(resource=resource, sampler=_import_sampler(_get_sampler()),
+                                     id_generator=_import_id_generator(_get_id_generator()))
     readers: list[MetricReader] = []
-    for exporter in metric_exporters if metric_exporters is not None else []:
-        readers.append(PeriodicExportingMetricReader(DerivedMetricsExporter(exporter, flowtel_metrics, resource)))
+    pushed: list[MetricExporter] = list(metric_exporters) if metric_exporters is not None else []
     for name, cls in (metric_classes.items() if metric_exporters is None else ()):
         if issubclass(cls, MetricReader):
             logger.warning("metric reader %r gets the app's metrics but not flowtel's derived ones", name)
             readers.append(cls())
         else:
-            readers.append(PeriodicExportingMetricReader(DerivedMetricsExporter(cls(), flowtel_metrics, resource)))
+            pushed.append(cls())
+    for exporter in pushed:
+        readers.append(PeriodicExportingMetricReader(DerivedMetricsExporter(exporter, flowtel_metrics, resource)))
+    span_processors = [_CountingBatchSpanProcessor(e, self_metrics, type(e).__name__) for e in exporters]
+    if azure is not None and azure_metrics:
+        azure_exporter = azmon.build_metric_exporter(azure, self_metrics)
+        pushed.append(azure_exporter)
+        interval = azure.metric_export_interval_s
+        readers.append(PeriodicExportingMetricReader(
+            DerivedMetricsExporter(azure_exporter, flowtel_metrics, resource),
+            export_interval_millis=interval * 1000 if interval is not None else None))
+    if azure is not None and azure_traces:
+        azure_span_exporter = azmon.build_trace_exporter(azure, self_metrics, tracer_provider=tracer_provider)
+        exporters.append(azure_span_exporter)
+        span_processors.append(_CountingBatchSpanProcessor(azure_span_exporter, self_metrics,
+                                                           azmon.EXPORTER_ID))
+    if azure is not None:
+        logger.info("flowtel sends %s to Application Insights at %s",
+                    " and ".join(s for s, on in (("traces", azure_traces), ("metrics", azure_metrics)) if on),
+                    azure.ingestion_endpoint)
     prometheus_reader = PrometheusMetricReader() if want_prometheus else None
     if prometheus_reader is not None:
         prometheus_reader.add_producer(flowtel_metrics)
         readers.append(prometheus_reader)
     meter_provider = MeterProvider(resource=resource, metric_readers=readers)
     self_metrics.bind(meter_provider)
-    processor = FlowtelSpanProcessor([BatchSpanProcessor(e) for e in exporters], metrics=flowtel_metrics,
-                                     self_metrics=self_metrics, config=config)
-    tracer_provider = TracerProvider(resource=resource, sampler=_import_sampler(_get_sampler()),
-                                     id_generator=_import_id_generator(_get_id_generator()))
+    processor = FlowtelSpanProcessor(span_processors, metrics=flowtel_metrics, self_metrics=self_metrics,
+                                     config=config)
     tracer_provider.add_span_processor(processor)
     if set_global:
         trace.set_tracer_provider(tracer_provider)
@@ -134,7 +171,53 @@ def configure(
         logger.info("flowtel Prometheus endpoint listening on %s", endpoint.url)
     if instrument_promptflow_streaming:
         _instrument_promptflow()
-    return Flowtel(config, tracer_provider, meter_provider, processor, endpoint, exporters)
+    return Flowtel(config, tracer_provider, meter_provider, processor, endpoint, exporters, pushed, self_metrics,
+                   azure)
+
+
+def _azure_monitor(env: Mapping[str, str], requested: AzureMonitorSettings | bool | None, trace_names: list[str],
+                   metric_names: list[str], traces_from_env: bool, metrics_from_env: bool,
+                   ) -> tuple[AzureMonitorSettings | None, bool, bool]:
+    """Which Application Insights signals to send, and with which settings."""
+    if requested is False:
+        return None, False, False
+    if isinstance(requested, AzureMonitorSettings):
+        return requested, requested.traces, requested.metrics
+    named_traces = azmon.ENTRY_POINT_NAME in trace_names
+    named_metrics = azmon.ENTRY_POINT_NAME in metric_names
+    if requested is None and not AzureMonitorSettings.configured(env):
+        if named_traces or named_metrics:
+            raise ConfigError("environment", "APPLICATIONINSIGHTS_CONNECTION_STRING",
+                              f"set when OTEL_*_EXPORTER names {azmon.ENTRY_POINT_NAME}", None)
+        return None, False, False
+    settings = AzureMonitorSettings.from_env(env)
+    if requested is True:
+        return settings, settings.traces, settings.metrics
+    return (settings, settings.traces and (traces_from_env or named_traces),
+            settings.metrics and (metrics_from_env or named_metrics))
+
+
+class _CountingBatchSpanProcessor(BatchSpanProcessor):
+    """``BatchSpanProcessor`` that counts the spans its full queue pushes out (the SDK only logs them).
+
+    Like the SDK's own check, the count can be off by a span or two when the export thread takes a
+    batch at the very moment the queue is full; while the exporter is stuck it is exact.
+    """
+
+    def __init__(self, exporter: SpanExporter, self_metrics: SelfMetrics, exporter_id: str) -> None:
+        super().__init__(exporter)
+        self._self_metrics = self_metrics
+        self._exporter_id = exporter_id
+
+    def on_end(self, span: ReadableSpan) -> None:
+        inner = getattr(self, "_batch_processor", None)
+        queue = getattr(inner, "_queue", None)
+        if (queue is not None and queue.maxlen is not None and len(queue) >= queue.maxlen
+                and span.context is not None and span.context.trace_flags.sampled
+                and not getattr(inner, "_shutdown", False)):
+            self._self_metrics.dropped("export_queue_full")
+            self._self_metrics.add("otelcol.exporter.enqueue_failed.spans", 1, self._exporter_id)
+        super().on_end(span)
 
 
 def _instrument_promptflow() -> None:

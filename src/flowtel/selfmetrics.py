@@ -42,6 +42,9 @@ _COUNTERS: dict[str, tuple[str, str, tuple[str, ...]]] = {
                                            ("exporter", "reason")),
     "otelcol.exporter.enqueue_failed.spans": ("{span}", "Spans an exporter's full queue could not take",
                                               ("exporter",)),
+    "otelcol.exporter.sent.metric_points": ("{datapoint}", "Metric points an exporter delivered", ("exporter",)),
+    "otelcol.exporter.send_failed.metric_points": ("{datapoint}", "Metric points an exporter gave up on, by reason",
+                                                   ("exporter", "reason")),
 }
 _GAUGES: dict[str, tuple[str, str, str]] = {
     "queue": ("flowtel.queue.size", "{span}", "Spans waiting between intake and the flowtel worker"),

@@ -1,0 +1,600 @@
+"""Application Insights through ``azure-monitor-opentelemetry-exporter``, with every final loss counted.
+
+Host-neutral pieces, used by ``flowtel.configure()`` in-process and meant for the collector's
+``azuremonitor`` exporter:
+
+- ``AzureMonitorSettings``: typed, validated settings (``from_env()`` reads
+  ``APPLICATIONINSIGHTS_CONNECTION_STRING`` and the ``FLOWTEL_AZURE_*`` variables);
+- ``build_trace_exporter()`` / ``build_metric_exporter()``: the Azure exporters built from them,
+  with loss accounting attached; the trace exporter is wrapped in ``AzureMonitorSpanExporter``,
+  which also presents a local-root flow span as a Request row;
+- ``account()``: attach loss accounting to an Azure exporter built elsewhere.
+
+What the Azure exporter does with a batch (1.0.0b58, ``export/_base.py``) and how it is counted:
+
+======================================  =====================================  ============================
+ingestion answers                       exporter                               flowtel counts
+======================================  =====================================  ============================
+200                                     done; then drains up to 10 stored      ``sent``
+                                        blobs whose lease has expired
+206 with per-item errors                retryable items (408/429/500/502/      ``sent`` for accepted items;
+                                        503/504, 401/403) to disk, others      the others as lost
+                                        dropped; result FAILED_NOT_RETRYABLE   (``rejected``/``sampled_out``)
+429/500/502/503/504/408/401/403,        (500/503/504 and Retry-After are       nothing while on disk; a
+connection refused, read timeout        first retried in the HTTP pipeline)    failed disk write is lost
+                                        batch to disk; FAILED_RETRYABLE        (``storage_full``, ...)
+400/404/other, 402/439, exceptions      dropped; FAILED_NOT_RETRYABLE          lost (``rejected``,
+                                                                               ``quota``, ``error``)
+======================================  =====================================  ============================
+
+``export()`` itself returns only SUCCESS or FAILURE, both for "stored on disk" and for
+"dropped", so the accounting watches the exporter's ``_transmit`` result, the response of each
+``track`` call and each write to its local storage. A lost span is counted in
+``flowtel_spans_dropped_total{reason="azuremonitor_<reason>"}`` and
+``otelcol_exporter_send_failed_spans_total{exporter,reason}``; a lost metric point in
+``otelcol_exporter_send_failed_metric_points_total{exporter,reason}``; each reason is logged once.
+Delivered items are counted in ``otelcol_exporter_sent_spans_total`` /
+``otelcol_exporter_sent_metric_points_total``. Blobs the exporter's storage deletes after
+``storage_retention_period`` (48 h) are not seen by the accounting.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import threading
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import urlparse
+
+from opentelemetry.sdk.trace import ReadableSpan
+from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
+from opentelemetry.trace import SpanKind
+
+from flowtel._log import logger, warn_once
+from flowtel.config import ConfigError
+from flowtel.selfmetrics import SelfMetrics
+
+EXPORTER_ID = "azuremonitor"
+#: The variables the Azure exporter reads itself (process-wide) to switch off the telemetry it sends about itself.
+SELF_TELEMETRY_SWITCHES = ("APPLICATIONINSIGHTS_STATSBEAT_DISABLED_ALL", "APPLICATIONINSIGHTS_SDKSTATS_DISABLED")
+#: The name the Azure exporter registers for ``OTEL_TRACES_EXPORTER`` / ``OTEL_METRICS_EXPORTER``.
+ENTRY_POINT_NAME = "azure_monitor_opentelemetry_exporter"
+CREDENTIALS = ("", "managed_identity", "default")
+#: Loss reasons, as ``reason`` label values.
+LOSS_REASONS = ("rejected", "quota", "sampled_out", "storage_full", "storage_disabled", "storage_error", "error")
+
+_UUID = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
+_TRUE, _FALSE = {"true", "1", "yes", "on"}, {"false", "0", "no", "off", ""}
+_RETRYABLE = frozenset({401, 403, 408, 429, 500, 502, 503, 504})  # the exporter's _RETRYABLE_STATUS_CODES
+_QUOTA = frozenset({402, 439})  # the exporter's _THROTTLE_STATUS_CODES: dropped, not retried
+_SPAN_TYPES = frozenset({"RequestData", "RemoteDependencyData"})
+_RESOURCE_METRIC = "_OTELRESOURCE_"
+
+
+def parse_connection_string(value: str, source: str = "AzureMonitorSettings",
+                            key: str = "connection_string") -> dict[str, str]:
+    """``Key=value;...`` as a lower-cased dict, checked the way the exporter checks it, plus the endpoint URLs."""
+    expected = "InstrumentationKey=<uuid>[;IngestionEndpoint=https://...][;...]"
+    try:
+        pairs = dict(part.split("=", 1) for part in value.strip().strip(";").split(";") if part.strip())
+    except ValueError:
+        raise ConfigError(source, key, expected, value) from None
+    parsed = {k.strip().lower(): v.strip() for k, v in pairs.items()}
+    if not _UUID.match(parsed.get("instrumentationkey", "")):
+        raise ConfigError(source, key, "InstrumentationKey=<a lowercase uuid>", value)
+    if parsed.get("authorization", "ikey").lower() != "ikey":
+        raise ConfigError(source, key, "Authorization=ikey or no Authorization (use a credential for AAD)", value)
+    for name in ("ingestionendpoint", "liveendpoint"):
+        if name in parsed:
+            url = urlparse(parsed[name])
+            if url.scheme not in ("http", "https") or not url.netloc:
+                raise ConfigError(source, key, f"{name} as an http(s) URL", parsed[name])
+    return parsed
+
+
+@dataclass(frozen=True, slots=True)
+class AzureMonitorSettings:
+    """Where and how to send to Application Insights. Invalid values raise ``ConfigError``."""
+
+    #: ``InstrumentationKey=...;IngestionEndpoint=...`` (from APPLICATIONINSIGHTS_CONNECTION_STRING).
+    connection_string: str
+    #: A token credential (``azure.identity``) for AAD / Entra ID; passed through to the exporter.
+    credential: Any = None
+    #: Build a credential: "" (none, or the exporter's own APPLICATIONINSIGHTS_AUTHENTICATION_STRING),
+    #: "managed_identity" (ManagedIdentityCredential), "default" (DefaultAzureCredential).
+    credential_kind: str = ""
+    #: Client id of a user-assigned managed identity (AZURE_CLIENT_ID).
+    client_id: str | None = None
+    #: Send spans / derived metrics.
+    traces: bool = True
+    metrics: bool = True
+    #: Where failed batches wait for a retry; ``traces/`` and ``metrics/`` below it. None: the exporter's
+    #: default under the temp directory. A collector that must lose nothing across restarts needs a
+    #: directory that survives them.
+    storage_directory: str | None = None
+    disable_offline_storage: bool = False
+    storage_max_size: int = 50 * 1024 * 1024
+    storage_retention_s: int = 48 * 3600
+    #: How long a stored batch waits before the exporter retries it (its lease), in seconds.
+    storage_retry_interval_s: float = 60.0
+    #: Connect and read timeouts of one request, in seconds.
+    timeout_s: float = 10.0
+    read_timeout_s: float = 30.0
+    #: Retries inside the HTTP pipeline (azure-core: 500/503/504 and any answer with Retry-After) before
+    #: the batch goes to disk; None keeps azure-core's defaults (10 in all, 3 per status, backoff 0.8 s doubling).
+    retry_total: int | None = None
+    retry_backoff_s: float | None = None
+    #: Client-side cap on envelopes per second (overflow goes to disk); 0 turns it off.
+    max_envelopes_per_second: int = 10_000
+    #: Metric export interval, seconds; None: OTEL_METRIC_EXPORT_INTERVAL (default 60 s).
+    metric_export_interval_s: float | None = None
+    #: Present a flow span that is its trace's local root (no parent, or a remote one) as a Request row.
+    root_flows_as_requests: bool = True
+    #: The exporter's statsbeat and SDK stats; False sets the exporter's process-wide switches
+    #: (SELF_TELEMETRY_SWITCHES) when an exporter is built.
+    self_telemetry: bool = True
+    _parsed: Mapping[str, str] = field(default_factory=dict, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        where = "AzureMonitorSettings"
+        object.__setattr__(self, "_parsed", parse_connection_string(self.connection_string, where))
+        if self.credential_kind not in CREDENTIALS:
+            raise ConfigError(where, "credential_kind", f"one of {list(CREDENTIALS)}", self.credential_kind)
+        if self.credential is not None and not hasattr(self.credential, "get_token"):
+            raise ConfigError(where, "credential", "a token credential (with get_token)", self.credential)
+        if (self.credential is not None or self.credential_kind) and self.ingestion_endpoint.startswith("http:"):
+            raise ConfigError(where, "credential", "an https IngestionEndpoint (AAD tokens are never sent over http)",
+                              self.ingestion_endpoint)
+        for name, minimum in (("storage_max_size", 1), ("storage_retention_s", 1), ("max_envelopes_per_second", 0)):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
+                raise ConfigError(where, name, f"an integer >= {minimum}", value)
+        if self.retry_total is not None and (not isinstance(self.retry_total, int) or self.retry_total < 0):
+            raise ConfigError(where, "retry_total", "an integer >= 0", self.retry_total)
+        for name in ("storage_retry_interval_s", "timeout_s", "read_timeout_s", "retry_backoff_s",
+                     "metric_export_interval_s"):
+            value = getattr(self, name)
+            if value is None and name in ("retry_backoff_s", "metric_export_interval_s"):
+                continue
+            if not (isinstance(value, (int, float)) and not isinstance(value, bool) and value > 0
+                    and value < float("inf")):
+                raise ConfigError(where, name, "a finite number of seconds > 0", value)
+
+    @property
+    def instrumentation_key(self) -> str:
+        return self._parsed["instrumentationkey"]
+
+    @property
+    def ingestion_endpoint(self) -> str:
+        return self._parsed.get("ingestionendpoint", "https://dc.services.visualstudio.com")
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> AzureMonitorSettings:
+        """Settings from the environment; ``overrides`` (field names) win over it."""
+        env = os.environ if environ is None else environ
+        values: dict[str, Any] = {}
+        sources: dict[str, str] = {}
+
+        def take(var: str, name: str, parse: Callable[[str, str], Any] | None = None) -> None:
+            raw = env.get(var)
+            if raw is not None and raw.strip() != "":
+                values[name] = parse(var, raw.strip()) if parse else raw.strip()
+                sources[name] = var
+
+        take("APPLICATIONINSIGHTS_CONNECTION_STRING", "connection_string")
+        take("FLOWTEL_AZURE_CREDENTIAL", "credential_kind", lambda var, raw: raw.lower())
+        take("AZURE_CLIENT_ID", "client_id")
+        take("FLOWTEL_AZURE_STORAGE_DIRECTORY", "storage_directory")
+        take("FLOWTEL_AZURE_DISABLE_OFFLINE_STORAGE", "disable_offline_storage", _bool)
+        take("FLOWTEL_AZURE_STORAGE_MAX_SIZE", "storage_max_size", _int)
+        take("FLOWTEL_AZURE_STORAGE_RETRY_INTERVAL", "storage_retry_interval_s", _float)
+        take("FLOWTEL_AZURE_TIMEOUT", "timeout_s", _float)
+        take("FLOWTEL_AZURE_READ_TIMEOUT", "read_timeout_s", _float)
+        take("FLOWTEL_AZURE_MAX_ENVELOPES_PER_SECOND", "max_envelopes_per_second", _int)
+        take("FLOWTEL_AZURE_ROOT_FLOWS_AS_REQUESTS", "root_flows_as_requests", _bool)
+        if any((env.get(var) or "").strip().lower() == "true" for var in SELF_TELEMETRY_SWITCHES):
+            values["self_telemetry"] = False
+        values.update(overrides)
+        for key in overrides:
+            sources.pop(key, None)
+        if "connection_string" not in values:
+            raise ConfigError("environment", "APPLICATIONINSIGHTS_CONNECTION_STRING",
+                              "InstrumentationKey=<uuid>;IngestionEndpoint=https://... (or pass connection_string=)",
+                              None)
+        try:
+            return cls(**values)
+        except ConfigError as error:
+            if error.key in sources:
+                raise ConfigError("environment", sources[error.key], error.expected, error.got) from None
+            raise
+
+    @staticmethod
+    def configured(environ: Mapping[str, str] | None = None) -> bool:
+        env = os.environ if environ is None else environ
+        return bool((env.get("APPLICATIONINSIGHTS_CONNECTION_STRING") or "").strip())
+
+    def exporter_kwargs(self, signal: str) -> dict[str, Any]:
+        """Keyword arguments for ``AzureMonitorTraceExporter`` / ``AzureMonitorMetricExporter``."""
+        kwargs: dict[str, Any] = {
+            "connection_string": self.connection_string,
+            "disable_offline_storage": self.disable_offline_storage,
+            "storage_max_size": self.storage_max_size,
+            "storage_retention_period": self.storage_retention_s,
+            "storage_min_retry_interval": self.storage_retry_interval_s,
+            "timeout": self.timeout_s,
+            "read_timeout": self.read_timeout_s,
+            "max_envelopes_per_second": self.max_envelopes_per_second,
+        }
+        if self.storage_directory is not None:
+            kwargs["storage_directory"] = os.path.join(self.storage_directory, signal)
+        if self.retry_total is not None:
+            kwargs["retry_total"] = self.retry_total
+        if self.retry_backoff_s is not None:
+            kwargs["retry_backoff_factor"] = self.retry_backoff_s
+        credential = self.build_credential()
+        if credential is not None:
+            kwargs["credential"] = credential
+        return kwargs
+
+    def build_credential(self) -> Any:
+        if self.credential is not None:
+            return self.credential
+        if self.credential_kind == "managed_identity":
+            from azure.identity import ManagedIdentityCredential
+
+            return ManagedIdentityCredential(client_id=self.client_id) if self.client_id \
+                else ManagedIdentityCredential()
+        if self.credential_kind == "default":
+            from azure.identity import DefaultAzureCredential
+
+            return DefaultAzureCredential(managed_identity_client_id=self.client_id) if self.client_id \
+                else DefaultAzureCredential()
+        return None  # the exporter still honours APPLICATIONINSIGHTS_AUTHENTICATION_STRING itself
+
+    def apply_self_telemetry_switch(self) -> None:
+        if not self.self_telemetry:
+            for var in SELF_TELEMETRY_SWITCHES:
+                os.environ[var] = "true"
+
+
+def _bool(var: str, raw: str) -> bool:
+    if raw.lower() in _TRUE:
+        return True
+    if raw.lower() in _FALSE:
+        return False
+    raise ConfigError("environment", var, "true or false", raw)
+
+
+def _int(var: str, raw: str) -> int:
+    try:
+        return int(raw)
+    except ValueError:
+        raise ConfigError("environment", var, "an integer", raw) from None
+
+
+def _float(var: str, raw: str) -> float:
+    try:
+        return float(raw)
+    except ValueError:
+        raise ConfigError("environment", var, "a number", raw) from None
+
+
+# -- loss accounting ------------------------------------------------------------------------------------------
+
+
+def _kind(item: Any) -> str:
+    """"span", "metric", or "other" (span events, the exporter's _OTELRESOURCE_ row) for a TelemetryItem or dict."""
+    try:
+        data = item["data"]
+        base_type = data["baseType"]
+        if base_type in _SPAN_TYPES:
+            return "span"
+        if base_type == "MetricData" and data["baseData"]["metrics"][0]["name"] != _RESOURCE_METRIC:
+            return "metric"
+    except (KeyError, IndexError, TypeError):
+        pass
+    return "other"
+
+
+@dataclass
+class _Call:
+    depth: int = 0
+    track: tuple[list[Any], Any] | None = None  # (envelopes sent, TrackResponse or the exception raised)
+    transmits: int = 0
+
+
+class LossAccounting:
+    """Counts what one Azure exporter delivers and what it finally loses; see the module docstring."""
+
+    def __init__(self, exporter: Any, self_metrics: SelfMetrics | None, exporter_id: str = EXPORTER_ID) -> None:
+        self.exporter = exporter
+        self.self_metrics = self_metrics
+        self.exporter_id = exporter_id
+        self._local = threading.local()
+        self.attached = False
+        client = getattr(exporter, "client", None)
+        if not callable(getattr(exporter, "_transmit", None)) or not callable(getattr(client, "track", None)):
+            warn_once("azuremonitor:accounting", "this azure-monitor-opentelemetry-exporter version has no "
+                      "_transmit/client.track; flowtel cannot count what it loses")
+            return
+        self._wrap_transmit(exporter)
+        self._wrap_track(client)
+        storage = getattr(exporter, "storage", None)
+        if storage is not None:
+            self._wrap_storage(storage)
+        if self_metrics is not None:  # the series exist before the first loss
+            for reason in LOSS_REASONS:
+                self_metrics.add("otelcol.exporter.send_failed.spans", 0, exporter_id, reason)
+                self_metrics.add("otelcol.exporter.send_failed.metric_points", 0, exporter_id, reason)
+            self_metrics.add("otelcol.exporter.sent.spans", 0, exporter_id)
+            self_metrics.add("otelcol.exporter.sent.metric_points", 0, exporter_id)
+        self.attached = True
+
+    def _call(self) -> _Call:
+        call = getattr(self._local, "call", None)
+        if call is None:
+            call = self._local.call = _Call()
+        return call
+
+    def _wrap_transmit(self, exporter: Any) -> None:
+        transmit = exporter._transmit
+
+        def _transmit(envelopes: list[Any], *args: Any, **kwargs: Any) -> Any:
+            call = self._call()
+            outermost = call.depth == 0
+            if outermost:
+                call.track = None
+                call.transmits += 1
+            before = list(envelopes) if outermost else []
+            call.depth += 1
+            try:
+                result = transmit(envelopes, *args, **kwargs)
+            finally:
+                call.depth -= 1
+            if outermost:
+                try:
+                    self._settle(before, envelopes, result, call.track)
+                except Exception:  # accounting must never break an export
+                    logger.exception("flowtel: Azure Monitor loss accounting failed")
+            return result
+
+        exporter._transmit = _transmit
+
+    def _wrap_track(self, client: Any) -> None:
+        track = client.track
+
+        def _track(body: list[Any], *args: Any, **kwargs: Any) -> Any:
+            call = self._call()
+            try:
+                response = track(body, *args, **kwargs)
+            except Exception as error:
+                call.track = (list(body), error)
+                raise
+            call.track = (list(body), response[0] if isinstance(response, tuple) else response)
+            return response
+
+        client.track = _track
+
+    def _wrap_storage(self, storage: Any) -> None:
+        put = storage.put
+
+        def _put(data: list[Any], *args: Any, **kwargs: Any) -> Any:
+            result = put(data, *args, **kwargs)
+            name = getattr(result, "name", None)
+            if name != "LOCAL_FILE_BLOB_SUCCESS":
+                reason = {"CLIENT_PERSISTENCE_CAPACITY_REACHED": "storage_full",
+                          "CLIENT_STORAGE_DISABLED": "storage_disabled"}.get(name or "", "storage_error")
+                self._lost(data, reason, f"the exporter could not store a failed batch ({name or result})")
+            return result
+
+        storage.put = _put
+
+    def _settle(self, before: list[Any], sent: list[Any], result: Any, track: tuple[list[Any], Any] | None) -> None:
+        from azure.core.exceptions import HttpResponseError
+
+        outcome = getattr(result, "name", str(result))
+        storage = getattr(self.exporter, "storage", None)
+        deferred = before[len(sent):]  # the rate limiter kept these back (and stored them, when it could)
+        if deferred and storage is None:
+            self._lost(deferred, "storage_disabled", "rate-limited envelopes with offline storage disabled")
+        if outcome == "SUCCESS":
+            if track is not None:
+                self._sent(track[0])
+            return
+        if outcome == "FAILED_RETRYABLE":
+            if storage is None:
+                self._lost(sent, "storage_disabled", "a retryable failure with offline storage disabled")
+            return  # the exporter stores the batch (a failed write is counted by _put) or re-leases its blob
+        body, answer = track if track is not None else (sent, None)
+        errors = getattr(answer, "errors", None)
+        if errors:  # 206: accepted items, dropped items, retryable items on disk
+            failed = set()
+            for error in errors:
+                index, status = getattr(error, "index", None), getattr(error, "status_code", None)
+                if index is None or not 0 <= index < len(body):
+                    continue
+                failed.add(index)
+                message = (getattr(error, "message", "") or "").lower()
+                if message == "telemetry sampled out.":
+                    self._lost([body[index]], "sampled_out", "ingestion sampled items out")
+                elif status in _RETRYABLE:
+                    if storage is None:
+                        self._lost([body[index]], "storage_disabled", "partial success with offline storage off")
+                else:
+                    self._lost([body[index]], "rejected", f"ingestion rejected items ({status}: {message[:200]})")
+            self._sent([item for i, item in enumerate(body) if i not in failed])
+        elif isinstance(answer, HttpResponseError):
+            status = answer.status_code
+            reason = "quota" if status in _QUOTA else "error" if status in (307, 308) else "rejected"
+            self._lost(body, reason, f"ingestion answered {status}")
+        else:
+            self._lost(body, "error", f"the exporter failed ({type(answer).__name__ if answer else 'no request'})")
+
+    def export_failed_before_transmit(self, items: int, what: str) -> None:
+        """The exporter failed a batch before sending it (e.g. could not convert a span)."""
+        if self.self_metrics is not None and items and what == "span":
+            self.self_metrics.dropped(f"{EXPORTER_ID}_error", items)
+            self.self_metrics.add("otelcol.exporter.send_failed.spans", items, self.exporter_id, "error")
+        warn_once(f"{self.exporter_id}:error:convert", "flowtel: the Azure Monitor exporter failed %d %ss before "
+                  "sending them; counted as lost (reason: error)", items, what)
+
+    @property
+    def transmits(self) -> int:
+        return self._call().transmits
+
+    def _sent(self, items: Iterable[Any]) -> None:
+        if self.self_metrics is None:
+            return
+        spans = metrics = 0
+        for item in items:
+            kind = _kind(item)
+            spans += kind == "span"
+            metrics += kind == "metric"
+        if spans:
+            self.self_metrics.add("otelcol.exporter.sent.spans", spans, self.exporter_id)
+        if metrics:
+            self.self_metrics.add("otelcol.exporter.sent.metric_points", metrics, self.exporter_id)
+
+    def _lost(self, items: Sequence[Any], reason: str, why: str) -> None:
+        spans = metrics = 0
+        for item in items:
+            kind = _kind(item)
+            spans += kind == "span"
+            metrics += kind == "metric"
+        warn_once(f"{self.exporter_id}:lost:{reason}", "flowtel: Azure Monitor exporter %r lost telemetry (reason: "
+                  "%s): %s; counted in otelcol_exporter_send_failed_*_total", self.exporter_id, reason, why)
+        if self.self_metrics is None:
+            return
+        if spans:
+            self.self_metrics.dropped(f"{EXPORTER_ID}_{reason}", spans)
+            self.self_metrics.add("otelcol.exporter.send_failed.spans", spans, self.exporter_id, reason)
+        if metrics:
+            self.self_metrics.add("otelcol.exporter.send_failed.metric_points", metrics, self.exporter_id, reason)
+
+
+def account(exporter: Any, self_metrics: SelfMetrics | None, exporter_id: str = EXPORTER_ID) -> LossAccounting:
+    """Attach loss accounting to an ``AzureMonitorTraceExporter`` / ``AzureMonitorMetricExporter``."""
+    accounting = LossAccounting(exporter, self_metrics, exporter_id)
+    exporter._flowtel_accounting = accounting
+    return accounting
+
+
+# -- the span exporter ----------------------------------------------------------------------------------------
+
+
+def _is_root_flow(span: ReadableSpan) -> bool:
+    return (span.kind is SpanKind.INTERNAL and (span.parent is None or span.parent.is_remote)
+            and (span.attributes or {}).get("gen_ai.operation.name") == "invoke_workflow")
+
+
+def _as_request(span: ReadableSpan) -> ReadableSpan:
+    return ReadableSpan(
+        name=span.name, context=span.context, parent=span.parent, resource=span.resource,
+        attributes=span.attributes, events=span.events, links=span.links, kind=SpanKind.SERVER, status=span.status,
+        start_time=span.start_time, end_time=span.end_time, instrumentation_scope=span.instrumentation_scope,
+    )
+
+
+class AzureMonitorSpanExporter(SpanExporter):
+    """Thin wrapper of ``AzureMonitorTraceExporter``: loss accounting and flow roots as Request rows.
+
+    A flow span (``gen_ai.operation.name=invoke_workflow``) that is its trace's local root is the
+    operation itself, so it is sent as a Request (SERVER) with response code 200, or 500 when it
+    failed, as the ``flow_request`` metric counts it; a flow under an HTTP server span stays a
+    dependency of that request. LLM and tool spans are dependencies (``GenAI | <gen_ai.system>``).
+
+    The exporter resends stored batches only after a successful export; with ``drain_interval_s``
+    an idle process (or one restarted on a storage directory with a backlog) also sends them:
+    every interval an empty export runs, which sends nothing itself and then drains storage.
+    """
+
+    def __init__(self, exporter: Any, self_metrics: SelfMetrics | None = None, *, exporter_id: str = EXPORTER_ID,
+                 root_flows_as_requests: bool = True, drain_interval_s: float | None = None) -> None:
+        self.exporter = exporter
+        self._lock = threading.Lock()  # one export (or drain) at a time
+        self._stop = threading.Event()
+        self._drainer: threading.Thread | None = None
+        self.accounting = account(exporter, self_metrics, exporter_id)
+        if self_metrics is not None:
+            for reason in LOSS_REASONS:
+                self_metrics.add("flowtel.spans.dropped", 0, f"{EXPORTER_ID}_{reason}")
+        self._root_flows_as_requests = root_flows_as_requests
+        self._promoted = threading.local()
+        to_envelope = getattr(exporter, "_span_to_envelope", None)
+        if root_flows_as_requests and callable(to_envelope):
+            def _span_to_envelope(span: ReadableSpan) -> Any:
+                envelope = to_envelope(span)
+                if span.context.span_id in getattr(self._promoted, "ids", ()):
+                    base = envelope.data.base_data
+                    if getattr(base, "response_code", None) == "0":
+                        base.response_code = "200" if span.status.is_ok else "500"
+                return envelope
+
+            exporter._span_to_envelope = _span_to_envelope
+        if drain_interval_s and getattr(exporter, "storage", None) is not None:
+            self._drainer = threading.Thread(target=self._drain, args=(drain_interval_s,), daemon=True,
+                                             name=f"flowtel-{exporter_id}-drain")
+            self._drainer.start()
+
+    def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
+        if self._root_flows_as_requests:
+            promoted = {s.context.span_id for s in spans if _is_root_flow(s)}
+            self._promoted.ids = promoted
+            if promoted:
+                spans = [_as_request(s) if s.context.span_id in promoted else s for s in spans]
+        with self._lock:
+            transmits = self.accounting.transmits
+            result: SpanExportResult = self.exporter.export(spans)
+            if result is not SpanExportResult.SUCCESS and spans and self.accounting.transmits == transmits:
+                self.accounting.export_failed_before_transmit(len(spans), "span")
+        return result
+
+    def _drain(self, interval: float) -> None:
+        while not self._stop.wait(interval):
+            try:
+                with self._lock:
+                    self.exporter.export([])
+            except Exception:  # never let the drainer die
+                logger.exception("flowtel: draining the Azure Monitor exporter's storage failed")
+
+    def force_flush(self, timeout_millis: int = 30_000) -> bool:
+        return True
+
+    def shutdown(self) -> None:
+        self._stop.set()
+        if self._drainer is not None:
+            self._drainer.join(timeout=30)
+        self.exporter.shutdown()
+
+
+# -- builders -------------------------------------------------------------------------------------------------
+
+
+def build_trace_exporter(settings: AzureMonitorSettings, self_metrics: SelfMetrics | None = None, *,
+                         exporter_id: str = EXPORTER_ID, **exporter_kwargs: Any) -> AzureMonitorSpanExporter:
+    """``AzureMonitorTraceExporter`` from ``settings``, wrapped; ``exporter_kwargs`` go to the exporter
+    (e.g. ``tracer_provider=`` so its ``_OTELRESOURCE_`` row carries the right resource)."""
+    from azure.monitor.opentelemetry.exporter import AzureMonitorTraceExporter
+
+    settings.apply_self_telemetry_switch()
+    exporter = AzureMonitorTraceExporter(**settings.exporter_kwargs("traces"), **exporter_kwargs)
+    return AzureMonitorSpanExporter(exporter, self_metrics, exporter_id=exporter_id,
+                                    root_flows_as_requests=settings.root_flows_as_requests,
+                                    drain_interval_s=None if settings.disable_offline_storage
+                                    else settings.storage_retry_interval_s)
+
+
+def build_metric_exporter(settings: AzureMonitorSettings, self_metrics: SelfMetrics | None = None, *,
+                          exporter_id: str = EXPORTER_ID, **exporter_kwargs: Any) -> Any:
+    """``AzureMonitorMetricExporter`` from ``settings`` with loss accounting (DELTA for counters and histograms).
+
+    Wrap it in ``DerivedMetricsExporter`` so it also gets flowtel's derived metrics.
+    """
+    from azure.monitor.opentelemetry.exporter import AzureMonitorMetricExporter
+
+    settings.apply_self_telemetry_switch()
+    exporter = AzureMonitorMetricExporter(**settings.exporter_kwargs("metrics"), **exporter_kwargs)
+    account(exporter, self_metrics, exporter_id)
+    return exporter
