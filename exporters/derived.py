@@ -22,22 +22,28 @@ from opentelemetry.sdk.metrics.export import (
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.util.instrumentation import InstrumentationScope
 
-from flowtel.processors.metrics import FlowtelMetrics
+from flowtel.processors.metrics import Consumer, FlowtelMetrics
 
 SCOPE = InstrumentationScope("flowtel", schema_url="https://opentelemetry.io/schemas/1.37.0")
 
 
 class DerivedMetricsExporter(MetricExporter):
-    def __init__(self, exporter: MetricExporter, metrics: FlowtelMetrics, resource: Resource | None = None) -> None:
+    def __init__(self, exporter: MetricExporter, metrics: FlowtelMetrics | None,
+                 resource: Resource | None = None) -> None:
         super().__init__(preferred_temporality=exporter._preferred_temporality,
                          preferred_aggregation=exporter._preferred_aggregation)
         self.exporter = exporter
-        self._metrics = metrics
-        self._consumer = metrics.consumer(exporter._preferred_temporality)
+        self._producers: list[tuple[FlowtelMetrics, Consumer]] = []
+        if metrics is not None:
+            self.add_producer(metrics)
         self._resource = resource or Resource.create()
 
+    def add_producer(self, metrics: FlowtelMetrics) -> None:
+        """Also export these derived metrics (the collector has one set per pipeline)."""
+        self._producers.append((metrics, metrics.consumer(self.exporter._preferred_temporality)))
+
     def export(self, metrics_data: MetricsData, timeout_millis: float = 10_000, **kwargs: Any) -> MetricExportResult:
-        derived = self._metrics.produce(self._consumer)
+        derived = [m for metrics, consumer in self._producers for m in metrics.produce(consumer)]
         if derived:
             scope = ScopeMetrics(SCOPE, derived, SCOPE.schema_url or "")
             resource_metrics = list(metrics_data.resource_metrics)

@@ -488,8 +488,8 @@ service:
     assert problems(text) == [
         "test.yaml:2: receivers.otlp/: expected an id otlp/name with a non-empty name without spaces",
         "test.yaml:7: processors.memory_limiter: expected a spike limit below the limit",
-        "test.yaml:10: exporters.otlphtp: expected an exporter type among prometheus, otlp, otlphttp, debug "
-        "(as type or type/name) (did you mean otlphttp?)",
+        "test.yaml:10: exporters.otlphtp: expected an exporter type among prometheus, otlp, otlphttp, debug, "
+        "azuremonitor (as type or type/name) (did you mean otlphttp?)",
         "test.yaml:14: service.extensions[1]: expected each extension once, got 'file_storage'",
         "test.yaml:16: service.pipelines.traces/: expected an id traces/name with a non-empty name without spaces, "
         "got 'traces/'",

@@ -18,6 +18,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, Field, ValidationError
 
+from flowtel.exporters.azuremonitor_collector import AzureMonitorExporterConfig
 from flowtel.exporters.debug import DebugExporterConfig
 from flowtel.exporters.otlp_forward import OTLPExporterConfig, OTLPHTTPExporterConfig
 
@@ -72,7 +73,8 @@ COMPONENTS: dict[str, dict[str, type[Model]]] = {
     "receivers": {"otlp": OTLPReceiverConfig},
     "processors": {"flowtel": FlowtelProcessorConfig, "memory_limiter": MemoryLimiterConfig, "batch": BatchConfig},
     "exporters": {"prometheus": PrometheusExporterConfig, "otlp": OTLPExporterConfig,
-                  "otlphttp": OTLPHTTPExporterConfig, "debug": DebugExporterConfig},
+                  "otlphttp": OTLPHTTPExporterConfig, "debug": DebugExporterConfig,
+                  "azuremonitor": AzureMonitorExporterConfig},
     "extensions": {"health_check": HealthCheckConfig, "bearertokenauth": BearerTokenAuthConfig,
                    "file_storage": FileStorageConfig},
 }
@@ -333,10 +335,10 @@ def _check_component_refs(doc: Document, path: Path, cfg: Any, enabled: set[str]
         if component_type(auth.authenticator) != "bearertokenauth" or auth.authenticator not in enabled:
             out.append(doc.problem(where, "a bearertokenauth extension listed in service.extensions",
                                    auth.authenticator))
-    storage = getattr(getattr(cfg, "sending_queue", None), "storage", None)
-    if storage is not None and (component_type(storage) != "file_storage" or storage not in enabled):
-        out.append(doc.problem((*path, "sending_queue", "storage"),
-                               "a file_storage extension listed in service.extensions", storage))
+    queue_storage = getattr(getattr(cfg, "sending_queue", None), "storage", None)
+    for key, storage in ((("sending_queue", "storage"), queue_storage), (("storage",), getattr(cfg, "storage", None))):
+        if storage is not None and (component_type(storage) != "file_storage" or storage not in enabled):
+            out.append(doc.problem((*path, *key), "a file_storage extension listed in service.extensions", storage))
     return out
 
 

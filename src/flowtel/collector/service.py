@@ -79,7 +79,8 @@ class Collector:
 
         used_exporters = dict.fromkeys(e for p in service.pipelines.values() for e in p.exporters)
         self.exporters: dict[str, Any] = {eid: self._exporter(eid, config.exporters[eid]) for eid in used_exporters}
-        readers = [e.reader for e in self.exporters.values() if isinstance(e, PrometheusExporter)]
+        # Exporters that take metrics bring a reader: Prometheus a pull reader, Azure Monitor a periodic one.
+        readers = [e.reader for e in self.exporters.values() if getattr(e, "reader", None) is not None]
         self.meter_provider = MeterProvider(resource=Resource.create({"service.name": "flowtel-collector"}),
                                             metric_readers=readers)
         self.self_metrics.bind(self.meter_provider)
@@ -178,8 +179,8 @@ class Collector:
         for url in self.listening.health.values():
             logger.info("extension health_check: health and readiness on %s", url)
         for eid, exporter in self.exporters.items():
-            if isinstance(exporter, ForwardingExporter):
-                logger.info("exporter %s: forwarding spans to %s", eid, exporter.target)
+            if hasattr(exporter, "target"):
+                logger.info("exporter %s: sending to %s", eid, exporter.target)
         logger.info("flowtel collector ready (config: %s)", self.config.file)
 
     def shutdown(self, timeout_s: float | None = None) -> None:
@@ -228,6 +229,13 @@ def _debug(collector: Collector, eid: str, cfg: DebugExporterConfig) -> DebugExp
     return DebugExporter(eid, cfg, collector.self_metrics)
 
 
+def _azuremonitor(collector: Collector, eid: str, cfg: Any) -> Any:
+    from flowtel.exporters.azuremonitor_collector import AzureMonitorCollectorExporter
+
+    return AzureMonitorCollectorExporter(eid, cfg, collector.self_metrics,
+                                         collector.storage_directory(cfg.storage, eid))
+
+
 #: Exporter type -> factory(collector, id, validated config). A new exporter (its config model goes in
 #: ``config.COMPONENTS``) plugs in here; one that also takes derived metrics implements ``add_producer``.
 EXPORTER_FACTORIES: dict[str, Callable[[Collector, str, Any], TracesExporter]] = {
@@ -235,12 +243,15 @@ EXPORTER_FACTORIES: dict[str, Callable[[Collector, str, Any], TracesExporter]] =
     "otlp": _otlp,
     "otlphttp": _otlp,
     "debug": _debug,
+    "azuremonitor": _azuremonitor,
 }
 
 
 def configure_logging(level: str) -> None:
     logging.basicConfig(level=getattr(logging, {"warn": "WARNING"}.get(level, level.upper())),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if level != "debug":  # azure-core logs every request at INFO
+        logging.getLogger("azure").setLevel(logging.WARNING)
 
 
 __all__ = ["Collector", "component_type", "configure_logging"]
