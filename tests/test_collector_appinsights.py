@@ -4,6 +4,7 @@ the collector's Prometheus endpoint; and an outage spanning a collector restart 
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 
 import pytest
@@ -54,7 +55,7 @@ def _collector(tmp_path, ingestion: IngestionServer) -> CollectorProcess:  # typ
     return CollectorProcess(text, tmp_path, env=QUIET)
 
 
-def _send_flows(endpoint: str, base_url: str, flows: int) -> set[str]:
+def _send_flows(endpoint: str, base_url: str, flows: int, for_s: float = 0.0) -> set[str]:
     """Run ``flows`` real DAG flows in an app that only has the SDK and the OTLP exporter; span ids sent."""
     reset_otel_globals()
     from opentelemetry import trace
@@ -68,7 +69,10 @@ def _send_flows(endpoint: str, base_url: str, flows: int) -> set[str]:
     trace.set_tracer_provider(provider)
     use_promptflow_openai_injection(True)
     try:
-        for _ in range(flows):
+        deadline = time.monotonic() + for_s
+        done = 0
+        while done < flows or time.monotonic() < deadline:
+            done += 1
             run_dag_flow("chat_flow", {"question": QUESTION}, [("retrieve", _retrieve_tool(base_url)),
                                                                 ("answer", _answer_tool(base_url))])
         assert provider.force_flush(30_000)
@@ -136,3 +140,29 @@ def test_outage_across_a_collector_restart_loses_nothing(tmp_path, ingestion, fa
         assert ingestion.invalid == []
     finally:
         assert restarted.stop() == 0
+
+
+def test_outage_under_steady_load_through_the_collector(tmp_path, ingestion, fake_llm) -> None:  # type: ignore[no-untyped-def]
+    collector = _collector(tmp_path, ingestion).start()
+    try:
+        ingestion.respond(503)  # every request, until recover()
+        sent = _send_flows(collector.http["otlp"], fake_llm.base_url, 1, for_s=20.0)
+        assert not ingestion.span_rows()
+        ingestion.recover()
+        assert ingestion.wait_for(lambda: set(ingestion.span_rows()) >= sent, 60), collector.log[-3000:]
+        assert set(ingestion.span_rows()) == sent and ingestion.invalid == []
+        spans = [n for key, n in ingestion.deliveries().items() if key[0] == "span"]
+        assert len(spans) == len(sent) and set(spans) == {1}
+
+        m = scrape(collector.prometheus["prometheus"])
+        flows = len(sent) // 5
+        assert m.value("flow_request_total") == flows
+        dims = ("flow", "response_code", "exception", "streaming", "deployment")
+        assert ingestion.wait_for(lambda: sum(v["value"] for v in metric_sums(
+            ingestion.metric_rows("flow_request"), "flow_request", dims).values()) == flows, 30)
+        metric_points = [n for key, n in ingestion.deliveries().items() if key[0] == "metric"]
+        assert set(metric_points) == {1}
+        assert m.value("otelcol_exporter_send_failed_spans_total") == 0
+        assert m.value("flowtel_spans_dropped_total") == 0
+    finally:
+        assert collector.stop() == 0
