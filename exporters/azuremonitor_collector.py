@@ -11,10 +11,7 @@ go through a periodic reader in the exporter's DELTA temporality.
 
 from __future__ import annotations
 
-import collections
 import os
-import threading
-import time
 from types import SimpleNamespace
 from typing import Literal
 
@@ -23,7 +20,6 @@ from opentelemetry.sdk.metrics.export import PeriodicExportingMetricReader
 from opentelemetry.sdk.resources import Resource
 from pydantic import Field, model_validator
 
-from flowtel._log import logger, warn_once
 from flowtel.collector.settings import Model, PositiveDuration
 from flowtel.config import ConfigError
 from flowtel.otlp import readable_spans
@@ -32,6 +28,7 @@ from flowtel.selfmetrics import SelfMetrics
 
 from .azure_monitor import AzureMonitorSettings, build_metric_exporter, build_trace_exporter
 from .derived import DerivedMetricsExporter
+from .sending_queue import QueueSettings, RetrySettings, SendingQueue, SendResult
 
 
 class AzureMonitorExporterConfig(Model):
@@ -86,15 +83,20 @@ class AzureMonitorCollectorExporter:
     def __init__(self, exporter_id: str, config: AzureMonitorExporterConfig, self_metrics: SelfMetrics,
                  storage_directory: str | None = None) -> None:
         self.id = exporter_id
-        self._config = config
-        self._self = self_metrics
         settings = config.settings(storage_directory)
         resource = Resource.create({"service.name": "flowtel-collector"})
         self._spans = None
+        self._queue: SendingQueue | None = None
         if config.traces:
             # tracer_provider: the exporter reads it for its resource row instead of the global provider.
             self._spans = build_trace_exporter(settings, self_metrics, exporter_id=exporter_id,
                                                tracer_provider=SimpleNamespace(resource=resource))
+            # One consumer, no retries of ours: the Azure exporter retries and stores, and its loss
+            # accounting counts what it delivered or lost.
+            self._queue = SendingQueue(exporter_id, self._send, QueueSettings(num_consumers=1,
+                                                                               queue_size=config.queue_size),
+                                       RetrySettings(enabled=False), self_metrics, timeout_s=0,
+                                       counts_delivery=False)
         self.reader: PeriodicExportingMetricReader | None = None
         self._derived: DerivedMetricsExporter | None = None
         if config.metrics:
@@ -102,77 +104,28 @@ class AzureMonitorCollectorExporter:
                                                                          exporter_id=exporter_id), None, resource)
             self.reader = PeriodicExportingMetricReader(
                 self._derived, export_interval_millis=config.metric_export_interval * 1000)
-        self._queue: collections.deque[bytes] = collections.deque()
-        self._counts: collections.deque[int] = collections.deque()
-        self._cond = threading.Condition()
-        self._stopping = False
-        self._busy = False
-        self._thread = threading.Thread(target=self._run, name=f"flowtel-{exporter_id}", daemon=True)
         self.target = settings.ingestion_endpoint
-        self_metrics.register_gauge("exporter_queue", lambda: len(self._queue), {"exporter": exporter_id})
-        self_metrics.register_gauge("exporter_queue_capacity", lambda: config.queue_size, {"exporter": exporter_id})
+
+    def _send(self, payload: bytes, timeout_s: float) -> SendResult:
+        assert self._spans is not None
+        self._spans.export(readable_spans(ExportTraceServiceRequest.FromString(payload)))
+        return SendResult.success()
 
     def add_producer(self, metrics: FlowtelMetrics) -> None:
         if self._derived is not None:
             self._derived.add_producer(metrics)
 
     def start(self) -> None:
-        if self._spans is not None:
-            self._thread.start()
+        if self._queue is not None:
+            self._queue.start()
 
     def export(self, payload: bytes, spans: int) -> None:
-        if self._spans is None:
-            return
-        with self._cond:
-            if len(self._queue) >= self._config.queue_size or self._stopping:
-                self._self.add("otelcol.exporter.enqueue_failed.spans", spans, self.id)
-                self._self.dropped("exporter_queue_full", spans)
-                warn_once(f"enqueue:{self.id}", "exporter %s: queue full (%d batches); spans dropped and counted",
-                          self.id, self._config.queue_size)
-                return
-            self._queue.append(payload)
-            self._counts.append(spans)
-            self._cond.notify()
-
-    def _run(self) -> None:
-        assert self._spans is not None
-        while True:
-            with self._cond:
-                while not self._queue and not self._stopping:
-                    self._cond.wait(0.5)
-                if not self._queue:
-                    return
-                payload = self._queue.popleft()
-                count = self._counts.popleft()
-                self._busy = True
-            try:
-                # Results are counted by the exporter's loss accounting (sent, stored, finally lost).
-                self._spans.export(readable_spans(ExportTraceServiceRequest.FromString(payload)))
-            except Exception:
-                logger.exception("exporter %s: failed on a batch of %d spans", self.id, count)
-                self._self.add("otelcol.exporter.send_failed.spans", count, self.id, "internal_error")
-                self._self.dropped("internal_error", count)
-            finally:
-                with self._cond:
-                    self._busy = False
-                    self._cond.notify_all()
+        if self._queue is not None:
+            self._queue.put(payload, spans)
 
     def shutdown(self, deadline: float) -> None:
         """Hand what is queued to the Azure exporter until ``deadline`` (it stores what it cannot send)."""
-        with self._cond:
-            while (self._queue or self._busy) and time.monotonic() < deadline:
-                self._cond.wait(min(0.1, max(0.0, deadline - time.monotonic())))
-            self._stopping = True
-            left = sum(self._counts)
-            self._queue.clear()
-            self._counts.clear()
-            self._cond.notify_all()
-        if left:
-            self._self.add("otelcol.exporter.send_failed.spans", left, self.id, "shutdown")
-            self._self.dropped("shutdown_timeout", left)
-            logger.warning("exporter %s: %d span(s) still queued at the shutdown deadline were dropped", self.id,
-                           left)
-        if self._thread.is_alive():
-            self._thread.join(timeout=max(0.0, deadline - time.monotonic()) + 0.5)
+        if self._queue is not None:
+            self._queue.shutdown(deadline)
         if self._spans is not None:
             self._spans.shutdown()

@@ -83,8 +83,11 @@ class _Item:
 
 class SendingQueue:
     def __init__(self, exporter_id: str, send: Send, queue: QueueSettings, retry: RetrySettings,
-                 self_metrics: SelfMetrics, timeout_s: float, storage_dir: str | None = None) -> None:
+                 self_metrics: SelfMetrics, timeout_s: float, storage_dir: str | None = None, *,
+                 counts_delivery: bool = True) -> None:
+        """``counts_delivery=False``: the sender counts what it delivered itself (Azure Monitor's accounting)."""
         self._id = exporter_id
+        self._counts_delivery = counts_delivery
         self._send = send
         self._queue_settings = queue
         self._retry = retry
@@ -205,8 +208,8 @@ class SendingQueue:
         while True:
             result = self._attempt(payload)
             if result.ok:
-                delivered = item.spans - result.rejected
-                self._self.add("otelcol.exporter.sent.spans", delivered, self._id)
+                if self._counts_delivery:
+                    self._self.add("otelcol.exporter.sent.spans", item.spans - result.rejected, self._id)
                 if result.rejected:
                     self._self.add("otelcol.exporter.send_failed.spans", result.rejected, self._id,
                                    "rejected_by_backend")

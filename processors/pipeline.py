@@ -43,7 +43,7 @@ class TracePipeline:
         # and a root that arrives first would release its trace before the children are there.
         roots: list[SpanData] = []
         for span in spans:
-            if span.parent_span_id == 0 or span.parent_is_remote:
+            if span.is_local_root:
                 roots.append(span)
                 continue
             for released in self._assembler.add(span, now_ns):

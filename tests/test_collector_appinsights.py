@@ -163,6 +163,8 @@ def test_outage_under_steady_load_through_the_collector(tmp_path, ingestion, fak
         metric_points = [n for key, n in ingestion.deliveries().items() if key[0] == "metric"]
         assert set(metric_points) == {1}
         assert m.value("otelcol_exporter_send_failed_spans_total") == 0
+        # counted once, by the Azure exporter's own accounting, not again by the queue in front of it
+        assert m.value("otelcol_exporter_sent_spans_total", exporter="azuremonitor") == len(sent)
         assert m.value("flowtel_spans_dropped_total") == 0
     finally:
         assert collector.stop() == 0

@@ -75,8 +75,7 @@ class TracesPipeline:
             raise Refused("queue_full", f"collector queue is full ({self._max_queue} spans); retry later")
 
     def consume(self, spans: list[SpanData]) -> None:
-        for limiter in self._limiters:
-            limiter.check()
+        """Queue adapted spans; ``admit`` already checked the limits, this re-checks the queue under its lock."""
         n = len(spans)
         with self._intake_lock:
             if self._stopping:

@@ -65,7 +65,7 @@ class Collector:
         service = config.service
         self._tokens: dict[str, BearerToken] = {}
         self._storage: dict[str, str] = {}
-        self._health: list[HealthCheck] = []
+        self._health: dict[str, HealthCheck] = {}
         for ext_id in service.extensions:
             ext = config.extensions[ext_id]
             if isinstance(ext, BearerTokenAuthConfig):
@@ -75,7 +75,7 @@ class Collector:
                     os.makedirs(ext.directory, mode=0o700, exist_ok=True)
                 self._storage[ext_id] = ext.directory
             elif isinstance(ext, HealthCheckConfig):
-                self._health.append(HealthCheck(ext, self.status))
+                self._health[ext_id] = HealthCheck(ext, self.status)
 
         used_exporters = dict.fromkeys(e for p in service.pipelines.values() for e in p.exporters)
         self.exporters: dict[str, Any] = {eid: self._exporter(eid, config.exporters[eid]) for eid in used_exporters}
@@ -152,9 +152,9 @@ class Collector:
         return out
 
     def start(self) -> Collector:
-        for health in self._health:
+        for ext_id, health in self._health.items():
             health.start()
-            self.listening.health[str(id(health))] = health.url
+            self.listening.health[ext_id] = health.url
         for exporter in self.exporters.values():
             exporter.start()
             if isinstance(exporter, PrometheusExporter):
@@ -176,8 +176,8 @@ class Collector:
             logger.info("receiver %s: OTLP/HTTP listening on %s/v1/traces", rid, url)
         for eid, url in self.listening.prometheus.items():
             logger.info("exporter %s: Prometheus metrics on %s", eid, url)
-        for url in self.listening.health.values():
-            logger.info("extension health_check: health and readiness on %s", url)
+        for ext_id, url in self.listening.health.items():
+            logger.info("extension %s: health and readiness on %s", ext_id, url)
         for eid, exporter in self.exporters.items():
             if hasattr(exporter, "target"):
                 logger.info("exporter %s: sending to %s", eid, exporter.target)
@@ -208,7 +208,7 @@ class Collector:
         for limiter in self._limiters.values():
             limiter.shutdown()
         self.meter_provider.shutdown()
-        for health in self._health:
+        for health in self._health.values():
             health.shutdown()
         logger.info("flowtel collector stopped in %.1fs", time.monotonic() - started)
 
