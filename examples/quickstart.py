@@ -80,6 +80,18 @@ def serve_one(i: int) -> None:
         print(f"request {i} failed as planned: {type(error).__name__}")
 
 
+def serve(requests: int, interval: float) -> None:
+    """Serve ``requests`` requests (0: until Ctrl-C), ``interval`` seconds apart."""
+    i = 0
+    try:
+        while not requests or i < requests:
+            serve_one(i)
+            i += 1
+            time.sleep(interval)
+    except KeyboardInterrupt:
+        pass
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description="flowtel quickstart (offline)")
     parser.add_argument("--requests", type=int, default=0, help="stop after N requests (default: run until Ctrl-C)")
@@ -97,14 +109,7 @@ def main() -> None:
         LLM[:] = [openai.OpenAI(base_url=server.base_url, api_key="not-needed", max_retries=0)]
         where = telemetry.prometheus.url if telemetry.prometheus else "(Prometheus disabled)"
         print(f"fake model at {server.base_url}; metrics at {where}", flush=True)
-        i = 0
-        try:
-            while not args.requests or i < args.requests:
-                serve_one(i)
-                i += 1
-                time.sleep(args.interval)
-        except KeyboardInterrupt:
-            pass
+        serve(args.requests, args.interval)
     telemetry.span_processor.force_flush()
     if telemetry.prometheus is not None:
         body = urllib.request.urlopen(telemetry.prometheus.url, timeout=5).read().decode()
@@ -129,14 +134,7 @@ def run_against_collector(args: argparse.Namespace) -> None:
         LLM[:] = [openai.OpenAI(base_url=server.base_url, api_key="not-needed", max_retries=0)]
         endpoint = os.environ.get("OTEL_EXPORTER_OTLP_ENDPOINT", "http://localhost:4318")
         print(f"fake model at {server.base_url}; spans to the collector at {endpoint}", flush=True)
-        i = 0
-        try:
-            while not args.requests or i < args.requests:
-                serve_one(i)
-                i += 1
-                time.sleep(args.interval)
-        except KeyboardInterrupt:
-            pass
+        serve(args.requests, args.interval)
     provider.shutdown()
     print("done; the collector's metrics: curl -s localhost:9464/metrics | grep -E '^(flow|node|rpc|token)_'")
 

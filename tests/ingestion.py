@@ -36,6 +36,12 @@ from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
+QUIET = {  # the exporter's own telemetry about itself, and its remote configuration, off in tests
+    "APPLICATIONINSIGHTS_STATSBEAT_DISABLED_ALL": "true",
+    "APPLICATIONINSIGHTS_SDKSTATS_DISABLED": "true",
+    "APPLICATIONINSIGHTS_CONTROLPLANE_DISABLED": "true",
+}
+
 #: The envelope name each baseType travels under.
 ENVELOPE_NAMES = {
     "RequestData": "Microsoft.ApplicationInsights.Request",

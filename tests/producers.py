@@ -19,6 +19,8 @@ from promptflow.tracing._integrations._openai_injector import inject_openai_api,
 from promptflow.tracing._trace import enrich_span_with_input, enrich_span_with_output, start_as_current_span
 from promptflow.tracing._tracer import Tracer
 
+QUESTION = "what is flowtel exactly"  # 4 words -> 4 prompt tokens at the fake server
+
 
 def use_promptflow_openai_injection(enabled: bool = True) -> None:
     if enabled:
@@ -48,3 +50,49 @@ def run_dag_flow(flow_name: str, inputs: Mapping[str, Any],
                 Tracer.end_tracing(run_id)
         enrich_span_with_output(span, value)
         return value
+
+
+def answer_tool(base_url: str, model: str = "gpt-4o-mini") -> Callable[[dict], str]:
+    """A DAG node tool: chat completion of the question (temperature 0.3, max_tokens 64)."""
+    def answer(inputs: dict) -> str:
+        response = client(base_url).chat.completions.create(
+            model=model, messages=[{"role": "user", "content": inputs["question"]}], temperature=0.3, max_tokens=64)
+        return response.choices[0].message.content or ""
+    return answer
+
+
+def retrieve_tool(base_url: str) -> Callable[[dict], dict]:
+    """A DAG node tool: embeddings of the question; passes the inputs on."""
+    def retrieve(inputs: dict) -> dict:
+        client(base_url).embeddings.create(model="text-embedding-3-small", input=inputs["question"])
+        return inputs
+    return retrieve
+
+
+def broken_tool(_: object) -> None:
+    raise ValueError("the tool broke")
+
+
+#: The client the streamed flex flow uses; tests point it at their fake model.
+STREAM_LLM: list = []
+
+
+@pf_trace
+def helper(question: str) -> str:
+    return STREAM_LLM[0].chat.completions.create(
+        model="gpt-4o-mini", messages=[{"role": "user", "content": question}]).choices[0].message.content or ""
+
+
+def _text(chunks):  # type: ignore[no-untyped-def]
+    for chunk in chunks:
+        if chunk.choices and chunk.choices[0].delta.content:
+            yield chunk.choices[0].delta.content
+
+
+@pf_trace
+def stream_flow(question: str):  # type: ignore[no-untyped-def]
+    """A flex flow that answers with a stream: its span stays open until the stream is consumed."""
+    helper(question)
+    return _text(STREAM_LLM[0].chat.completions.create(model="gpt-4o-mini", stream=True,
+                                                        stream_options={"include_usage": True},
+                                                        messages=[{"role": "user", "content": question}]))

@@ -30,17 +30,21 @@ from flowtel.exporters.prometheus import PrometheusSettings
 from flowtel.processors.catalog import HISTOGRAM, STANDARD_METRICS
 
 from conftest import Scrape, reset_otel_globals, scrape
-from ingestion import IngestionServer, item_key, metric_sums, validate
-from producers import client, run_dag_flow, use_promptflow_openai_injection
-from test_inprocess_promptflow import _STREAM_LLM, QUESTION, stream_flow
+from ingestion import QUIET, IngestionServer, item_key, metric_sums, validate
+from producers import (
+    QUESTION,
+    STREAM_LLM,
+    answer_tool,
+    broken_tool,
+    client,
+    retrieve_tool,
+    run_dag_flow,
+    stream_flow,
+    use_promptflow_openai_injection,
+)
 
 _DELETE = object()
 COMMON_DIMENSIONS = '{"deployment": "blue", "variant": "b"}'
-QUIET = {  # the exporter's own telemetry about itself, and its remote configuration, off in tests
-    "APPLICATIONINSIGHTS_STATSBEAT_DISABLED_ALL": "true",
-    "APPLICATIONINSIGHTS_SDKSTATS_DISABLED": "true",
-    "APPLICATIONINSIGHTS_CONTROLPLANE_DISABLED": "true",
-}
 
 
 @pytest.fixture(autouse=True)
@@ -113,34 +117,15 @@ def make_app(tmp_path: Path) -> Iterator[Callable[..., App]]:
     reset_otel_globals()
 
 
-def _answer(base_url: str, model: str = "gpt-4o-mini") -> Callable[[dict], str]:
-    def answer(inputs: dict) -> str:
-        response = client(base_url).chat.completions.create(
-            model=model, messages=[{"role": "user", "content": inputs["question"]}], temperature=0.3, max_tokens=64)
-        return response.choices[0].message.content or ""
-    return answer
-
-
-def _retrieve(base_url: str) -> Callable[[dict], dict]:
-    def retrieve(inputs: dict) -> dict:
-        client(base_url).embeddings.create(model="text-embedding-3-small", input=inputs["question"])
-        return inputs
-    return retrieve
-
-
-def _broken(_: object) -> None:
-    raise ValueError("the tool broke")
-
-
 def _chat(base_url: str) -> None:
     run_dag_flow("chat_flow", {"question": QUESTION},
-                 [("retrieve", _retrieve(base_url)), ("answer", _answer(base_url))])
+                 [("retrieve", retrieve_tool(base_url)), ("answer", answer_tool(base_url))])
 
 
 def _failing(base_url: str, i: int) -> None:
     """Alternately an LLM call answering 500 and a tool raising."""
-    nodes = [("answer", _answer(base_url, "fail-500"))] if i % 2 == 0 else [("retrieve", _retrieve(base_url)),
-                                                                             ("broken", _broken)]
+    nodes = [("answer", answer_tool(base_url, "fail-500"))] if i % 2 == 0 else [("retrieve", retrieve_tool(base_url)),
+                                                                             ("broken", broken_tool)]
     with pytest.raises(Exception):  # noqa: B017 - openai.InternalServerError or ValueError
         run_dag_flow("chat_flow" if i % 2 == 0 else "broken_flow", {"question": QUESTION}, nodes)
 
@@ -214,7 +199,7 @@ def test_rows_a_user_sees(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, inges
             for _ in range(2):
                 _chat(fake_llm.base_url)
             _failing(fake_llm.base_url, round_)
-            _STREAM_LLM[:] = [client(fake_llm.base_url)]
+            STREAM_LLM[:] = [client(fake_llm.base_url)]
             assert "".join(stream_flow(QUESTION)) == "Hello from the fake model"
             app.flush()
             time.sleep(1.2)
@@ -328,7 +313,7 @@ class Load:
                 if self.flows % 7 == 6:
                     _failing(self.base_url, self.flows)
                 elif self.flows % 5 == 4:
-                    _STREAM_LLM[:] = [client(self.base_url)]
+                    STREAM_LLM[:] = [client(self.base_url)]
                     assert "".join(stream_flow(QUESTION)) == "Hello from the fake model"
                 else:
                     _chat(self.base_url)

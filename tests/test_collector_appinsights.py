@@ -12,13 +12,17 @@ from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExport
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor
-from test_appinsights_inprocess import QUIET
 
 from collector_proc import CollectorProcess
 from conftest import reset_otel_globals, scrape
-from ingestion import IngestionServer, metric_sums
-from producers import run_dag_flow, use_promptflow_openai_injection
-from test_inprocess_promptflow import QUESTION, _answer_tool, _retrieve_tool
+from ingestion import QUIET, IngestionServer, metric_sums
+from producers import (
+    QUESTION,
+    answer_tool,
+    retrieve_tool,
+    run_dag_flow,
+    use_promptflow_openai_injection,
+)
 
 CONFIG = """
 extensions:
@@ -73,8 +77,8 @@ def _send_flows(endpoint: str, base_url: str, flows: int, for_s: float = 0.0) ->
         done = 0
         while done < flows or time.monotonic() < deadline:
             done += 1
-            run_dag_flow("chat_flow", {"question": QUESTION}, [("retrieve", _retrieve_tool(base_url)),
-                                                                ("answer", _answer_tool(base_url))])
+            run_dag_flow("chat_flow", {"question": QUESTION}, [("retrieve", retrieve_tool(base_url)),
+                                                                ("answer", answer_tool(base_url))])
         assert provider.force_flush(30_000)
         return {f"{s.context.span_id:016x}" for s in sent.get_finished_spans()}
     finally:

@@ -25,8 +25,17 @@ from flowtel.processors.catalog import ALL_METRICS, prometheus_name
 from collector_proc import CollectorProcess
 from conftest import reset_otel_globals, scrape
 from otlp_sink import OTLPSink
-from producers import client, run_dag_flow, use_promptflow_openai_injection
-from test_inprocess_promptflow import _STREAM_LLM, QUESTION, _answer_tool, _broken, _retrieve_tool, stream_flow
+from producers import (
+    QUESTION,
+    STREAM_LLM,
+    answer_tool,
+    broken_tool,
+    client,
+    retrieve_tool,
+    run_dag_flow,
+    stream_flow,
+    use_promptflow_openai_injection,
+)
 
 COMMON = {"deployment": "blue", "variant": "b"}
 CONFIG = """
@@ -58,15 +67,15 @@ def _derived_samples(url: str) -> dict[tuple[str, frozenset], float]:
 
 def _run_workload(base_url: str) -> None:
     use_promptflow_openai_injection(True)
-    nodes = [("retrieve", _retrieve_tool(base_url)), ("answer", _answer_tool(base_url))]
+    nodes = [("retrieve", retrieve_tool(base_url)), ("answer", answer_tool(base_url))]
     for _ in range(3):
         run_dag_flow("chat_flow", {"question": QUESTION}, nodes)
     with pytest.raises(ValueError):
-        run_dag_flow("broken_flow", {"question": QUESTION}, [("retrieve", _retrieve_tool(base_url)),
-                                                             ("broken", _broken)])
+        run_dag_flow("broken_flow", {"question": QUESTION}, [("retrieve", retrieve_tool(base_url)),
+                                                             ("broken", broken_tool)])
     with pytest.raises(Exception, match="500"):
-        run_dag_flow("chat_flow", {"question": QUESTION}, [("answer", _answer_tool(base_url, "fail-500"))])
-    _STREAM_LLM[:] = [client(base_url)]
+        run_dag_flow("chat_flow", {"question": QUESTION}, [("answer", answer_tool(base_url, "fail-500"))])
+    STREAM_LLM[:] = [client(base_url)]
     assert "".join(stream_flow(QUESTION)) == "Hello from the fake model"
 
 

@@ -15,8 +15,6 @@ the refusal (reason included) and the accepted spans: the bad request costs noth
 from __future__ import annotations
 
 import base64
-import datetime
-import ipaddress
 import json
 import os
 import socket
@@ -30,10 +28,6 @@ from urllib.parse import urlsplit
 import grpc
 import pytest
 import requests
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
 from google.protobuf import json_format
 from google.rpc import error_details_pb2, status_pb2
 from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter as GRPCSpanExporter
@@ -52,6 +46,7 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from collector_proc import CollectorProcess
 from conftest import scrape
 from otlp_sink import OTLPSink
+from tls_certs import self_signed
 
 MIB = 1 << 20
 LIMIT = 1 * MIB  # max_request_body_size and max_recv_msg_size_mib below
@@ -200,6 +195,15 @@ def sdk_spans(n: int, service: str) -> list[Any]:
     spans = list(memory.get_finished_spans())
     assert len(spans) == n
     return spans
+
+
+def export_with(exporter: Any, spans: list[Any]) -> set[bytes]:
+    """Send ``spans`` with a real OTLP exporter, require success, shut it down; the span ids sent."""
+    try:
+        assert exporter.export(spans) == SpanExportResult.SUCCESS
+    finally:
+        exporter.shutdown()
+    return {s.context.span_id.to_bytes(8, "big") for s in spans}
 
 
 def post(url: str, body: bytes, content_type: str | None = PROTOBUF, **headers: str) -> requests.Response:
@@ -733,12 +737,7 @@ def test_http_bearer_token(main: Collector) -> None:
     assert response.status_code == 401
     ids = main.send_good("http", receiver="otlp/auth", Authorization=f"Bearer {TOKEN}")
     exporter = HTTPSpanExporter(endpoint=url, headers={"Authorization": f"Bearer {TOKEN}"}, timeout=10)
-    spans = sdk_spans(3, "auth-http")
-    try:
-        assert exporter.export(spans) == SpanExportResult.SUCCESS
-    finally:
-        exporter.shutdown()
-    ids |= {s.context.span_id.to_bytes(8, "big") for s in spans}
+    ids |= export_with(exporter, sdk_spans(3, "auth-http"))
     main.wait_forwarded(ids, before)
     assert main.delta(before) == {refused("http", "unauthenticated", "otlp/auth"): 6,
                                   accepted("http", "otlp/auth"): 5}
@@ -760,12 +759,7 @@ def test_grpc_bearer_token(main: Collector) -> None:
     ids = main.send_good("grpc", receiver="otlp/auth", metadata=(("authorization", f"Bearer {TOKEN}"),))
     exporter = GRPCSpanExporter(endpoint=main.grpc_target("otlp/auth"), insecure=True, timeout=10,
                                 headers={"authorization": f"Bearer {TOKEN}"})
-    spans = sdk_spans(3, "auth-grpc")
-    try:
-        assert exporter.export(spans) == SpanExportResult.SUCCESS
-    finally:
-        exporter.shutdown()
-    ids |= {s.context.span_id.to_bytes(8, "big") for s in spans}
+    ids |= export_with(exporter, sdk_spans(3, "auth-grpc"))
     main.wait_forwarded(ids, before)
     assert main.delta(before) == {refused("grpc", "unauthenticated", "otlp/auth"): 4,
                                   accepted("grpc", "otlp/auth"): 5}
@@ -916,25 +910,6 @@ def test_memory_limit_is_503_and_unavailable(backpressure: Collector) -> None:
 # --- TLS -------------------------------------------------------------------------------------------------------
 
 
-def _self_signed(directory: Path, name: str) -> tuple[Path, Path]:
-    key = ec.generate_private_key(ec.SECP256R1())
-    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
-    now = datetime.datetime.now(datetime.timezone.utc)
-    cert = (x509.CertificateBuilder().subject_name(subject).issuer_name(subject).public_key(key.public_key())
-            .serial_number(x509.random_serial_number())
-            .not_valid_before(now - datetime.timedelta(minutes=5))
-            .not_valid_after(now + datetime.timedelta(days=1))
-            .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
-                           critical=False)
-            .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-            .sign(key, hashes.SHA256()))
-    cert_file, key_file = directory / f"{name}.pem", directory / f"{name}-key.pem"
-    cert_file.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    key_file.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                                           serialization.NoEncryption()))
-    return cert_file, key_file
-
-
 @dataclass
 class TLSFiles:
     server_cert: Path
@@ -946,7 +921,7 @@ class TLSFiles:
 @pytest.fixture(scope="module")
 def tls_files(tmp_path_factory: pytest.TempPathFactory) -> TLSFiles:
     directory = tmp_path_factory.mktemp("tls")
-    return TLSFiles(*_self_signed(directory, "server"), *_self_signed(directory, "client"))
+    return TLSFiles(*self_signed(directory, "server"), *self_signed(directory, "client"))
 
 
 @pytest.fixture(scope="module")
@@ -984,10 +959,7 @@ def test_tls_on_both_transports(tls: Collector, tls_files: TLSFiles) -> None:
     http_exporter = HTTPSpanExporter(endpoint=tls.traces_url("otlp/tls"), timeout=10,
                                      certificate_file=str(tls_files.server_cert), session=_session())
     for exporter in (grpc_exporter, http_exporter):
-        try:
-            assert exporter.export(sdk_spans(3, "tls")) == SpanExportResult.SUCCESS
-        finally:
-            exporter.shutdown()
+        export_with(exporter, sdk_spans(3, "tls"))
     # Plaintext to the TLS ports, and TLS without trusting the certificate, get nowhere.
     with grpc.insecure_channel(tls.grpc_target("otlp/tls")) as channel, pytest.raises(grpc.RpcError) as info:
         trace_service_pb2_grpc.TraceServiceStub(channel).Export(spans_request(1)[0], timeout=5)
@@ -1021,7 +993,7 @@ def test_client_certificate_required(tls: Collector, tls_files: TLSFiles) -> Non
         requests.post(url, data=body, headers={"Content-Type": PROTOBUF}, verify=str(tls_files.server_cert),
                       timeout=10)
     # A certificate the server does not trust is no better than none.
-    other = _self_signed(tls_files.client_cert.parent, "stranger")
+    other = self_signed(tls_files.client_cert.parent, "stranger")
     with pytest.raises(requests.exceptions.ConnectionError):
         requests.post(url, data=body, headers={"Content-Type": PROTOBUF}, verify=str(tls_files.server_cert),
                       cert=(str(other[0]), str(other[1])), timeout=10)
@@ -1030,8 +1002,5 @@ def test_client_certificate_required(tls: Collector, tls_files: TLSFiles) -> Non
     exporter = HTTPSpanExporter(endpoint=url, timeout=10, certificate_file=str(tls_files.server_cert),
                                 client_certificate_file=str(tls_files.client_cert),
                                 client_key_file=str(tls_files.client_key), session=_session())
-    try:
-        assert exporter.export(sdk_spans(3, "mtls")) == SpanExportResult.SUCCESS
-    finally:
-        exporter.shutdown()
+    export_with(exporter, sdk_spans(3, "mtls"))
     assert tls.delta(before) == {accepted("grpc", "otlp/mtls"): 2, accepted("http", "otlp/mtls"): 3}

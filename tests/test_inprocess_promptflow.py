@@ -7,9 +7,18 @@ from promptflow.tracing import trace as pf_trace
 
 from flowtel.processors.catalog import PF_BUCKETS_MS
 
-from producers import client, run_dag_flow, use_promptflow_openai_injection
+from producers import (
+    QUESTION,
+    STREAM_LLM,
+    answer_tool,
+    broken_tool,
+    client,
+    retrieve_tool,
+    run_dag_flow,
+    stream_flow,
+    use_promptflow_openai_injection,
+)
 
-QUESTION = "what is flowtel exactly"  # 4 words -> 4 prompt tokens at the fake server
 ANSWER_TOKENS = 5  # "Hello from the fake model"
 
 
@@ -18,34 +27,15 @@ def _promptflow_injection() -> None:
     use_promptflow_openai_injection(True)
 
 
-def _answer_tool(base_url: str, model: str = "gpt-4o-mini"):  # type: ignore[no-untyped-def]
-    def answer(inputs: dict) -> str:
-        response = client(base_url).chat.completions.create(
-            model=model, messages=[{"role": "user", "content": inputs["question"]}], temperature=0.3, max_tokens=64)
-        return response.choices[0].message.content or ""
-    return answer
-
-
-def _retrieve_tool(base_url: str):  # type: ignore[no-untyped-def]
-    def retrieve(inputs: dict) -> dict:
-        client(base_url).embeddings.create(model="text-embedding-3-small", input=inputs["question"])
-        return inputs
-    return retrieve
-
-
-def _broken(_: object) -> None:
-    raise ValueError("the tool broke")
-
-
 def test_dag_flow_metrics_and_enrichment(harness, fake_llm) -> None:  # type: ignore[no-untyped-def]
-    nodes = [("retrieve", _retrieve_tool(fake_llm.base_url)), ("answer", _answer_tool(fake_llm.base_url))]
+    nodes = [("retrieve", retrieve_tool(fake_llm.base_url)), ("answer", answer_tool(fake_llm.base_url))]
     for _ in range(3):
         assert run_dag_flow("chat_flow", {"question": QUESTION}, nodes) == "Hello from the fake model"
     with pytest.raises(ValueError):
-        run_dag_flow("broken_flow", {"question": QUESTION}, [("retrieve", _retrieve_tool(fake_llm.base_url)),
-                                                             ("broken", _broken)])
+        run_dag_flow("broken_flow", {"question": QUESTION}, [("retrieve", retrieve_tool(fake_llm.base_url)),
+                                                             ("broken", broken_tool)])
     with pytest.raises(Exception, match="500"):
-        run_dag_flow("chat_flow", {"question": QUESTION}, [("answer", _answer_tool(fake_llm.base_url, "fail-500"))])
+        run_dag_flow("chat_flow", {"question": QUESTION}, [("answer", answer_tool(fake_llm.base_url, "fail-500"))])
 
     m = harness.scrape()
     tokens = dict(flow="chat_flow", node="answer", llm_engine="gpt-4o-mini")
@@ -107,7 +97,7 @@ def test_dag_flow_metrics_and_enrichment(harness, fake_llm) -> None:  # type: ig
 
 
 def test_latency_buckets_and_exemplars_match_the_spans(harness, fake_llm) -> None:  # type: ignore[no-untyped-def]
-    run_dag_flow("timed_flow", {"question": QUESTION}, [("answer", _answer_tool(fake_llm.base_url))])
+    run_dag_flow("timed_flow", {"question": QUESTION}, [("answer", answer_tool(fake_llm.base_url))])
     spans = harness.spans()
     node = next(s for s in spans if s.name == "answer")
     flow = next(s for s in spans if s.name == "timed_flow")
@@ -128,36 +118,12 @@ def test_latency_buckets_and_exemplars_match_the_spans(harness, fake_llm) -> Non
     assert all(s.exemplar is None for s in plain.samples)
 
 
-_STREAM_LLM: list = []
-
-
-@pf_trace
-def helper(question: str) -> str:
-    return _STREAM_LLM[0].chat.completions.create(
-        model="gpt-4o-mini", messages=[{"role": "user", "content": question}]).choices[0].message.content or ""
-
-
-def _text(chunks):  # type: ignore[no-untyped-def]
-    for chunk in chunks:
-        if chunk.choices and chunk.choices[0].delta.content:
-            yield chunk.choices[0].delta.content
-
-
-@pf_trace
-def stream_flow(question: str):  # type: ignore[no-untyped-def]
-    """A flex flow that answers with a stream: its span stays open until the stream is consumed."""
-    helper(question)
-    return _text(_STREAM_LLM[0].chat.completions.create(model="gpt-4o-mini", stream=True,
-                                                        stream_options={"include_usage": True},
-                                                        messages=[{"role": "user", "content": question}]))
-
-
 def test_flex_flow_streaming(make_harness) -> None:  # type: ignore[no-untyped-def]
     from fake_llm import FakeLLMServer
 
     harness = make_harness()
     with FakeLLMServer(chunk_delay_s=0.03) as slow:
-        _STREAM_LLM[:] = [client(slow.base_url)]
+        STREAM_LLM[:] = [client(slow.base_url)]
         assert "".join(stream_flow(QUESTION)) == "Hello from the fake model"
 
     m = harness.scrape()
@@ -182,7 +148,7 @@ def test_flex_flow_streaming(make_harness) -> None:  # type: ignore[no-untyped-d
 
 def test_content_capture_switch_keeps_content(make_harness, fake_llm) -> None:  # type: ignore[no-untyped-def]
     harness = make_harness(environ={"OTEL_INSTRUMENTATION_GENAI_CAPTURE_MESSAGE_CONTENT": "true"})
-    run_dag_flow("content_flow", {"question": QUESTION}, [("answer", _answer_tool(fake_llm.base_url))])
+    run_dag_flow("content_flow", {"question": QUESTION}, [("answer", answer_tool(fake_llm.base_url))])
     llm = next(s for s in harness.spans() if s.name == "openai_chat")
     assert QUESTION in llm.attributes["inputs"]
     assert [e.name for e in llm.events if e.name == "promptflow.function.inputs"]
@@ -191,7 +157,7 @@ def test_content_capture_switch_keeps_content(make_harness, fake_llm) -> None:  
 
 def test_common_dimensions_from_prompt_flow_variable(make_harness, fake_llm) -> None:  # type: ignore[no-untyped-def]
     harness = make_harness(environ={"PF_SERVING_METRICS_COMMON_DIMENSIONS": '{"deployment": "blue", "variant": "b"}'})
-    run_dag_flow("ab_flow", {"question": QUESTION}, [("answer", _answer_tool(fake_llm.base_url))])
+    run_dag_flow("ab_flow", {"question": QUESTION}, [("answer", answer_tool(fake_llm.base_url))])
     m = harness.scrape()
     for name in ("flow_request_total", "flow_latency_count", "node_request_total", "rpc_request_total",
                  "token_consumption_total"):

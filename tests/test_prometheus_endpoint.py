@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import datetime
-import ipaddress
 import socket
 import ssl
 import threading
@@ -16,10 +14,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
 from opentelemetry.sdk.metrics import MeterProvider
 from prometheus_client.openmetrics.parser import text_string_to_metric_families as parse_openmetrics
 from prometheus_client.parser import text_string_to_metric_families as parse_text
@@ -30,6 +24,8 @@ from flowtel.exporters.prometheus import PrometheusEndpoint, PrometheusMetricRea
 from flowtel.processors.catalog import FLOW_LATENCY, FLOW_REQUEST, NODE_REQUEST, RPC_REQUEST, TOKEN_CONSUMPTION
 from flowtel.processors.metrics import FlowtelMetrics
 from flowtel.selfmetrics import SelfMetrics
+
+from tls_certs import self_signed
 
 OPENMETRICS = "application/openmetrics-text; version=1.0.0"
 TRACE_ID = 0x0AF7651916CD43DD8448EB211C80319C
@@ -347,28 +343,12 @@ def test_no_token_configured_means_open(make_stack: Factory) -> None:
 
 
 @pytest.fixture(scope="module")
-def self_signed(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
-    directory = tmp_path_factory.mktemp("tls")
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")])
-    now = datetime.datetime.now(datetime.timezone.utc)
-    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
-            .serial_number(x509.random_serial_number())
-            .not_valid_before(now - datetime.timedelta(minutes=5))
-            .not_valid_after(now + datetime.timedelta(days=1))
-            .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
-                           critical=False)
-            .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-            .sign(key, hashes.SHA256()))
-    cert_file, key_file = directory / "cert.pem", directory / "key.pem"
-    cert_file.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    key_file.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                                           serialization.NoEncryption()))
-    return cert_file, key_file
+def server_cert(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    return self_signed(tmp_path_factory.mktemp("tls"), "server")
 
 
-def test_tls_scrape(make_stack: Factory, self_signed: tuple[Path, Path]) -> None:
-    cert_file, key_file = self_signed
+def test_tls_scrape(make_stack: Factory, server_cert: tuple[Path, Path]) -> None:
+    cert_file, key_file = server_cert
     stack = make_stack(tls=TLSSettings(str(cert_file), str(key_file)))
     stack.metrics.record(FLOW_REQUEST, 1, ("f", "200", "", "false"), resource={})
     assert stack.url == f"https://127.0.0.1:{stack.endpoint.port}/metrics"
@@ -387,8 +367,8 @@ def test_tls_scrape(make_stack: Factory, self_signed: tuple[Path, Path]) -> None
     assert "flow_request_total" in scrape(stack.url, context=context)
 
 
-def test_tls_with_bearer_token(make_stack: Factory, self_signed: tuple[Path, Path]) -> None:
-    cert_file, key_file = self_signed
+def test_tls_with_bearer_token(make_stack: Factory, server_cert: tuple[Path, Path]) -> None:
+    cert_file, key_file = server_cert
     stack = make_stack(tls=TLSSettings(str(cert_file), str(key_file)), bearer_token="s3cret")
     context = ssl.create_default_context(cafile=str(cert_file))
     with pytest.raises(urllib.error.HTTPError) as info:
@@ -397,8 +377,8 @@ def test_tls_with_bearer_token(make_stack: Factory, self_signed: tuple[Path, Pat
     scrape(stack.url, {"Authorization": "Bearer s3cret"}, context=context)
 
 
-def test_tls_idle_connection_does_not_block_scrapes(make_stack: Factory, self_signed: tuple[Path, Path]) -> None:
-    cert_file, key_file = self_signed
+def test_tls_idle_connection_does_not_block_scrapes(make_stack: Factory, server_cert: tuple[Path, Path]) -> None:
+    cert_file, key_file = server_cert
     stack = make_stack(tls=TLSSettings(str(cert_file), str(key_file)))
     context = ssl.create_default_context(cafile=str(cert_file))
     idle = socket.create_connection(("127.0.0.1", stack.endpoint.port))
