@@ -45,7 +45,7 @@ def _collector(args: argparse.Namespace) -> int:
 
 
 def _tune_gc() -> None:
-    """The collector allocates many short-lived, acyclic objects per span; Python's default collector
+    """The collector allocates many short-lived objects per span; Python's default collector
     thresholds (700 allocations) made it walk the long-lived start-up heap over and over. Freeze what
     start-up built and collect the young generation less often (measured: -13% CPU per span, p99
     latency halved; bench/README.md)."""

@@ -117,8 +117,7 @@ class Adapted:
     error_message: str = ""
 
 
-def _invalid(span: ProtoSpan) -> str | None:
-    trace_id, span_id, parent = span.trace_id, span.span_id, span.parent_span_id
+def _invalid(trace_id: bytes, span_id: bytes, parent: bytes) -> str | None:
     if len(trace_id) != 16 or trace_id == _ZERO_TRACE:
         return "trace_id must be 16 bytes and not all zero"
     if len(span_id) != 8 or span_id == _ZERO_SPAN:
@@ -141,13 +140,13 @@ def adapt(request: ExportTraceServiceRequest) -> Adapted:
             group = SpanGroup(rs, ss, resource)
             scope_name = group.scope_name
             for span in ss.spans:
-                problem = _invalid(span)
+                trace_id, span_id, parent = span.trace_id, span.span_id, span.parent_span_id
+                problem = _invalid(trace_id, span_id, parent)
                 if problem is not None:
                     rejected += 1
                     reason = reason or problem
                     continue
                 kind = span.kind - 1 if span.kind > 0 else KIND_INTERNAL
-                parent = span.parent_span_id
                 flags = span.flags
                 if flags & _HAS_IS_REMOTE:
                     remote = bool(flags & _IS_REMOTE)
@@ -155,8 +154,8 @@ def adapt(request: ExportTraceServiceRequest) -> Adapted:
                     remote = bool(parent) and kind in (KIND_SERVER, KIND_CONSUMER)
                 status = span.status
                 append(SpanData(
-                    trace_id=from_bytes(span.trace_id, "big"),
-                    span_id=from_bytes(span.span_id, "big"),
+                    trace_id=from_bytes(trace_id, "big"),
+                    span_id=from_bytes(span_id, "big"),
                     parent_span_id=from_bytes(parent, "big") if parent else 0,
                     parent_is_remote=remote,
                     name=span.name,
