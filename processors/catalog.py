@@ -53,6 +53,11 @@ FLOW_STREAMING_RESPONSE_DURATION = MetricSpec(
     "First byte sent to last byte sent, streaming responses only",
     PF_BUCKETS_MS, exemplars=True)
 
+FEEDBACK = MetricSpec(
+    "feedback", COUNTER, "{feedback}", ("flow", "score_label", "correlated"),
+    "User feedback received; score_label is thumbup, thumbdown or unscored, correlated says whether the "
+    "request it judges was found")
+
 _GENAI_DIMS = ("gen_ai.operation.name", "gen_ai.provider.name", "gen_ai.request.model", "gen_ai.response.model",
                "server.address", "error.type")
 GENAI_TOKEN_USAGE = MetricSpec(
@@ -66,7 +71,7 @@ GENAI_OPERATION_DURATION = MetricSpec(
 STANDARD_METRICS = (TOKEN_CONSUMPTION, FLOW_LATENCY, FLOW_REQUEST, NODE_LATENCY, NODE_REQUEST, RPC_LATENCY,
                     RPC_REQUEST, FLOW_STREAMING_RESPONSE_DURATION)
 GENAI_METRICS = (GENAI_TOKEN_USAGE, GENAI_OPERATION_DURATION)
-ALL_METRICS = STANDARD_METRICS + GENAI_METRICS
+ALL_METRICS = (*STANDARD_METRICS, *GENAI_METRICS, FEEDBACK)
 
 
 def prometheus_name(name: str, unit: str) -> str:

@@ -16,6 +16,7 @@ from flowtel.spans import KIND_SERVER, SpanData
 
 from . import catalog as c
 from .analysis import ROLE_FLOW, ROLE_NODE, ROLE_RPC, SpanRole, is_failed
+from .correlation import RequestRecord
 from .metrics import FlowtelMetrics
 from .vocabulary import (
     exception_type,
@@ -63,18 +64,35 @@ class Deriver:
         self._m = metrics
         self._skip = genai_skip_scopes
 
-    def derive(self, roles: Iterable[SpanRole]) -> None:
+    def derive(self, roles: Iterable[SpanRole]) -> list[RequestRecord]:
+        """Record the metrics of a local trace; return what it says about each request (for feedback)."""
+        requests: dict[int, RequestRecord] = {}
+        # flow span -> [input, output, model, rank]: the model is the one that wrote the answer, i.e. of the
+        # last call to finish that produced output (an embedding call also reports input tokens).
+        usage: dict[int, list[Any]] = {}
         for r in roles:
             if r.role == ROLE_FLOW:
-                self._flow(r)
+                requests[id(r.span)] = self._flow(r)
             elif r.role == ROLE_NODE:
                 self._node(r)
             elif r.role == ROLE_RPC:
                 self._rpc(r)
             if r.is_llm_call:
-                self._llm_call(r)
+                tokens, engine = self._llm_call(r)
+                if r.flow_span is not None:
+                    total = usage.setdefault(id(r.flow_span), [0, 0, "", (False, 0)])
+                    total[0] += tokens[0] or 0
+                    total[1] += tokens[1] or 0
+                    rank = (bool(tokens[1]), r.span.end_ns)
+                    if rank > total[3]:
+                        total[2], total[3] = engine, rank
+        for key, (tokens_in, tokens_out, engine, _) in usage.items():
+            record = requests.get(key)
+            if record is not None:
+                record.input_tokens, record.output_tokens, record.model = tokens_in, tokens_out, engine
+        return list(requests.values())
 
-    def _flow(self, r: SpanRole) -> None:
+    def _flow(self, r: SpanRole) -> RequestRecord:
         flow, request = r.span, r.request_span or r.span
         res = flow.resource
         ex = (flow.trace_id, flow.span_id)
@@ -88,17 +106,20 @@ class Deriver:
         m.record(c.FLOW_REQUEST, 1, (r.flow, code, exception, flag), res)
         end_ns = max(flow.end_ns, request.end_ns)
         total_ms = (end_ns - request.start_ns) / 1e6
+        record = RequestRecord(flow.trace_id, (flow.span_id, request.span_id, request.parent_span_id), r.flow,
+                               code, failed, total_ms, res)
         if not streaming:
             m.record(c.FLOW_LATENCY, total_ms, (r.flow, code, flag, "default"), res, ex)
-            return
+            return record
         m.record(c.FLOW_LATENCY, total_ms, (r.flow, code, flag, "lastbyte"), res, ex)
         first = _first_chunk_ns(r)
         if first is None:
             warn_once(f"nofirstchunk:{r.flow}", "streamed flow %s has no first-chunk event; its firstbyte latency "
                       "and streaming duration are not recorded (see README, Streaming)", r.flow)
-            return
+            return record
         m.record(c.FLOW_LATENCY, (first - request.start_ns) / 1e6, (r.flow, code, flag, "firstbyte"), res, ex)
         m.record(c.FLOW_STREAMING_RESPONSE_DURATION, (end_ns - first) / 1e6, (r.flow,), res, ex)
+        return record
 
     def _node(self, r: SpanRole) -> None:
         span = r.span
@@ -114,7 +135,7 @@ class Deriver:
                        (span.trace_id, span.span_id))
         self._m.record(c.RPC_REQUEST, 1, (r.flow, r.node, r.api_call, _exception(span)), span.resource)
 
-    def _llm_call(self, r: SpanRole) -> None:
+    def _llm_call(self, r: SpanRole) -> tuple[tuple[int | None, int | None], str]:
         span = r.span
         usage = token_usage(span) or (None, None)
         req_model, resp_model = request_model(span), response_model(span)
@@ -124,7 +145,7 @@ class Deriver:
             if count:
                 self._m.record(c.TOKEN_CONSUMPTION, count, (r.flow, r.node, engine, token_type), res)
         if span.scope_name in self._skip:
-            return
+            return usage, engine
         error = exception_type(span) if is_failed(span) else None
         genai: Mapping[str, Any] = span.attributes
         base = (genai_operation(span) or "", provider(span) or "", req_model or "", resp_model or "",
@@ -134,3 +155,7 @@ class Deriver:
         for count, token_type in ((usage[0], "input"), (usage[1], "output")):
             if count is not None:
                 self._m.record(c.GENAI_TOKEN_USAGE, count, (*base, token_type), res)
+        return usage, engine
+
+    def feedback(self, flow: str, score_label: str, correlated: bool, resource: Mapping[str, Any]) -> None:
+        self._m.record(c.FEEDBACK, 1, (flow, score_label, "true" if correlated else "false"), resource)

@@ -9,15 +9,18 @@ failure is counted.
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable, Iterable
 from typing import Any
 
+from flowtel import semconv as sc
 from flowtel.config import FlowtelConfig
 from flowtel.selfmetrics import SelfMetrics
 from flowtel.spans import Enrichment, SpanData
 
 from .analysis import analyze
 from .assembly import Released, TraceAssembler
+from .correlation import FeedbackCorrelator
 from .derivation import Deriver
 from .enrichment import enrich
 from .metrics import FlowtelMetrics
@@ -34,40 +37,71 @@ class TracePipeline:
         self._deriver = Deriver(metrics, config.genai_metrics_skip_scopes)
         self._self = self_metrics
         self._apply = apply
+        self._feedback = FeedbackCorrelator(
+            config.feedback_scoring, config.feedback_max_requests, int(config.feedback_window_s * 1e9),
+            int(config.feedback_wait_s * 1e9), config.feedback_max_waiting,
+            config.resource_dimensions)
         self_metrics.register_gauge("held_spans", lambda: self._assembler.held_spans, gauge_labels)
         self_metrics.register_gauge("held_traces", lambda: self._assembler.held_traces, gauge_labels)
+        self_metrics.register_gauge("feedback_waiting", lambda: self._feedback.waiting, gauge_labels)
+        self_metrics.register_gauge("feedback_index", lambda: len(self._feedback.index), gauge_labels)
 
     def process(self, spans: Iterable[SpanData], now_ns: int) -> list[Any]:
         out: list[Any] = []
         # Roots last: a batch may carry a root ahead of its children (senders and relays reorder),
         # and a root that arrives first would release its trace before the children are there.
         roots: list[SpanData] = []
+        feedback: list[SpanData] = []
+        is_feedback = self._feedback.is_feedback
         for span in spans:
             if span.is_local_root:
-                roots.append(span)
+                (feedback if is_feedback(span) else roots).append(span)
                 continue
             for released in self._assembler.add(span, now_ns):
-                self._finish(released, out)
+                self._finish(released, out, now_ns)
         for span in roots:
             for released in self._assembler.add(span, now_ns):
-                self._finish(released, out)
+                self._finish(released, out, now_ns)
         for released in self._assembler.expire(now_ns):
-            self._finish(released, out)
+            self._finish(released, out, now_ns)
+        # Feedback after the requests of this batch are indexed, so both may come in one batch.
+        for span in feedback:
+            for ready in self._feedback.add_feedback(span, now_ns):
+                self._finish_feedback(ready, out)
+        for ready in self._feedback.ready(now_ns):
+            self._finish_feedback(ready, out)
         return out
 
     def drain(self) -> list[Any]:
         out: list[Any] = []
+        now_ns = time.monotonic_ns()
         for released in self._assembler.drain():
-            self._finish(released, out)
+            self._finish(released, out, now_ns)
+        for ready in self._feedback.ready(now_ns, everything=True):
+            self._finish_feedback(ready, out)
         return out
 
-    def _finish(self, released: Released, out: list[Any]) -> None:
+    def _finish_feedback(self, span: SpanData, out: list[Any]) -> None:
+        try:
+            outcome = self._feedback.outcome(span)
+            self._deriver.feedback(outcome.flow, outcome.score_label, outcome.correlated, outcome.resource)
+            if not outcome.correlated:
+                self._self.add("flowtel.feedback.uncorrelated", 1,
+                               str(outcome.enrichment.added.get(sc.FEEDBACK_UNCORRELATED_REASON, "")))
+            out.append(self._apply(span, outcome.enrichment))
+        except Exception:
+            logger.exception("flowtel failed to correlate a feedback span; forwarding it unenriched")
+            self._self.processing_error("feedback", 1)
+            out.append(span.native)
+        self._self.processed(1)
+
+    def _finish(self, released: Released, out: list[Any], now_ns: int) -> None:
         reason, spans = released
         self._self.released(reason)
         done: list[Any] = []
         try:
             roles = analyze(spans)
-            self._deriver.derive(roles)
+            self._feedback.add_requests(self._deriver.derive(roles), now_ns)
             capture = self._config.capture_content
             for r in roles:
                 enrichment = enrich(r, capture)

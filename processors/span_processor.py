@@ -20,7 +20,7 @@ import weakref
 from collections.abc import Sequence
 
 from opentelemetry.context import Context
-from opentelemetry.sdk.trace import ReadableSpan, Span, SpanProcessor
+from opentelemetry.sdk.trace import Event, ReadableSpan, Span, SpanProcessor
 from opentelemetry.trace import Status, StatusCode
 
 from flowtel._log import logger
@@ -48,6 +48,8 @@ def apply_to_readable_span(data: SpanData, enrichment: Enrichment) -> ReadableSp
     events = data.events
     if enrichment.removed_events:
         events = tuple(e for e in events if e.name not in enrichment.removed_events)
+    if enrichment.added_events:
+        events = (*events, *(Event(e.name, dict(e.attributes), e.timestamp) for e in enrichment.added_events))
     status = span.status
     if enrichment.set_error_status is not None:
         status = Status(StatusCode.ERROR, enrichment.set_error_status)

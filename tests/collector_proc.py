@@ -15,8 +15,8 @@ import threading
 import time
 from pathlib import Path
 
-_LISTEN = re.compile(r"(receiver|exporter|extension) (\S+): (OTLP/gRPC|OTLP/HTTP|Prometheus metrics|health and "
-                     r"readiness) (?:listening )?on (\S+)")
+_LISTEN = re.compile(r"(receiver|exporter|extension) (\S+): (OTLP/gRPC|OTLP/HTTP|POST /feedback|Prometheus metrics|"
+                     r"health and readiness) (?:listening )?on (\S+)")
 
 
 class CollectorProcess:
@@ -30,6 +30,7 @@ class CollectorProcess:
         self.grpc: dict[str, str] = {}
         self.http: dict[str, str] = {}
         self.prometheus: dict[str, str] = {}
+        self.feedback: dict[str, str] = {}  # receiver id -> full URL of its /feedback
         self.health = ""
         self._ready = threading.Event()
 
@@ -56,6 +57,8 @@ class CollectorProcess:
                     self.grpc[cid] = where
                 elif what == "OTLP/HTTP":
                     self.http[cid] = where.removesuffix("/v1/traces")
+                elif what == "POST /feedback":
+                    self.feedback[cid] = where
                 elif what == "Prometheus metrics":
                     self.prometheus[cid] = where
                 else:

@@ -32,7 +32,7 @@ EXAMPLES = ("forward-otlp.yaml", "secure.yaml", "ab-deployments.yaml")
 ENDPOINT = "host:port (no scheme), port 0 to 65535, e.g. localhost:4317 or 0.0.0.0:4317"
 DURATION = "a duration such as 5s, 200ms or 1m30s"
 FLOWTEL_KEYS = ("common_dimensions, resource_dimensions, cardinality_limit, capture_content, trace_timeout, "
-                "max_held_spans, max_queue_size, genai_metrics_skip_scopes")
+                "max_held_spans, max_queue_size, genai_metrics_skip_scopes, feedback")
 SECTIONS = "receivers, processors, exporters, extensions, service"
 
 
@@ -354,7 +354,7 @@ def test_validate_lists_every_problem_with_file_line_key_and_expectation(runs: R
         f"{f}:9: receivers.otlp.protocols.http.auth.authenticator: expected a bearertokenauth extension listed in "
         "service.extensions, got 'bearertokenauth'",
         f"{f}:13: receivers.otlp/bad.protocols.http.endpoint: expected {ENDPOINT}, got 'localhost'",
-        f"{f}:14: receivers.zipkin: expected a receiver type among otlp (as type or type/name)",
+        f"{f}:14: receivers.zipkin: expected a receiver type among otlp, feedback (as type or type/name)",
         f"{f}:20: processors.memory_limiter.check_interval: expected {DURATION}, got '5 seconds'",
         f"{f}:22: processors.flowtel.comon_dimensions: expected no such key (did you mean common_dimensions?); "
         f"known keys: {FLOWTEL_KEYS}",

@@ -11,7 +11,9 @@ import json
 import math
 import os
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field, fields, replace
+
+from flowtel.processors.scoring import FeedbackScoring
 
 
 class ConfigError(ValueError):
@@ -51,15 +53,29 @@ class FlowtelConfig:
     schedule_delay_s: float = 0.2
     #: Instrumentation scopes whose own gen_ai.client.* metrics make flowtel's derived ones duplicates.
     genai_metrics_skip_scopes: frozenset[str] = frozenset()
+    #: How long a request stays joinable to feedback about it, in seconds.
+    feedback_window_s: float = 3600.0
+    #: Most requests kept for joining feedback (about 0.5 KiB each; see README "Feedback").
+    feedback_max_requests: int = 50_000
+    #: Longest feedback waits for its request's spans to arrive, in seconds (apps export in batches).
+    feedback_wait_s: float = 30.0
+    #: Most feedback spans waiting for their request; past it the oldest go out uncorrelated.
+    feedback_max_waiting: int = 10_000
+    #: How feedback bodies read as scores (``flowtel.processors.scoring``).
+    feedback_scoring: FeedbackScoring = field(default_factory=FeedbackScoring)
 
     def __post_init__(self) -> None:
-        for name, minimum in (("cardinality_limit", 1), ("max_held_spans", 1), ("max_queue_size", 1)):
+        for name, minimum in (("cardinality_limit", 1), ("max_held_spans", 1), ("max_queue_size", 1),
+                              ("feedback_max_requests", 1), ("feedback_max_waiting", 1)):
             if getattr(self, name) < minimum:
                 raise ConfigError("FlowtelConfig", name, f"an integer >= {minimum}", getattr(self, name))
-        for name in ("trace_timeout_s", "schedule_delay_s"):
+        for name in ("trace_timeout_s", "schedule_delay_s", "feedback_window_s"):
             value = getattr(self, name)
             if not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0):
                 raise ConfigError("FlowtelConfig", name, "a finite number of seconds > 0", value)
+        wait = self.feedback_wait_s
+        if not (isinstance(wait, (int, float)) and math.isfinite(wait) and wait >= 0):
+            raise ConfigError("FlowtelConfig", "feedback_wait_s", "a finite number of seconds >= 0", wait)
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: object) -> FlowtelConfig:
@@ -80,6 +96,14 @@ class FlowtelConfig:
         _maybe(values, sources, env, "FLOWTEL_TRACE_TIMEOUT", "trace_timeout_s", _float)
         _maybe(values, sources, env, "FLOWTEL_MAX_HELD_SPANS", "max_held_spans", _int)
         _maybe(values, sources, env, "FLOWTEL_MAX_QUEUE_SIZE", "max_queue_size", _int)
+        _maybe(values, sources, env, "FLOWTEL_FEEDBACK_WINDOW", "feedback_window_s", _float)
+        _maybe(values, sources, env, "FLOWTEL_FEEDBACK_MAX_REQUESTS", "feedback_max_requests", _int)
+        _maybe(values, sources, env, "FLOWTEL_FEEDBACK_WAIT", "feedback_wait_s", _float)
+        threshold = env.get("FLOWTEL_FEEDBACK_POSITIVE_THRESHOLD", "").strip()
+        if threshold:
+            values["feedback_scoring"] = replace(
+                FeedbackScoring(), positive_threshold=_float("environment", "FLOWTEL_FEEDBACK_POSITIVE_THRESHOLD",
+                                                             threshold))
         values.update(overrides)
         for key in overrides:
             sources.pop(key, None)

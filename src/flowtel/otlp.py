@@ -30,6 +30,7 @@ _IS_REMOTE = 0x200  # SPAN_FLAGS_CONTEXT_IS_REMOTE_MASK
 _ZERO_TRACE = bytes(16)
 _ZERO_SPAN = bytes(8)
 _DOUBLE = struct.Struct("<d")
+_FIXED64 = struct.Struct("<Q")
 
 
 def decode_value(value: AnyValue) -> Any:
@@ -229,6 +230,10 @@ def apply_to_otlp_span(data: SpanData, enrichment: Enrichment) -> tuple[ProtoSpa
         names = enrichment.removed_events
         _delete(span.events, [i for i, event in enumerate(data.events) if event.name in names])
     extra = b"".join(_attribute(k, v) for k, v in enrichment.added.items())
+    for event in enrichment.added_events:
+        encoded = (b"\x09" + _FIXED64.pack(event.timestamp) + _field(0x12, event.name.encode())
+                   + b"".join(_field(0x1A, _key_value(k, v)) for k, v in event.attributes.items()))
+        extra += _field(0x5A, encoded)  # Span.events is field 11; Event: time fixed64 (1), name (2), attributes (3)
     if enrichment.set_error_status is not None:
         status = b"\x18\x02" + _field(0x12, enrichment.set_error_status.encode())  # code ERROR, message
         extra += _field(0x7A, status)  # Span.status is field 15; a second occurrence merges into the first

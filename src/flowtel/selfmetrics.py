@@ -30,6 +30,9 @@ _COUNTERS: dict[str, tuple[str, str, tuple[str, ...]]] = {
     "flowtel.metric.overflow": ("{measurement}", "Measurements folded into a metric's overflow series", ("metric",)),
     "flowtel.processing.errors": ("{span}", "Spans forwarded unenriched because flowtel's logic failed on them",
                                   ("stage",)),
+    "flowtel.feedback.uncorrelated": ("{feedback}", "Feedback recorded without the request it judges, by reason "
+                                      "(no_trace_context: no valid traceparent; not_found: request not seen or "
+                                      "no longer indexed)", ("reason",)),
     # The collector's receivers and exporters, named as the upstream collector names them.
     "otelcol.receiver.accepted.spans": ("{span}", "Spans a receiver accepted into the pipeline",
                                         ("receiver", "transport")),
@@ -50,6 +53,8 @@ _GAUGES: dict[str, tuple[str, str, str]] = {
     "queue": ("flowtel.queue.size", "{span}", "Spans waiting between intake and the flowtel worker"),
     "held_spans": ("flowtel.spans.held", "{span}", "Spans held until their local trace completes"),
     "held_traces": ("flowtel.traces.held", "{trace}", "Local traces waiting for their root span"),
+    "feedback_waiting": ("flowtel.feedback.waiting", "{feedback}", "Feedback spans waiting for their request"),
+    "feedback_index": ("flowtel.feedback.index.requests", "{request}", "Requests kept for joining feedback"),
     "exporter_queue": ("otelcol.exporter.queue.size", "{batch}", "Batches waiting in an exporter's queue"),
     "exporter_queue_capacity": ("otelcol.exporter.queue.capacity", "{batch}", "Size of an exporter's queue"),
 }
@@ -57,6 +62,7 @@ _GAUGES: dict[str, tuple[str, str, str]] = {
 _ZEROS: dict[str, tuple[Labels, ...]] = {
     "flowtel.spans.dropped": tuple((("reason", r),) for r in DROP_REASONS),
     "flowtel.spans.processed": ((),),
+    "flowtel.feedback.uncorrelated": ((("reason", "no_trace_context"),), (("reason", "not_found"),)),
 }
 
 

@@ -99,3 +99,17 @@ CONTENT_EVENTS = frozenset({
 
 # Events that mark the first streamed chunk (first byte of a streamed answer).
 FIRST_CHUNK_EVENTS = frozenset({"flowtel.first_chunk", "First Token Stream Event", "llm.content.completion.chunk"})
+
+# Evaluations and user feedback (GenAI semantic conventions; prompt flow's /feedback span).
+EVALUATION_RESULT_EVENT = "gen_ai.evaluation.result"
+EVALUATION_NAME = "gen_ai.evaluation.name"
+EVALUATION_SCORE_VALUE = "gen_ai.evaluation.score.value"
+EVALUATION_SCORE_LABEL = "gen_ai.evaluation.score.label"
+EVALUATION_EXPLANATION = "gen_ai.evaluation.explanation"
+FEEDBACK_SPAN_NAME = "promptflow-feedback"  # prompt flow serving's name, kept so its own feedback spans match
+FEEDBACK_ATTRIBUTE = "feedback"  # the raw body, when not flattened
+# What flowtel adds to a feedback span: whether it found the request judged, and that request's facts.
+FEEDBACK_CORRELATED = "flowtel.feedback.correlated"
+FEEDBACK_UNCORRELATED_REASON = "flowtel.feedback.uncorrelated_reason"
+FEEDBACK_BAGGAGE_DROPPED = "flowtel.feedback.baggage_dropped"
+REQUEST_PREFIX = "flowtel.request."

@@ -65,9 +65,11 @@ class Enrichment:
     removed_attributes: frozenset[str] = frozenset()
     removed_events: frozenset[str] = frozenset()
     set_error_status: str | None = None  # description for an UNSET span that evidently failed
+    added_events: Sequence[SpanEvent] = ()
 
     def __bool__(self) -> bool:
-        return bool(self.added or self.removed_attributes or self.removed_events or self.set_error_status is not None)
+        return bool(self.added or self.removed_attributes or self.removed_events or self.added_events
+                    or self.set_error_status is not None)
 
 
 def _plain_attributes(span: ReadableSpan) -> dict[str, Any]:

@@ -25,6 +25,7 @@ from flowtel.exporters.otlp_forward import OTLPExporterConfig, OTLPHTTPExporterC
 from .batch import BatchConfig
 from .confmap import ConfigFileError, Document, Path, Problem, dotted, load, parse
 from .extensions import BearerTokenAuthConfig, FileStorageConfig, HealthCheckConfig
+from .feedback_receiver import FeedbackReceiverConfig
 from .flowtel_processor import FlowtelProcessorConfig
 from .memory_limiter import MemoryLimiterConfig
 from .otlp_receiver import OTLPReceiverConfig
@@ -70,7 +71,7 @@ class ServiceConfig(Model):
 
 
 COMPONENTS: dict[str, dict[str, type[Model]]] = {
-    "receivers": {"otlp": OTLPReceiverConfig},
+    "receivers": {"otlp": OTLPReceiverConfig, "feedback": FeedbackReceiverConfig},
     "processors": {"flowtel": FlowtelProcessorConfig, "memory_limiter": MemoryLimiterConfig, "batch": BatchConfig},
     "exporters": {"prometheus": PrometheusExporterConfig, "otlp": OTLPExporterConfig,
                   "otlphttp": OTLPHTTPExporterConfig, "debug": DebugExporterConfig,
@@ -329,7 +330,7 @@ def _check_component_refs(doc: Document, path: Path, cfg: Any, enabled: set[str]
             server = getattr(cfg.protocols, proto)
             if server is not None and server.auth is not None:
                 auths.append(((*path, "protocols", proto, "auth", "authenticator"), server.auth))
-    elif isinstance(cfg, PrometheusExporterConfig) and cfg.auth is not None:
+    elif isinstance(cfg, (PrometheusExporterConfig, FeedbackReceiverConfig)) and cfg.auth is not None:
         auths.append(((*path, "auth", "authenticator"), cfg.auth))
     for where, auth in auths:
         if component_type(auth.authenticator) != "bearertokenauth" or auth.authenticator not in enabled:
@@ -364,6 +365,8 @@ def _check_ports(doc: Document, service: ServiceConfig, components: dict[str, di
                 server = getattr(cfg.protocols, proto)
                 if server is not None:
                     listeners.append((("receivers", rid, "protocols", proto, "endpoint"), server.endpoint))
+        elif isinstance(cfg, FeedbackReceiverConfig):
+            listeners.append((("receivers", rid, "endpoint"), cfg.endpoint))
     for eid in exporters:
         cfg = components["exporters"].get(eid)
         if isinstance(cfg, PrometheusExporterConfig):
@@ -447,7 +450,7 @@ def reference(model: type[BaseModel], prefix: str = "") -> list[tuple[str, str, 
             elif kind.startswith("duration"):
                 default = _format_duration(value)
             elif isinstance(value, (dict, list)):
-                default = "{}" if isinstance(value, dict) else "[]"
+                default = "{}" if isinstance(value, dict) else "[" + ", ".join(map(str, value)) + "]"
             else:
                 default = str(value)
         rows.append((key, kind, default))

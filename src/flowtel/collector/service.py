@@ -36,6 +36,7 @@ from flowtel.selfmetrics import SelfMetrics
 from .batch import BatchConfig
 from .config import CollectorConfig, PrometheusExporterConfig, component_type
 from .extensions import BearerTokenAuthConfig, FileStorageConfig, HealthCheck, HealthCheckConfig, ServiceStatus
+from .feedback_receiver import FeedbackReceiver, FeedbackReceiverConfig
 from .flowtel_processor import FlowtelProcessorConfig
 from .memory_limiter import MemoryLimiter, MemoryLimiterConfig
 from .otlp_grpc import GRPCTransport
@@ -53,6 +54,7 @@ class Listening:
     http: dict[str, str] = field(default_factory=dict)
     prometheus: dict[str, str] = field(default_factory=dict)
     health: dict[str, str] = field(default_factory=dict)
+    feedback: dict[str, str] = field(default_factory=dict)
 
 
 class Collector:
@@ -138,8 +140,14 @@ class Collector:
         return TracesPipeline(pipeline_id, traces_exporters, self.self_metrics, flowtel=flowtel,
                               memory_limiters=limiters, batch=batch)
 
-    def _receiver(self, rid: str, cfg: OTLPReceiverConfig, pipelines: list[TracesPipeline]) -> list[Any]:
+    def _receiver(self, rid: str, cfg: OTLPReceiverConfig | FeedbackReceiverConfig,
+                  pipelines: list[TracesPipeline]) -> list[Any]:
         intake = Intake(rid, pipelines, self.self_metrics)
+        if isinstance(cfg, FeedbackReceiverConfig):
+            token = self.read_token(cfg.auth.authenticator) if cfg.auth is not None else None
+            feedback = FeedbackReceiver(rid, cfg, intake, token)
+            self.listening.feedback[rid] = feedback.url + "/feedback"
+            return [feedback]
         out: list[Any] = []
         if cfg.protocols.grpc is not None:
             grpc_transport = GRPCTransport(cfg.protocols.grpc, intake, self._token(cfg.protocols.grpc.auth))
@@ -174,6 +182,8 @@ class Collector:
             logger.info("receiver %s: OTLP/gRPC listening on %s", rid, url)
         for rid, url in self.listening.http.items():
             logger.info("receiver %s: OTLP/HTTP listening on %s/v1/traces", rid, url)
+        for rid, url in self.listening.feedback.items():
+            logger.info("receiver %s: POST /feedback listening on %s", rid, url)
         for eid, url in self.listening.prometheus.items():
             logger.info("exporter %s: Prometheus metrics on %s", eid, url)
         for ext_id, url in self.listening.health.items():
