@@ -52,10 +52,19 @@ def render_rules(*sets: str, release: str = RELEASE, namespace: str | None = Non
     if namespace:
         args += ["--namespace", namespace]
     for item in sets:
-        args += ["--set", item]
+        # --set keeps 0.05 a string (it types only integers and booleans), which the schema refuses.
+        args += ["--set-json" if _is_number(item.split("=", 1)[1]) else "--set", item]
     documents = [d for d in yaml.safe_load_all(run(*args).stdout) if d]
     assert len(documents) == 1 and documents[0]["kind"] == "PrometheusRule", documents
     return documents[0]["spec"]
+
+
+def _is_number(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
 
 
 def write_rules(spec: dict[str, Any], path: Path) -> Path:
