@@ -28,12 +28,13 @@ from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter
 
-from flowtel._log import logger
+from flowtel._log import logger, warn_once
 from flowtel.config import ConfigError, FlowtelConfig
 from flowtel.exporters import azure_monitor as azmon
 from flowtel.exporters.azure_monitor import AzureMonitorSettings
 from flowtel.exporters.derived import DerivedMetricsExporter
 from flowtel.exporters.prometheus import PrometheusEndpoint, PrometheusMetricReader, PrometheusSettings
+from flowtel.feedback import FEEDBACK_PATH, FeedbackApp, FeedbackASGIApp, FeedbackLimits
 from flowtel.processors.metrics import FlowtelMetrics
 from flowtel.processors.span_processor import FlowtelSpanProcessor
 from flowtel.selfmetrics import SelfMetrics
@@ -58,6 +59,25 @@ class Flowtel:
     self_metrics: SelfMetrics | None = None
     #: The Application Insights settings in use, when that fan-out is on.
     azure_monitor: AzureMonitorSettings | None = None
+
+    def feedback_app(self, *, token: str | None = None, limits: FeedbackLimits | None = None,
+                     path: str | None = FEEDBACK_PATH) -> FeedbackApp:
+        """WSGI app for prompt flow's ``POST /feedback``, recording into this tracer provider (README, "User
+        feedback"); ``token`` requires ``Authorization: Bearer <token>``; ``path=None`` to mount it anywhere."""
+        return FeedbackApp(self.tracer_provider, token=token, limits=limits, path=path,
+                           on_refused=self._count_refused_feedback)
+
+    def feedback_asgi_app(self, *, token: str | None = None, limits: FeedbackLimits | None = None,
+                          path: str | None = FEEDBACK_PATH) -> FeedbackASGIApp:
+        """The same for ASGI servers (FastAPI / Starlette ``app.mount("/feedback", ...)`` with ``path=None``)."""
+        return FeedbackASGIApp(self.tracer_provider, token=token, limits=limits, path=path,
+                               on_refused=self._count_refused_feedback)
+
+    def _count_refused_feedback(self, reason: str, detail: str) -> None:
+        if self.self_metrics is not None:
+            self.self_metrics.add("flowtel.receiver.refused.requests", 1, "feedback", "http", reason)
+        warn_once(f"feedback:refused:{reason}", "feedback endpoint refused a request (%s): %s; counted in "
+                  "flowtel_receiver_refused_requests_total", reason, detail)
 
     def shutdown(self) -> None:
         self.tracer_provider.shutdown()

@@ -40,7 +40,7 @@ class FeedbackConfig(Model):
     #: Words to ``{score, label}``, added to (or overriding) the defaults: thumbup, thumbdown, like, ...
     labels: dict[str, FeedbackLabel] = Field(default_factory=dict)
     #: Keys of an object body that hold the rating, first match wins.
-    rating_fields: list[str] = list(_SCORING.rating_fields)
+    rating_fields: list[str] = Field(list(_SCORING.rating_fields))
 
     def scoring(self) -> FeedbackScoring:
         labels = dict(DEFAULT_LABELS)
