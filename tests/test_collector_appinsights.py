@@ -4,7 +4,9 @@ the collector's Prometheus endpoint; and an outage spanning a collector restart 
 
 from __future__ import annotations
 
+import json
 import time
+import urllib.request
 from collections.abc import Iterator
 
 import pytest
@@ -29,6 +31,7 @@ extensions:
   file_storage: {directory: "%(storage)s"}
 receivers:
   otlp: {protocols: {http: {endpoint: "127.0.0.1:0"}}}
+  feedback: {endpoint: "127.0.0.1:0"}
 processors:
   flowtel: {common_dimensions: {deployment: blue}}
   batch: {timeout: 50ms}
@@ -44,7 +47,7 @@ exporters:
 service:
   extensions: [file_storage]
   pipelines:
-    traces: {receivers: [otlp], processors: [flowtel, batch], exporters: [prometheus, azuremonitor]}
+    traces: {receivers: [otlp, feedback], processors: [flowtel, batch], exporters: [prometheus, azuremonitor]}
 """
 
 
@@ -170,5 +173,40 @@ def test_outage_under_steady_load_through_the_collector(tmp_path, ingestion, fak
         # counted once, by the Azure exporter's own accounting, not again by the queue in front of it
         assert m.value("otelcol_exporter_sent_spans_total", exporter="azuremonitor") == len(sent)
         assert m.value("flowtel_spans_dropped_total") == 0
+    finally:
+        assert collector.stop() == 0
+
+
+def test_feedback_reaches_app_insights_in_the_request_operation(tmp_path, ingestion, fake_llm) -> None:  # type: ignore[no-untyped-def]
+    collector = _collector(tmp_path, ingestion).start()
+    try:
+        sent = _send_flows(collector.http["otlp"], fake_llm.base_url, 1)
+        assert ingestion.wait_for(lambda: set(ingestion.span_rows()) >= sent, 30)
+        [flow] = [r for r in ingestion.span_rows().values() if r["data"]["baseData"]["name"] == "chat_flow"]
+        operation, flow_id = flow["tags"]["ai.operation.id"], flow["data"]["baseData"]["id"]
+        request = urllib.request.Request(collector.feedback["feedback"], json.dumps("thumbdown").encode(),
+                                         {"Content-Type": "application/json",
+                                          "traceparent": f"00-{operation}-{flow_id}-01"})
+        with urllib.request.urlopen(request, timeout=10) as response:
+            assert response.status == 200
+
+        def feedback_rows() -> list:
+            return [r for r in ingestion.span_rows().values()
+                    if r["data"]["baseData"]["name"] == "promptflow-feedback"]
+        assert ingestion.wait_for(lambda: len(feedback_rows()) == 1, 30), collector.log[-3000:]
+        [row] = feedback_rows()
+        # In the judged request's end-to-end transaction, under the flow it judges.
+        assert row["tags"]["ai.operation.id"] == operation and row["tags"]["ai.operation.parentId"] == flow_id
+        props = row["data"]["baseData"]["properties"]
+        assert props["feedback"] == '"thumbdown"'
+        assert props["flowtel.feedback.correlated"] == "True"
+        assert props["flowtel.request.flow"] == "chat_flow" and props["flowtel.request.response_code"] == "200"
+        assert ingestion.invalid == []
+
+        def azure_feedback() -> dict:
+            return metric_sums(ingestion.metric_rows("feedback"), "feedback",
+                               ("flow", "score_label", "correlated", "deployment"))
+        key = (("flow", "chat_flow"), ("score_label", "thumbdown"), ("correlated", "true"), ("deployment", "blue"))
+        assert ingestion.wait_for(lambda: azure_feedback().get(key, {}).get("value") == 1, 15), azure_feedback()
     finally:
         assert collector.stop() == 0
