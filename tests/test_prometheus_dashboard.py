@@ -302,7 +302,7 @@ def _scraped_after(prometheus: PrometheusServer, moment: float) -> int:
 
 
 @pytest.fixture
-def tracing_to(tmp_path: Path):  # type: ignore[no-untyped-def]
+def tracing_to():  # type: ignore[no-untyped-def]
     """Point promptflow-tracing (the global tracer provider) at a collector; first-chunk events on."""
     providers: list[TracerProvider] = []
     streaming = PromptflowStreamingInstrumentor()
