@@ -18,11 +18,13 @@ import threading
 import time
 import weakref
 from collections.abc import Sequence
+from typing import Any
 
 from opentelemetry.context import Context
 from opentelemetry.sdk.trace import Event, ReadableSpan, Span, SpanProcessor
 from opentelemetry.trace import Status, StatusCode
 
+from flowtel._gc import gc_paused
 from flowtel._log import logger
 from flowtel.config import FlowtelConfig
 from flowtel.selfmetrics import SelfMetrics
@@ -40,24 +42,24 @@ def _links(span: ReadableSpan) -> object:
 
 
 def apply_to_readable_span(data: SpanData, enrichment: Enrichment) -> ReadableSpan:
-    """A new SDK span carrying the enrichment; ended spans are immutable, so we copy the shell, not the values."""
+    """A new SDK span carrying the enrichment; ended spans are immutable, so we copy the shell, not the values.
+    Unchanged events and links are the old span's own bounded lists, which keeps their dropped counts."""
     span: ReadableSpan = data.native
     removed = enrichment.removed_attributes
     attributes = {k: v for k, v in data.attributes.items() if k not in removed} if removed else dict(data.attributes)
     attributes.update(enrichment.added)
-    events = data.events
-    if enrichment.removed_events:
-        events = tuple(e for e in events if e.name not in enrichment.removed_events)
-    if enrichment.added_events:
-        events = (*events, *(Event(e.name, dict(e.attributes), e.timestamp) for e in enrichment.added_events))
+    events: Any = getattr(span, "_events", None)
+    if events is None or enrichment.removed_events or enrichment.added_events:
+        events = data.events
+        if enrichment.removed_events:
+            events = tuple(e for e in events if e.name not in enrichment.removed_events)
+        if enrichment.added_events:
+            events = (*events, *(Event(e.name, dict(e.attributes), e.timestamp) for e in enrichment.added_events))
     status = span.status
     if enrichment.set_error_status is not None:
         status = Status(StatusCode.ERROR, enrichment.set_error_status)
-    return ReadableSpan(
-        name=span.name, context=span.context, parent=span.parent, resource=span.resource,
-        attributes=attributes, events=events, links=_links(span), kind=span.kind, status=status,
-        start_time=span.start_time, end_time=span.end_time, instrumentation_scope=span.instrumentation_scope,
-    )
+    return ReadableSpan(span.name, span.context, span.parent, span.resource, attributes, events, _links(span),
+                        span.kind, None, status, span.start_time, span.end_time, span.instrumentation_scope)
 
 
 class FlowtelSpanProcessor(SpanProcessor):
@@ -104,7 +106,7 @@ class FlowtelSpanProcessor(SpanProcessor):
             self._drain_once()
 
     def _drain_once(self) -> None:
-        with self._lock:
+        with self._lock, gc_paused():
             batch: list[SpanData] = []
             queue = self._queue
             while queue:

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from opentelemetry.sdk.trace import ReadableSpan
+from opentelemetry.trace import SpanKind, StatusCode
 
 # Span kinds as the SDK numbers them (OTLP numbers are one higher); status codes as both number them.
 KIND_INTERNAL, KIND_SERVER, KIND_CLIENT, KIND_PRODUCER, KIND_CONSUMER = 0, 1, 2, 3, 4
@@ -72,6 +73,10 @@ class Enrichment:
                     or self.set_error_status is not None)
 
 
+_KIND_VALUES = {kind: kind.value for kind in SpanKind}
+_STATUS_VALUES = {code: code.value for code in StatusCode}
+
+
 def _plain_attributes(span: ReadableSpan) -> dict[str, Any]:
     # The SDK keeps attributes in BoundedAttributes (a Python-level mapping over a dict); copying its
     # inner dict is a C-level copy. Fall back to the public mapping if that layout ever changes.
@@ -81,26 +86,38 @@ def _plain_attributes(span: ReadableSpan) -> dict[str, Any]:
     return dict(span.attributes) if span.attributes else {}
 
 
+def _events(span: ReadableSpan) -> Sequence[Any]:
+    # ``span.events`` copies the SDK's locked BoundedList into a tuple on every read; an ended span's list
+    # no longer changes, so its inner deque is read as it is (most spans have no events at all).
+    inner = getattr(getattr(span, "_events", None), "_dq", None)
+    if inner is not None:
+        return inner if inner else ()
+    return span.events
+
+
 def from_readable_span(span: ReadableSpan) -> SpanData:
     """Adapt an SDK span: attributes become a plain dict once (the SDK mapping's Python-level ``get`` is
-    what every later read would pay), events are the SDK's own objects."""
-    ctx = span.context
+    what every later read would pay), events are the SDK's own objects. The SDK's public properties
+    build or copy on each read, so the span's own fields are read where the SDK has them."""
+    ctx = getattr(span, "_context", None) or span.context
     parent = span.parent
     status = span.status
+    scope = span.instrumentation_scope
+    resource = span.resource
     return SpanData(
-        trace_id=ctx.trace_id if ctx else 0,
-        span_id=ctx.span_id if ctx else 0,
-        parent_span_id=parent.span_id if parent else 0,
-        parent_is_remote=bool(parent and parent.is_remote),
-        name=span.name,
-        kind=span.kind.value,
-        start_ns=span.start_time or 0,
-        end_ns=span.end_time or 0,
-        status=status.status_code.value,
-        status_message=status.description or "",
-        attributes=_plain_attributes(span),
-        events=span.events,
-        scope_name=span.instrumentation_scope.name if span.instrumentation_scope else "",
-        resource=span.resource.attributes if span.resource else {},
-        native=span,
+        ctx.trace_id if ctx else 0,
+        ctx.span_id if ctx else 0,
+        parent.span_id if parent else 0,
+        bool(parent and parent.is_remote),
+        span.name,
+        _KIND_VALUES.get(span.kind, 0),
+        span.start_time or 0,
+        span.end_time or 0,
+        _STATUS_VALUES.get(status.status_code, 0),
+        status.description or "",
+        _plain_attributes(span),
+        _events(span),
+        scope.name if scope else "",
+        resource.attributes if resource else {},
+        span,
     )
