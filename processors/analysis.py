@@ -12,9 +12,10 @@ This is the rule set the README documents under "How flowtel reads a trace":
 * A **remote call** is any span below a node; its ``api_call`` name is the path of span
   names from just below the node, joined by ``_`` (prompt flow's naming). A GenAI client
   call outside any flow is a remote call with empty flow and node.
-* An **LLM call** is a span carrying token usage with no descendant carrying usage, so a
-  call wrapped by two instrumentations (prompt flow's ``openai_chat`` around openai-v2's
-  ``chat`` span) is counted once, at the innermost span.
+* An **LLM call** is a span carrying token usage, or a failed inference operation (which has
+  no usage to report), with no such span below it, so a call wrapped by two instrumentations
+  (prompt flow's ``openai_chat`` around openai-v2's ``chat`` span) is counted once, at the
+  innermost span.
 * The **request** a flow answers is the local root when that is a SERVER span (its HTTP
   status is the response code); otherwise the flow span itself.
 """
@@ -137,8 +138,16 @@ def _assign(r: SpanRole, parent: SpanRole | None, request: SpanData | None) -> N
     r.api_call = f"{parent.api_call}_{span.name}" if parent.role == ROLE_RPC else span.name
 
 
+def _is_model_call(span: SpanData) -> bool:
+    """A model call: it reports token usage, or it is an inference operation that failed (no usage to report,
+    but its duration and error.type belong in gen_ai.client.operation.duration)."""
+    if token_usage(span) is not None:
+        return True
+    return is_failed(span) and genai_operation(span) in sc.INFERENCE_OPERATIONS
+
+
 def _mark_llm_calls(root: SpanRole) -> None:
-    """Mark spans with token usage that have no descendant with usage (post-order, iterative)."""
+    """Mark model calls that have no model call below them (post-order, iterative)."""
     order: list[SpanRole] = []
     stack = [root]
     while stack:
@@ -148,6 +157,6 @@ def _mark_llm_calls(root: SpanRole) -> None:
     has_usage_below: dict[int, bool] = {}
     for cur in reversed(order):
         below = any(has_usage_below[id(c)] for c in cur.children)
-        own = token_usage(cur.span) is not None
+        own = _is_model_call(cur.span)
         cur.is_llm_call = own and not below
         has_usage_below[id(cur)] = own or below
