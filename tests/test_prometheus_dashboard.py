@@ -360,6 +360,7 @@ def test_every_dashboard_and_rule_expression_returns_data(tmp_path: Path, fake_l
                 _run_round(second, app, collector, provider, fake_llm.base_url)
                 calls = [(path, body) for path, body in fake_llm.requests[calls_before:]
                          if not str(body.get("model")).startswith("fail-")]
+                failed_calls = len(fake_llm.requests[calls_before:]) - len(calls)
                 _settled(collector, requests=len(first) + len(second) + 6, feedback=len(first) + len(second),
                          refused=2)
                 t_b = _scraped_after(prometheus, time.time())
@@ -398,7 +399,9 @@ def test_every_dashboard_and_rule_expression_returns_data(tmp_path: Path, fake_l
             prompt_tokens = len(calls) * len(QUESTION.split())  # every call asks QUESTION
             completion_tokens = chat_calls * len(REPLY.split())  # every chat answers REPLY; embeddings none
             assert (len(calls), chat_calls) == (len(second) * 2 + 1 + 2, len(second) + 2)
-            assert float(panel("Total calls")[0]["value"][1]) == len(calls)
+            # A failed model call is a call too (its duration and error.type are recorded); it has no tokens.
+            assert failed_calls == 1
+            assert float(panel("Total calls")[0]["value"][1]) == len(calls) + failed_calls
             assert float(panel("Prompt tokens")[0]["value"][1]) == prompt_tokens
             assert float(panel("Completion tokens")[0]["value"][1]) == completion_tokens
             assert float(panel("Total tokens")[0]["value"][1]) == prompt_tokens + completion_tokens
