@@ -14,7 +14,6 @@ import time
 from collections.abc import Sequence
 from typing import Any, Protocol
 
-from flowtel._gc import gc_paused
 from flowtel._log import logger
 from flowtel.config import FlowtelConfig
 from flowtel.otlp import apply_to_otlp_span, encode_request
@@ -96,7 +95,7 @@ class TracesPipeline:
             self._drain_once()
 
     def _drain_once(self) -> None:
-        with self._run_lock, gc_paused():
+        with self._run_lock:
             with self._intake_lock:
                 chunks = list(self._intake)
                 self._intake.clear()
