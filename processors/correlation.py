@@ -99,6 +99,7 @@ class FeedbackOutcome:
     score_label: str
     correlated: bool
     resource: Mapping[str, Any]
+    uncorrelated_reason: str = ""
 
 
 class FeedbackCorrelator:
@@ -177,8 +178,9 @@ class FeedbackCorrelator:
 
         record = self.index.find(span.trace_id, span.parent_span_id) if span.parent_span_id else None
         put(sc.FEEDBACK_CORRELATED, record is not None)
+        reason = "" if record is not None else NOT_FOUND if span.parent_span_id else NO_TRACE_CONTEXT
         if record is None:
-            put(sc.FEEDBACK_UNCORRELATED_REASON, NOT_FOUND if span.parent_span_id else NO_TRACE_CONTEXT)
+            put(sc.FEEDBACK_UNCORRELATED_REASON, reason)
             # Baggage entries are span attributes: they stand in for the resource the request would have given.
             resource: Mapping[str, Any] = {**span.resource, **attrs}
             flow = ""
@@ -198,4 +200,4 @@ class FeedbackCorrelator:
                 put(p + dimension, value if isinstance(value, (str, bool, int, float)) else None)
             resource, flow = record.resource, record.flow
         return FeedbackOutcome(Enrichment(added, added_events=events), flow,
-                               score.label if score else UNSCORED, record is not None, resource)
+                               score.label if score else UNSCORED, record is not None, resource, reason)

@@ -13,7 +13,6 @@ import time
 from collections.abc import Callable, Iterable
 from typing import Any
 
-from flowtel import semconv as sc
 from flowtel.config import FlowtelConfig
 from flowtel.selfmetrics import SelfMetrics
 from flowtel.spans import Enrichment, SpanData
@@ -86,8 +85,7 @@ class TracePipeline:
             outcome = self._feedback.outcome(span)
             self._deriver.feedback(outcome.flow, outcome.score_label, outcome.correlated, outcome.resource)
             if not outcome.correlated:
-                self._self.add("flowtel.feedback.uncorrelated", 1,
-                               str(outcome.enrichment.added.get(sc.FEEDBACK_UNCORRELATED_REASON, "")))
+                self._self.add("flowtel.feedback.uncorrelated", 1, outcome.uncorrelated_reason)
             out.append(self._apply(span, outcome.enrichment))
         except Exception:
             logger.exception("flowtel failed to correlate a feedback span; forwarding it unenriched")

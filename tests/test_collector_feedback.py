@@ -159,15 +159,16 @@ def test_flattened_object_with_a_rating(stack) -> None:  # type: ignore[no-untyp
         "feedback_total", flow="chat_flow", score_label="thumbup", correlated="true") == 1)
 
 
-def _traceparent() -> tuple[int, int, str]:
+def _traceparent(flags: str = "01") -> tuple[int, int, str]:
     trace_id, span_id = uuid.uuid4().int, uuid.uuid4().int >> 64
-    return trace_id, span_id, f"00-{trace_id:032x}-{span_id:016x}-01"
+    return trace_id, span_id, f"00-{trace_id:032x}-{span_id:016x}-{flags}"
 
 
 def test_feedback_for_a_trace_never_seen_is_kept_and_counted(stack) -> None:  # type: ignore[no-untyped-def]
     collector, sink, _, _ = stack
     before = _metrics(collector).value("flowtel_feedback_uncorrelated_total", reason="not_found")
-    trace_id, span_id, traceparent = _traceparent()
+    # Not sampled by the app either (flags 00): the feedback is still what the user sent, and is recorded.
+    trace_id, span_id, traceparent = _traceparent("00")
     status, _, body = post(collector.feedback["feedback"], b'"thumbup"',
                            {"Content-Type": "application/json", "traceparent": traceparent,
                             "baggage": "app.variant=a"})

@@ -26,6 +26,7 @@ import hmac
 import json
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass
+from http import HTTPStatus
 from typing import Any
 from urllib.parse import parse_qs, unquote
 
@@ -75,7 +76,6 @@ class FeedbackUnavailable(Exception):
 class ParsedFeedback:
     attributes: dict[str, Any]
     parent: SpanContext | None
-    baggage_dropped: int = 0
 
 
 def _attribute_value(value: Any) -> Any:
@@ -141,25 +141,21 @@ def parse_feedback(body: bytes, query_string: str, headers: Mapping[str, str],
         warn_once("feedback:baggage", "feedback baggage over the limits (%d entries, %d bytes each, %d in all) was "
                   "dropped; counted on the span as %s", limits.max_baggage_entries, limits.max_baggage_entry_bytes,
                   limits.max_baggage_bytes, sc.FEEDBACK_BAGGAGE_DROPPED)
-    return ParsedFeedback(attributes, _trace_parent(headers), dropped)
+    return ParsedFeedback(attributes, _trace_parent(headers))
 
 
-def record_feedback(tracer: trace.Tracer, feedback: ParsedFeedback) -> ReadableSpan:
-    """Start and end the ``promptflow-feedback`` span; returns it (an ended SDK span is a ReadableSpan)."""
+def record_feedback(tracer: trace.Tracer, feedback: ParsedFeedback) -> trace.Span:
+    """Start and end the ``promptflow-feedback`` span; returns it (a ReadableSpan when the SDK recorded it)."""
     parent = feedback.parent
     # An explicit context, never the current one: feedback belongs to the judged request's trace or to none.
     context = trace.set_span_in_context(NonRecordingSpan(parent), Context()) if parent else Context()
     span = tracer.start_span(sc.FEEDBACK_SPAN_NAME, context=context, kind=SpanKind.INTERNAL,
                              attributes=feedback.attributes, links=[Link(parent)] if parent else None)
     span.end()
-    return span  # type: ignore[return-value]
+    return span
 
 
 Response = tuple[int, list[tuple[str, str]], bytes]
-_REASONS = {200: "OK", 400: "Bad Request", 401: "Unauthorized", 404: "Not Found", 405: "Method Not Allowed",
-            411: "Length Required", 413: "Content Too Large", 415: "Unsupported Media Type",
-            500: "Internal Server Error", 503: "Service Unavailable"}
-
 
 def _json_response(status: int, payload: bytes, headers: Iterable[tuple[str, str]] = ()) -> Response:
     return status, [("Content-Type", "application/json"), ("Content-Length", str(len(payload))), *headers], payload
@@ -194,15 +190,15 @@ class FeedbackHandler:
         if content_type and content_type != "application/json" and not content_type.endswith("+json"):
             raise FeedbackRefused(415, "content_type", f"Content-Type must be application/json, got {content_type!r}")
         if length is not None and length > self.limits.max_body_bytes:
-            raise FeedbackRefused(413, "too_large", f"body of {length} bytes exceeds the limit of "
-                                  f"{self.limits.max_body_bytes} bytes")
+            raise self.too_large()
 
     def too_large(self) -> FeedbackRefused:
         return FeedbackRefused(413, "too_large", f"body exceeds the limit of {self.limits.max_body_bytes} bytes")
 
     def record(self, body: bytes, query_string: str, headers: Mapping[str, str]) -> Response:
         span = record_feedback(self._tracer, parse_feedback(body, query_string, headers, self.limits))
-        if self._sink is not None:
+        # A sampler that drops the trace (traceparent flags 00 under ParentBased) leaves nothing to hand on.
+        if self._sink is not None and isinstance(span, ReadableSpan):
             self._sink(span)
         return _json_response(200, RECEIVED)
 
@@ -225,7 +221,7 @@ class FeedbackHandler:
 
 
 def _status_line(status: int) -> str:
-    return f"{status} {_REASONS.get(status, '')}".strip()
+    return f"{status} {HTTPStatus(status).phrase}"
 
 
 class FeedbackApp:
@@ -242,10 +238,10 @@ class FeedbackApp:
             headers["content-type"] = environ["CONTENT_TYPE"]
         raw_length = environ.get("CONTENT_LENGTH") or ""
         try:
-            if environ.get("REQUEST_METHOD") == "POST" and not raw_length.isdigit():
-                raise FeedbackRefused(411, "length_required", "Content-Length is required")
             length = int(raw_length) if raw_length.isdigit() else None
             handler.check_head(environ.get("REQUEST_METHOD", ""), environ.get("PATH_INFO", ""), headers, length)
+            if length is None:  # WSGI servers do not de-chunk bodies: without a length there is no body to read
+                raise FeedbackRefused(411, "length_required", "Content-Length is required")
             body = environ["wsgi.input"].read(length) if length else b""
             status, out_headers, payload = handler.record(body, environ.get("QUERY_STRING", ""), headers)
         except (FeedbackRefused, FeedbackUnavailable) as error:

@@ -16,6 +16,7 @@ from __future__ import annotations
 from opentelemetry.exporter.otlp.proto.common.trace_encoder import encode_spans
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
+from opentelemetry.sdk.trace.sampling import ALWAYS_ON
 from pydantic import Field
 
 from flowtel._wsgi import WSGIEndpoint
@@ -45,7 +46,9 @@ class FeedbackReceiver:
     def __init__(self, receiver_id: str, config: FeedbackReceiverConfig, intake: Intake, token: str | None) -> None:
         self._intake = intake
         # No span processors: the handler hands each ended span to _submit, which raises into the request.
-        provider = TracerProvider(resource=Resource.create({"service.name": "flowtel-feedback", **config.resource}))
+        # Always sampled: the app already made its sampling decision, and feedback is what the user sent.
+        provider = TracerProvider(resource=Resource.create({"service.name": "flowtel-feedback", **config.resource}),
+                                  sampler=ALWAYS_ON)
         limits = FeedbackLimits(max_body_bytes=config.max_request_body_size,
                                 max_baggage_entries=config.max_baggage_entries)
         app = FeedbackApp(provider, token=token, limits=limits, sink=self._submit,
