@@ -17,7 +17,7 @@ from flowtel.spans import KIND_SERVER, SpanData
 from . import catalog as c
 from .analysis import ROLE_FLOW, ROLE_NODE, ROLE_RPC, SpanRole, is_failed
 from .correlation import RequestRecord
-from .metrics import FlowtelMetrics
+from .metrics import FlowtelMetrics, Measurement
 from .vocabulary import (
     exception_type,
     genai_operation,
@@ -66,19 +66,21 @@ class Deriver:
 
     def derive(self, roles: Iterable[SpanRole]) -> list[RequestRecord]:
         """Record the metrics of a local trace; return what it says about each request (for feedback)."""
+        out: list[Measurement] = []
         requests: dict[int, RequestRecord] = {}
         # flow span -> [input, output, model, rank]: the model is the one that wrote the answer, i.e. of the
         # last call to finish that produced output (an embedding call also reports input tokens).
         usage: dict[int, list[Any]] = {}
         for r in roles:
-            if r.role == ROLE_FLOW:
-                requests[id(r.span)] = self._flow(r)
-            elif r.role == ROLE_NODE:
-                self._node(r)
-            elif r.role == ROLE_RPC:
-                self._rpc(r)
+            role = r.role
+            if role == ROLE_NODE:
+                self._node(r, out)
+            elif role == ROLE_RPC:
+                self._rpc(r, out)
+            elif role == ROLE_FLOW:
+                requests[id(r.span)] = self._flow(r, out)
             if r.is_llm_call:
-                tokens, engine = self._llm_call(r)
+                tokens, engine = self._llm_call(r, out)
                 if r.flow_span is not None:
                     total = usage.setdefault(id(r.flow_span), [0, 0, "", (False, 0)])
                     total[0] += tokens[0] or 0
@@ -86,13 +88,14 @@ class Deriver:
                     rank = (bool(tokens[1]), r.span.end_ns)
                     if rank > total[3]:
                         total[2], total[3] = engine, rank
+        self._m.record_all(out)
         for key, (tokens_in, tokens_out, engine, _) in usage.items():
             record = requests.get(key)
             if record is not None:
                 record.input_tokens, record.output_tokens, record.model = tokens_in, tokens_out, engine
         return list(requests.values())
 
-    def _flow(self, r: SpanRole) -> RequestRecord:
+    def _flow(self, r: SpanRole, out: list[Measurement]) -> RequestRecord:
         flow, request = r.span, r.request_span or r.span
         res = flow.resource
         ex = (flow.trace_id, flow.span_id)
@@ -102,59 +105,61 @@ class Deriver:
         exception = _exception(flow) or ("unknown" if failed else "")
         streaming = is_streaming(flow) or is_streaming(request)
         flag = "True" if streaming else "False"
-        m = self._m
-        m.record(c.FLOW_REQUEST, 1, (r.flow, code, exception, flag), res)
+        out.append((c.FLOW_REQUEST, 1, (r.flow, code, exception, flag), res, None))
         end_ns = max(flow.end_ns, request.end_ns)
         total_ms = (end_ns - request.start_ns) / 1e6
         record = RequestRecord(flow.trace_id, (flow.span_id, request.span_id, request.parent_span_id), r.flow,
                                code, failed, total_ms, res)
         if not streaming:
-            m.record(c.FLOW_LATENCY, total_ms, (r.flow, code, flag, "default"), res, ex)
+            out.append((c.FLOW_LATENCY, total_ms, (r.flow, code, flag, "default"), res, ex))
             return record
-        m.record(c.FLOW_LATENCY, total_ms, (r.flow, code, flag, "lastbyte"), res, ex)
+        out.append((c.FLOW_LATENCY, total_ms, (r.flow, code, flag, "lastbyte"), res, ex))
         first = _first_chunk_ns(r)
         if first is None:
             warn_once(f"nofirstchunk:{r.flow}", "streamed flow %s has no first-chunk event; its firstbyte latency "
                       "and streaming duration are not recorded (see README, Streaming)", r.flow)
             return record
-        m.record(c.FLOW_LATENCY, (first - request.start_ns) / 1e6, (r.flow, code, flag, "firstbyte"), res, ex)
-        m.record(c.FLOW_STREAMING_RESPONSE_DURATION, (end_ns - first) / 1e6, (r.flow,), res, ex)
+        out.append((c.FLOW_LATENCY, (first - request.start_ns) / 1e6, (r.flow, code, flag, "firstbyte"), res, ex))
+        out.append((c.FLOW_STREAMING_RESPONSE_DURATION, (end_ns - first) / 1e6, (r.flow,), res, ex))
         return record
 
-    def _node(self, r: SpanRole) -> None:
+    @staticmethod
+    def _node(r: SpanRole, out: list[Measurement]) -> None:
         span = r.span
         exception = _exception(span)
         run_status = "Failed" if exception else "Completed"
-        self._m.record(c.NODE_LATENCY, span.duration_ms, (r.flow, r.node, run_status), span.resource,
-                       (span.trace_id, span.span_id))
-        self._m.record(c.NODE_REQUEST, 1, (r.flow, r.node, exception, run_status), span.resource)
+        ms = max(0, span.end_ns - span.start_ns) / 1e6
+        out.append((c.NODE_LATENCY, ms, (r.flow, r.node, run_status), span.resource, (span.trace_id, span.span_id)))
+        out.append((c.NODE_REQUEST, 1, (r.flow, r.node, exception, run_status), span.resource, None))
 
-    def _rpc(self, r: SpanRole) -> None:
+    @staticmethod
+    def _rpc(r: SpanRole, out: list[Measurement]) -> None:
         span = r.span
-        self._m.record(c.RPC_LATENCY, span.duration_ms, (r.flow, r.node, r.api_call), span.resource,
-                       (span.trace_id, span.span_id))
-        self._m.record(c.RPC_REQUEST, 1, (r.flow, r.node, r.api_call, _exception(span)), span.resource)
+        ms = max(0, span.end_ns - span.start_ns) / 1e6
+        out.append((c.RPC_LATENCY, ms, (r.flow, r.node, r.api_call), span.resource, (span.trace_id, span.span_id)))
+        out.append((c.RPC_REQUEST, 1, (r.flow, r.node, r.api_call, _exception(span)), span.resource, None))
 
-    def _llm_call(self, r: SpanRole) -> tuple[tuple[int | None, int | None], str]:
+    def _llm_call(self, r: SpanRole, out: list[Measurement]) -> tuple[tuple[int | None, int | None], str]:
         span = r.span
         usage = token_usage(span) or (None, None)
         req_model, resp_model = request_model(span), response_model(span)
         engine = req_model or resp_model or ""
         res = span.resource
-        for count, token_type in ((usage[0], "prompt_tokens"), (usage[1], "completion_tokens")):
-            if count:
-                self._m.record(c.TOKEN_CONSUMPTION, count, (r.flow, r.node, engine, token_type), res)
+        if usage[0]:
+            out.append((c.TOKEN_CONSUMPTION, usage[0], (r.flow, r.node, engine, "prompt_tokens"), res, None))
+        if usage[1]:
+            out.append((c.TOKEN_CONSUMPTION, usage[1], (r.flow, r.node, engine, "completion_tokens"), res, None))
         if span.scope_name in self._skip:
             return usage, engine
         error = exception_type(span) if is_failed(span) else None
-        genai: Mapping[str, Any] = span.attributes
         base = (genai_operation(span) or "", provider(span) or "", req_model or "", resp_model or "",
-                str(genai.get(sc.SERVER_ADDRESS, "")))
-        self._m.record(c.GENAI_OPERATION_DURATION, span.duration_ms / 1000, (*base, error or ""), res,
-                       (span.trace_id, span.span_id))
-        for count, token_type in ((usage[0], "input"), (usage[1], "output")):
-            if count is not None:
-                self._m.record(c.GENAI_TOKEN_USAGE, count, (*base, token_type), res)
+                str(span.attributes.get(sc.SERVER_ADDRESS, "")))
+        out.append((c.GENAI_OPERATION_DURATION, max(0, span.end_ns - span.start_ns) / 1e9, (*base, error or ""), res,
+                    (span.trace_id, span.span_id)))
+        if usage[0] is not None:
+            out.append((c.GENAI_TOKEN_USAGE, usage[0], (*base, "input"), res, None))
+        if usage[1] is not None:
+            out.append((c.GENAI_TOKEN_USAGE, usage[1], (*base, "output"), res, None))
         return usage, engine
 
     def feedback(self, flow: str, score_label: str, correlated: bool, resource: Mapping[str, Any]) -> None:

@@ -8,10 +8,11 @@ completion text. It returns an ``Enrichment`` that the host applies to its nativ
 
 from __future__ import annotations
 
+from collections.abc import KeysView, Mapping
 from typing import Any
 
 from flowtel import semconv as sc
-from flowtel.spans import STATUS_UNSET, Enrichment
+from flowtel.spans import STATUS_UNSET, Enrichment, SpanData
 
 from .analysis import ROLE_FLOW, SpanRole
 from .vocabulary import (
@@ -25,67 +26,78 @@ from .vocabulary import (
     token_usage,
 )
 
-#: Attribute key -> is it prompt / completion content. Keys are names, few and recurring, so one
-#: classification per name replaces a prefix scan per span; bounded against hostile senders.
-_CONTENT_KEYS: dict[str, bool] = {}
+#: Attribute keys already classified, and those of them that are prompt / completion content. Keys are
+#: names, few and recurring, so each is classified once and a span's content keys are two C-level set
+#: operations instead of a prefix scan per key; bounded against hostile senders.
+_SEEN_KEYS: set[str] = set()
+_CONTENT_KEYS: set[str] = set()
+_MAX_SEEN = 100_000
 
 
-def _classify(key: str) -> bool:
-    content = key in sc.CONTENT_ATTRIBUTES or key.startswith(sc.CONTENT_ATTRIBUTE_PREFIXES)
-    if len(_CONTENT_KEYS) < 100_000:
-        _CONTENT_KEYS[key] = content
-    return content
+def _content_keys(keys: KeysView[str]) -> set[str]:
+    new = keys - _SEEN_KEYS
+    if new:
+        content = {k for k in new if k in sc.CONTENT_ATTRIBUTES or k.startswith(sc.CONTENT_ATTRIBUTE_PREFIXES)}
+        if len(_SEEN_KEYS) < _MAX_SEEN:
+            _SEEN_KEYS.update(new)
+            _CONTENT_KEYS.update(content)
+        elif content:
+            return (keys & _CONTENT_KEYS) | content
+    return keys & _CONTENT_KEYS
 
 
 def enrich(role: SpanRole, capture_content: bool) -> Enrichment:
     span = role.span
     attrs = span.attributes
     added: dict[str, Any] = {}
-
-    def put(key: str, value: Any) -> None:
-        if value is not None and value != () and key not in attrs:
-            added[key] = value
-
     usage = token_usage(span)
     if role.role == ROLE_FLOW:
-        put(sc.OPERATION_NAME, sc.OP_INVOKE_WORKFLOW)
-        put(sc.WORKFLOW_NAME, role.flow)
+        if sc.OPERATION_NAME not in attrs:
+            added[sc.OPERATION_NAME] = sc.OP_INVOKE_WORKFLOW
+        if sc.WORKFLOW_NAME not in attrs:
+            added[sc.WORKFLOW_NAME] = role.flow
         operation = None
     else:
         operation = genai_operation(span)
-        put(sc.OPERATION_NAME, operation)
+        if operation is not None and sc.OPERATION_NAME not in attrs:
+            added[sc.OPERATION_NAME] = operation
     # Model attributes only for spans that are GenAI operations or report usage: plain functions,
     # most of a trace, skip every lookup below.
     if operation is not None or usage is not None:
-        system = provider(span)
-        if system is not None:
-            # Both names: new readers look at provider.name, the Azure exporter only at gen_ai.system.
-            put(sc.PROVIDER_NAME, system)
-            put(sc.SYSTEM, system)
-        put(sc.REQUEST_MODEL, request_model(span))
-        put(sc.RESPONSE_MODEL, response_model(span))
-        if usage is not None:
-            put(sc.USAGE_INPUT_TOKENS, usage[0])
-            put(sc.USAGE_OUTPUT_TOKENS, usage[1])
-        for key, value in request_parameters(span).items():
-            put(key, value)
-        response_id, reasons = response_details(span)
-        put(sc.RESPONSE_ID, response_id)
-        put(sc.RESPONSE_FINISH_REASONS, reasons)
+        _add_model_attributes(span, usage, attrs, added)
 
-    error = exception_type(span)
     set_error: str | None = None
-    if error is not None:
-        put(sc.ERROR_TYPE, error)
-        if span.status == STATUS_UNSET:
-            set_error = error
+    if span.events or sc.ERROR_TYPE in attrs:
+        error = exception_type(span)
+        if error is not None:
+            if sc.ERROR_TYPE not in attrs:
+                added[sc.ERROR_TYPE] = error
+            if span.status == STATUS_UNSET:
+                set_error = error
 
     removed_attrs: frozenset[str] = frozenset()
     removed_events: frozenset[str] = frozenset()
     if not capture_content:
-        known = _CONTENT_KEYS
-        content = [k for k in attrs if known.get(k) or (k not in known and _classify(k))]
+        content = _content_keys(attrs.keys())
         if content:
             removed_attrs = frozenset(content)
-        removed_events = sc.CONTENT_EVENTS.intersection(e.name for e in span.events)
+        if span.events:
+            removed_events = sc.CONTENT_EVENTS.intersection([e.name for e in span.events])
     return Enrichment(added, removed_attrs, removed_events, set_error)
+
+
+def _add_model_attributes(span: SpanData, usage: tuple[int | None, int | None] | None, attrs: Mapping[str, Any],
+                          added: dict[str, Any]) -> None:
+    system = provider(span)
+    response_id, reasons = response_details(span)
+    # Both provider names: new readers look at provider.name, the Azure exporter only at gen_ai.system.
+    candidates: list[tuple[str, Any]] = [
+        (sc.PROVIDER_NAME, system), (sc.SYSTEM, system),
+        (sc.REQUEST_MODEL, request_model(span)), (sc.RESPONSE_MODEL, response_model(span)),
+        (sc.RESPONSE_ID, response_id), (sc.RESPONSE_FINISH_REASONS, reasons or None)]
+    if usage is not None:
+        candidates += ((sc.USAGE_INPUT_TOKENS, usage[0]), (sc.USAGE_OUTPUT_TOKENS, usage[1]))
+    candidates += request_parameters(span).items()
+    for key, value in candidates:
+        if value is not None and key not in attrs and key not in added:
+            added[key] = value

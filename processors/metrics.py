@@ -20,7 +20,7 @@ from __future__ import annotations
 import threading
 import time
 from bisect import bisect_left
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -38,6 +38,10 @@ from .catalog import ALL_METRICS, COUNTER, MetricSpec
 _OVERFLOW: Mapping[str, Any] = {sc.OVERFLOW_ATTRIBUTE: True}
 _OVERFLOW_KEY = ("\x00overflow",)
 CUMULATIVE, DELTA = AggregationTemporality.CUMULATIVE, AggregationTemporality.DELTA
+
+#: One measurement for ``record_all``: spec, value, dimension values in ``spec.dimensions`` order, the span's
+#: resource attributes, and the (trace id, span id) of an exemplar or None.
+Measurement = tuple[MetricSpec, float, tuple[Any, ...], Mapping[str, Any], "tuple[int, int] | None"]
 
 
 @dataclass(slots=True)
@@ -70,6 +74,7 @@ class FlowtelMetrics:
         self._specs = {spec.name: spec for spec in ALL_METRICS}
         self._common = dict(config.common_dimensions)
         self._resource_dims = dict(config.resource_dimensions)
+        self._resource_keys = tuple(self._resource_dims.values())
         self._limit = config.cardinality_limit
         self._series: dict[str, dict[tuple[Any, ...], _Series]] = {spec.name: {} for spec in ALL_METRICS}
         self._self = self_metrics
@@ -86,47 +91,60 @@ class FlowtelMetrics:
     def record(self, spec: MetricSpec, value: float, dims: tuple[Any, ...], resource: Mapping[str, Any],
                exemplar: tuple[int, int] | None = None) -> None:
         """Add (counters) or observe (histograms) ``value`` with ``dims`` in ``spec.dimensions`` order."""
-        res_values = tuple(str(resource.get(key, "")) for key in self._resource_dims.values()) \
-            if self._resource_dims else ()
-        key = dims + res_values if res_values else dims
-        with self._lock:
-            table = self._series[spec.name]
-            series = table.get(key)
-            if series is None:
-                if len(table) >= self._limit and key is not _OVERFLOW_KEY:
-                    key = _OVERFLOW_KEY
-                    series = table.get(key)
-                    self._self.metric_overflow(spec.name)
-                    warn_once(f"overflow:{spec.name}",
-                              "metric %s reached its cardinality limit of %d label sets; new label sets are folded "
-                              "into the otel_metric_overflow=\"true\" series and counted in "
-                              "flowtel_metric_overflow_total", spec.name, self._limit)
-                if series is None:
-                    series = table[key] = _Series(self._attributes(spec, key, dims, res_values), time.time_ns(),
-                                                  buckets=[0] * (len(spec.buckets) + 1) if spec.buckets else [])
-            if spec.kind == COUNTER:
-                series.value += value
-                return
-            series.value += value
-            series.count += 1
-            series.min = min(series.min, value)
-            series.max = max(series.max, value)
-            index = bisect_left(spec.buckets, value)
-            series.buckets[index] += 1
-            if exemplar is not None and spec.exemplars:
-                series.exemplars[index] = (value, time.time_ns(), exemplar[0], exemplar[1])
-            for consumer in self._delta_consumers:
-                window = consumer.window.get((spec.name, key))
-                if window is None:
-                    consumer.window[(spec.name, key)] = [value, value]
-                else:
-                    window[0] = min(window[0], value)
-                    window[1] = max(window[1], value)
+        self.record_all(((spec, value, dims, resource, exemplar),))
 
-    def _attributes(self, spec: MetricSpec, key: tuple[Any, ...], dims: tuple[Any, ...],
-                    res_values: tuple[str, ...]) -> Mapping[str, Any]:
-        if key is _OVERFLOW_KEY:
-            return _OVERFLOW
+    def record_all(self, measurements: Iterable[Measurement]) -> None:
+        """``record`` for each measurement, under one lock (a trace yields a dozen)."""
+        resource_keys = self._resource_keys
+        with self._lock:
+            for spec, value, dims, resource, exemplar in measurements:
+                key = dims + tuple([str(resource.get(k, "")) for k in resource_keys]) if resource_keys else dims
+                series = self._series[spec.name].get(key)
+                if series is None:
+                    series = self._new_series(spec, key, len(dims))
+                series.value += value  # counters: the running sum; histograms: the sum of values
+                if spec.kind == COUNTER:
+                    continue
+                series.count += 1
+                if value < series.min:
+                    series.min = value
+                if value > series.max:
+                    series.max = value
+                index = bisect_left(spec.buckets, value)
+                series.buckets[index] += 1
+                if exemplar is not None and spec.exemplars:
+                    series.exemplars[index] = (value, time.time_ns(), exemplar[0], exemplar[1])
+                if self._delta_consumers:
+                    self._observe_window(spec.name, key, value)
+
+    def _new_series(self, spec: MetricSpec, key: tuple[Any, ...], n_dims: int) -> _Series:
+        table = self._series[spec.name]
+        if len(table) >= self._limit:
+            self._self.metric_overflow(spec.name)
+            warn_once(f"overflow:{spec.name}",
+                      "metric %s reached its cardinality limit of %d label sets; new label sets are folded "
+                      "into the otel_metric_overflow=\"true\" series and counted in "
+                      "flowtel_metric_overflow_total", spec.name, self._limit)
+            series = table.get(_OVERFLOW_KEY)
+            if series is not None:
+                return series
+            attributes, key = _OVERFLOW, _OVERFLOW_KEY
+        else:
+            attributes = self._attributes(spec, key[:n_dims], key[n_dims:])
+        series = table[key] = _Series(attributes, time.time_ns(), buckets=[0] * (len(spec.buckets) + 1)
+                                      if spec.buckets else [])
+        return series
+
+    def _observe_window(self, name: str, key: tuple[Any, ...], value: float) -> None:
+        for consumer in self._delta_consumers:
+            window = consumer.window.get((name, key))
+            if window is None:
+                consumer.window[(name, key)] = [value, value]
+            else:
+                window[0] = min(window[0], value)
+                window[1] = max(window[1], value)
+
+    def _attributes(self, spec: MetricSpec, dims: tuple[Any, ...], res_values: tuple[Any, ...]) -> Mapping[str, Any]:
         built = dict(zip(spec.dimensions, dims, strict=True))
         built.update(self._common)
         built.update(zip(self._resource_dims, res_values, strict=True))

@@ -8,8 +8,8 @@ the span so analysis, enrichment and derivation share one parse.
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
-from typing import Any
+from collections.abc import Callable, Mapping
+from typing import Any, TypeVar
 
 from flowtel import semconv as sc
 from flowtel.spans import SpanData
@@ -61,6 +61,29 @@ def _memo(span: SpanData) -> dict[str, Any]:
     return span.memo
 
 
+T = TypeVar("T")
+
+
+def _memoized(read: Callable[[SpanData], T]) -> Callable[[SpanData], T]:
+    """Analysis, derivation and enrichment all ask the same questions of a span; answer each once."""
+    key = read.__name__
+
+    def memoized(span: SpanData) -> T:
+        memo = span.memo
+        if memo is None:
+            memo = span.memo = {}
+        else:
+            value = memo.get(key, _MISSING)
+            if value is not _MISSING:
+                return value  # type: ignore[no-any-return]
+        value = memo[key] = read(span)
+        return value
+
+    memoized.__name__ = memoized.__qualname__ = key
+    memoized.__doc__ = read.__doc__
+    return memoized
+
+
 def _json_attr(span: SpanData, key: str) -> Any:
     """Parse a JSON-valued attribute once per span; None when absent or not JSON."""
     memo = _memo(span)
@@ -92,6 +115,7 @@ def is_pf_model_call(span: SpanData) -> bool:
         "LLM", "Embedding")
 
 
+@_memoized
 def genai_operation(span: SpanData) -> str | None:
     attrs = span.attributes
     op = attrs.get(sc.OPERATION_NAME)
@@ -118,10 +142,9 @@ def genai_operation(span: SpanData) -> str | None:
     return None
 
 
+@_memoized
 def token_usage(span: SpanData) -> tuple[int | None, int | None] | None:
     """(input, output) tokens of a model call, from whichever vocabulary the span speaks."""
-    if span.memo and "usage" in span.memo:
-        return span.memo["usage"]  # type: ignore[no-any-return]
     attrs = span.attributes
     usage: tuple[int | None, int | None] | None = None
     for in_key, out_key in _USAGE_KEYS:
@@ -138,8 +161,6 @@ def token_usage(span: SpanData) -> tuple[int | None, int | None] | None:
             usage = (i, o) if i is not None or o is not None else None
     if usage is None and is_pf_model_call(span):
         usage = _pf_streamed_usage(span)
-    if usage is not None:  # a span without usage (most of them) is cheap to check again; no memo for it
-        _memo(span)["usage"] = usage
     return usage
 
 
@@ -154,6 +175,7 @@ def _pf_streamed_usage(span: SpanData) -> tuple[int | None, int | None] | None:
     return None
 
 
+@_memoized
 def request_model(span: SpanData) -> str | None:
     attrs = span.attributes
     value = attrs.get(sc.REQUEST_MODEL)
@@ -181,6 +203,7 @@ def response_model(span: SpanData) -> str | None:
     return None
 
 
+@_memoized
 def provider(span: SpanData) -> str | None:
     attrs = span.attributes
     for key in (sc.PROVIDER_NAME, sc.SYSTEM, sc.OI_PROVIDER, sc.ML_PROVIDER):

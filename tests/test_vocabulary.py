@@ -77,9 +77,19 @@ def test_token_usage_promptflow_streamed_chunks() -> None:
 def test_token_usage_is_memoised_on_the_span() -> None:
     s = span({"gen_ai.usage.input_tokens": 3, "gen_ai.usage.output_tokens": 4})
     assert v.token_usage(s) == (3, 4)
-    assert s.memo["usage"] == (3, 4)
     s.attributes = {}  # a second read comes from the memo, not the attributes
     assert v.token_usage(s) == (3, 4)
+    none = span({})
+    assert v.token_usage(none) is None
+    none.attributes = {"gen_ai.usage.input_tokens": 3}  # "no usage" is remembered too
+    assert v.token_usage(none) is None
+
+
+def test_answers_read_from_json_are_memoised_on_the_span() -> None:
+    s = pf_llm({"model": "gpt-4o-mini", "azure_deployment": "dep"})
+    assert (v.request_model(s), v.provider(s)) == ("gpt-4o-mini", "azure.ai.openai")
+    s.attributes = {}
+    assert (v.request_model(s), v.provider(s)) == ("gpt-4o-mini", "azure.ai.openai")
 
 
 # --- request_model / response_model -------------------------------------------------------------------------
