@@ -34,32 +34,35 @@ from .metrics import FlowtelMetrics
 from .pipeline import TracePipeline
 
 
-def _links(span: ReadableSpan) -> object:
-    # ``span.links`` copies the SDK's locked BoundedList into a tuple on every access; an ended span's
-    # list no longer changes, so the new span can share it. Public property as the fallback.
-    inner = getattr(span, "_links", None)
-    return inner if inner is not None else span.links
-
-
 def apply_to_readable_span(data: SpanData, enrichment: Enrichment) -> ReadableSpan:
     """A new SDK span carrying the enrichment; ended spans are immutable, so we copy the shell, not the values.
     Unchanged events and links are the old span's own bounded lists, which keeps their dropped counts."""
     span: ReadableSpan = data.native
-    removed = enrichment.removed_attributes
-    attributes = {k: v for k, v in data.attributes.items() if k not in removed} if removed else dict(data.attributes)
+    # The adapter copied the attributes for this span alone and nothing reads them after apply: edit in place.
+    attributes: dict[str, Any] = data.attributes  # type: ignore[assignment]
+    for key in enrichment.removed_attributes:
+        attributes.pop(key, None)
     attributes.update(enrichment.added)
-    events: Any = getattr(span, "_events", None)
-    if events is None or enrichment.removed_events or enrichment.added_events:
+    try:  # the SDK span's fields as it keeps them; its public properties copy events and links on each read
+        name, context, parent, resource, kind, status = (span._name, span._context, span._parent, span._resource,
+                                                         span._kind, span._status)
+        start, end, scope, events, links = (span._start_time, span._end_time, span._instrumentation_scope,
+                                            span._events, span._links)
+    except AttributeError:
+        name, context, parent, resource, kind, status = (span.name, span.context, span.parent, span.resource,
+                                                         span.kind, span.status)
+        start, end, scope, events, links = (span.start_time, span.end_time, span.instrumentation_scope,
+                                            data.events, span.links)
+    if enrichment.removed_events or enrichment.added_events:
         events = data.events
         if enrichment.removed_events:
             events = tuple(e for e in events if e.name not in enrichment.removed_events)
         if enrichment.added_events:
             events = (*events, *(Event(e.name, dict(e.attributes), e.timestamp) for e in enrichment.added_events))
-    status = span.status
     if enrichment.set_error_status is not None:
         status = Status(StatusCode.ERROR, enrichment.set_error_status)
-    return ReadableSpan(span.name, span.context, span.parent, span.resource, attributes, events, _links(span),
-                        span.kind, None, status, span.start_time, span.end_time, span.instrumentation_scope)
+    return ReadableSpan(name, context, parent, resource, attributes, events, links, kind, None, status, start, end,
+                        scope)
 
 
 class FlowtelSpanProcessor(SpanProcessor):

@@ -73,14 +73,15 @@ class Enrichment:
                     or self.set_error_status is not None)
 
 
-_KIND_VALUES = {kind: kind.value for kind in SpanKind}
-_STATUS_VALUES = {code: code.value for code in StatusCode}
+# Keyed by identity: enum members are singletons, and hashing one is a Python-level call.
+_KIND_VALUES = {id(kind): kind.value for kind in SpanKind}
+_STATUS_VALUES = {id(code): code.value for code in StatusCode}
 
 
 def _plain_attributes(span: ReadableSpan) -> dict[str, Any]:
     # The SDK keeps attributes in BoundedAttributes (a Python-level mapping over a dict); copying its
     # inner dict is a C-level copy. Fall back to the public mapping if that layout ever changes.
-    inner = getattr(getattr(span, "_attributes", None), "_dict", None)
+    inner = getattr(span._attributes, "_dict", None)
     if isinstance(inner, dict):
         return dict(inner)
     return dict(span.attributes) if span.attributes else {}
@@ -89,7 +90,7 @@ def _plain_attributes(span: ReadableSpan) -> dict[str, Any]:
 def _events(span: ReadableSpan) -> Sequence[Any]:
     # ``span.events`` copies the SDK's locked BoundedList into a tuple on every read; an ended span's list
     # no longer changes, so its inner deque is read as it is (most spans have no events at all).
-    inner = getattr(getattr(span, "_events", None), "_dq", None)
+    inner = getattr(span._events, "_dq", None)
     if inner is not None:
         return inner if inner else ()
     return span.events
@@ -98,25 +99,31 @@ def _events(span: ReadableSpan) -> Sequence[Any]:
 def from_readable_span(span: ReadableSpan) -> SpanData:
     """Adapt an SDK span: attributes become a plain dict once (the SDK mapping's Python-level ``get`` is
     what every later read would pay), events are the SDK's own objects. The SDK's public properties
-    build or copy on each read, so the span's own fields are read where the SDK has them."""
-    ctx = getattr(span, "_context", None) or span.context
-    parent = span.parent
-    status = span.status
-    scope = span.instrumentation_scope
-    resource = span.resource
+    build, copy or at least cost a call on each read, so the fields are read where the SDK keeps them,
+    with the public API as the fallback for other ``ReadableSpan`` implementations."""
+    try:
+        ctx, parent, status, scope, resource = (span._context, span._parent, span._status,
+                                                span._instrumentation_scope, span._resource)
+        name, kind, start, end = span._name, span._kind, span._start_time, span._end_time
+        attributes, events = _plain_attributes(span), _events(span)
+    except AttributeError:
+        ctx, parent, status, scope, resource = (span.context, span.parent, span.status,
+                                                span.instrumentation_scope, span.resource)
+        name, kind, start, end = span.name, span.kind, span.start_time, span.end_time
+        attributes, events = dict(span.attributes or {}), span.events
     return SpanData(
         ctx.trace_id if ctx else 0,
         ctx.span_id if ctx else 0,
         parent.span_id if parent else 0,
         bool(parent and parent.is_remote),
-        span.name,
-        _KIND_VALUES.get(span.kind, 0),
-        span.start_time or 0,
-        span.end_time or 0,
-        _STATUS_VALUES.get(status.status_code, 0),
+        name,
+        _KIND_VALUES.get(id(kind), 0),
+        start or 0,
+        end or 0,
+        _STATUS_VALUES.get(id(status.status_code), 0),
         status.description or "",
-        _plain_attributes(span),
-        _events(span),
+        attributes,
+        events,
         scope.name if scope else "",
         resource.attributes if resource else {},
         span,
