@@ -306,7 +306,7 @@ def serve(mode: str) -> int:
             for ss in rs.scope_spans:
                 n += len(ss.spans)
         if adapt is not None:
-            adapt(request)
+            adapt(raw)
         with lock:
             total[0] += n
         return b""  # ExportTraceServiceResponse().SerializeToString(), as the collector answers

@@ -1,11 +1,13 @@
-"""The OTLP adapter: what ``adapt`` reads and what ``apply_to_otlp_span`` + ``encode_request`` write back."""
+"""The OTLP adapter: what ``adapt`` reads from the wire and what ``apply_to_otlp_span`` + ``encode_request`` write
+back, checked against upb's own parse of the same bytes."""
 
 from __future__ import annotations
 
 import pytest
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
+from opentelemetry.proto.common.v1.common_pb2 import AnyValue
 
-from flowtel.otlp import adapt, apply_to_otlp_span, decode_attributes, encode_request
+from flowtel.otlp import MalformedRequest, adapt, apply_to_otlp_span, decode_attributes, encode_request
 from flowtel.spans import Enrichment
 
 
@@ -38,7 +40,7 @@ def _request(duplicate_key: bool = False) -> ExportTraceServiceRequest:
 
 @pytest.mark.parametrize("duplicate_key", [False, True])
 def test_applied_enrichment_round_trips_through_the_wire(duplicate_key: bool) -> None:
-    (data,) = adapt(_request(duplicate_key)).spans
+    (data,) = adapt(_request(duplicate_key).SerializeToString()).spans
     added = {"gen_ai.operation.name": "chat", "gen_ai.usage.input_tokens": 4, "gen_ai.usage.output_tokens": -1,
              "temperature": 0.25, "gen_ai.response.finish_reasons": ("stop", "length"), "streaming": False,
              "nested": {"a": 1, "b": ("x",)}, "blob": b"\x00\x01"}
@@ -62,9 +64,133 @@ def test_applied_enrichment_round_trips_through_the_wire(duplicate_key: bool) ->
 
 def test_unenriched_spans_pass_through_unchanged() -> None:
     request = _request()
-    (data,) = adapt(request).spans
+    (data,) = adapt(request.SerializeToString()).spans
     out = ExportTraceServiceRequest.FromString(encode_request([data.native]))
     assert out == request
+
+
+def _attribute(container: object, key: str, value: object) -> None:
+    kv = container.attributes.add()  # type: ignore[attr-defined]
+    kv.key = key
+    _set_value(kv.value, value)
+
+
+def _set_value(target: AnyValue, value: object) -> None:
+    if value is None:
+        return  # an empty AnyValue
+    if isinstance(value, bool):
+        target.bool_value = value
+    elif isinstance(value, int):
+        target.int_value = value
+    elif isinstance(value, float):
+        target.double_value = value
+    elif isinstance(value, str):
+        target.string_value = value
+    elif isinstance(value, bytes):
+        target.bytes_value = value
+    elif isinstance(value, dict):
+        target.kvlist_value.SetInParent()
+        for k, v in value.items():
+            kv = target.kvlist_value.values.add()
+            kv.key = k
+            _set_value(kv.value, v)
+    else:
+        target.array_value.SetInParent()
+        for v in value:  # type: ignore[attr-defined]
+            _set_value(target.array_value.values.add(), v)
+
+
+EVERY_KIND: dict[str, object] = {
+    "s": "plain", "unicode": "caf\u00e9 \u6f22\u5b57 \U0001f600", "empty": "", "long": "x" * 200,
+    "longer": "y" * 20_000,
+    "t": True, "f": False, "zero": 0, "neg": -7, "min": -(2**63), "max": 2**63 - 1, "pi": 3.25, "nd": -0.0,
+    "raw": b"\x00\xff", "arr": ("a", 1, 2.5, True, ("nested",)), "emptyarr": (), "kv": {"a": 1, "b": {"c": "d"}},
+    "none": None, "k" * 300: "long key",
+}
+
+
+def test_every_attribute_value_kind_reads_as_upb_reads_it() -> None:
+    request = ExportTraceServiceRequest()
+    rs = request.resource_spans.add()
+    _attribute(rs.resource, "service.name", "app")
+    ss = rs.scope_spans.add()
+    ss.scope.name = "scope"
+    span = ss.spans.add()
+    span.trace_id, span.span_id, span.parent_span_id = bytes(range(1, 17)), bytes(range(1, 9)), bytes(range(9, 17))
+    span.kind, span.start_time_unix_nano, span.end_time_unix_nano = 3, 2**62 + 5, 2**63 + 7
+    span.flags = 0x301  # has_is_remote + is_remote, past one byte: field 16 has a two-byte tag
+    span.status.code, span.status.message = 2, "failed"
+    span.trace_state = "k=v"
+    span.dropped_attributes_count = 3
+    for key, value in EVERY_KIND.items():
+        _attribute(span, key, value)
+    event = span.events.add()
+    event.name, event.time_unix_nano = "exception", 2**63 + 1
+    _attribute(event, "exception.type", "ValueError")
+    _attribute(event, "n", 2)
+    span.links.add().trace_id = bytes(16)
+    raw = request.SerializeToString()
+
+    (data,) = adapt(raw).spans
+    expected = decode_attributes(span.attributes)
+    assert data.attributes == expected
+    assert {k: type(v) for k, v in data.attributes.items()} == {k: type(v) for k, v in expected.items()}
+    assert (data.trace_id, data.span_id, data.parent_span_id) == (
+        int.from_bytes(span.trace_id, "big"), int.from_bytes(span.span_id, "big"),
+        int.from_bytes(span.parent_span_id, "big"))
+    assert (data.kind, data.start_ns, data.end_ns, data.parent_is_remote) == (2, 2**62 + 5, 2**63 + 7, True)
+    assert (data.status, data.status_message, data.scope_name, dict(data.resource)) == (
+        2, "failed", "scope", {"service.name": "app"})
+    (read_event,) = data.events
+    assert (read_event.name, read_event.timestamp, read_event.attributes) == (
+        "exception", 2**63 + 1, {"exception.type": "ValueError", "n": 2})
+    # Forwarded untouched, the span is byte for byte what came in.
+    assert encode_request([data.native]) == raw
+
+
+def test_fields_in_any_order_and_unknown_fields_are_read() -> None:
+    """Serializers write fields in number order, but the wire allows any order, and newer senders may add
+    fields flowtel does not know: both are read (and the unknown ones forwarded)."""
+    request = _request()
+    span_bytes = request.resource_spans[0].scope_spans[0].spans[0].SerializeToString()
+    unknown = b"\xa8\x06\x2a" + b"\xb2\x06\x03abc"  # field 101 varint 42, field 102 bytes "abc"
+    reordered_span = unknown + span_bytes  # unknown fields first
+    scope = request.resource_spans[0].scope_spans[0].scope.SerializeToString()
+    scope_spans = b"\x12" + _len(reordered_span) + reordered_span + b"\x0a" + _len(scope) + scope
+    resource = request.resource_spans[0].resource.SerializeToString()
+    resource_spans = b"\x12" + _len(scope_spans) + scope_spans + b"\x0a" + _len(resource) + resource
+    raw = b"\x0a" + _len(resource_spans) + resource_spans
+    ExportTraceServiceRequest.FromString(raw)  # valid protobuf
+    (data,) = adapt(raw).spans
+    assert (data.name, data.scope_name, dict(data.resource)) == ("openai_chat", "promptflow", {"service.name": "app"})
+    assert data.attributes["span_type"] == "LLM"
+    out = ExportTraceServiceRequest.FromString(encode_request([data.native]))
+    assert out.resource_spans[0].scope_spans[0].spans[0] == ExportTraceServiceRequest.FromString(raw) \
+        .resource_spans[0].scope_spans[0].spans[0]
+
+
+def _len(payload: bytes) -> bytes:
+    from flowtel._wire import encode_varint
+    return encode_varint(len(payload))
+
+
+def test_invalid_span_ids_are_rejected_one_by_one() -> None:
+    request = _request()
+    bad = request.resource_spans[0].scope_spans[0].spans.add()
+    bad.trace_id, bad.span_id, bad.name = bytes(16), bytes(range(1, 9)), "zero trace id"
+    adapted = adapt(request.SerializeToString())
+    assert [s.name for s in adapted.spans] == ["openai_chat"]
+    assert (adapted.rejected, adapted.error_message) == (
+        1, "1 span(s) rejected: trace_id must be 16 bytes and not all zero")
+
+
+def test_what_upb_accepts_but_flowtel_cannot_read_is_malformed() -> None:
+    resource_spans = _request().resource_spans[0].SerializeToString()
+    group = b"\xab\x06" + b"\xac\x06"  # field 101 as a (deprecated) group: start, end
+    with_group = b"\x0a" + _len(group + resource_spans) + group + resource_spans
+    ExportTraceServiceRequest.FromString(with_group)
+    with pytest.raises(MalformedRequest, match="unsupported wire type 3"):
+        adapt(with_group)
 
 
 def test_readable_spans_round_trip_sdk_spans() -> None:

@@ -1,11 +1,13 @@
-"""OTLP protobuf spans as the shared logic sees them, and back.
+"""OTLP spans as the shared logic sees them, and back.
 
-The collector's receivers decode ``ExportTraceServiceRequest`` messages; ``adapt`` turns
-each valid span into a ``SpanData`` whose ``native`` is ``(proto span, SpanGroup)``.
-``apply_to_otlp_span`` applies an ``Enrichment`` (removals in the proto span, additions as wire bytes), and
-``encode_request`` re-assembles released spans, grouped by resource and scope again,
-straight into protobuf wire format (spans held across requests come from many original
-messages, and serialising each span once is cheaper than copying messages into a new one).
+The collector's receivers hand ``adapt`` the bytes of an ``ExportTraceServiceRequest`` (already
+parsed once by upb, which rejects malformed input); it reads each valid span straight from the
+wire into a ``SpanData`` whose ``native`` is ``WireSpan``: the span's own bytes, its resource and
+scope, and where each attribute lies. ``apply_to_otlp_span`` applies an ``Enrichment`` by cutting
+removed fields out of those bytes and appending additions, and ``encode_request`` re-assembles
+released spans, grouped by resource and scope again. No protobuf object is built per span or per
+attribute: with upb, that object churn cost more than the rest of the receiving and encoding.
+JSON requests and the Azure exporter's SDK spans still go through the protobuf classes.
 """
 
 from __future__ import annotations
@@ -21,8 +23,8 @@ from typing import Any
 from google.protobuf import json_format
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 from opentelemetry.proto.common.v1.common_pb2 import AnyValue, KeyValue
-from opentelemetry.proto.trace.v1.trace_pb2 import Span as ProtoSpan
 
+from flowtel import _wire as w
 from flowtel.spans import KIND_CONSUMER, KIND_INTERNAL, KIND_SERVER, Enrichment, SpanData
 
 _HAS_IS_REMOTE = 0x100  # SPAN_FLAGS_CONTEXT_HAS_IS_REMOTE_MASK
@@ -30,7 +32,6 @@ _IS_REMOTE = 0x200  # SPAN_FLAGS_CONTEXT_IS_REMOTE_MASK
 _ZERO_TRACE = bytes(16)
 _ZERO_SPAN = bytes(8)
 _DOUBLE = struct.Struct("<d")
-_FIXED64 = struct.Struct("<Q")
 
 
 def decode_value(value: AnyValue) -> Any:
@@ -65,50 +66,52 @@ def decode_attributes(kvs: Iterable[KeyValue]) -> dict[str, Any]:
     return out
 
 
-def _varint(n: int) -> bytes:
-    out = bytearray()
-    while n > 0x7F:
-        out.append((n & 0x7F) | 0x80)
-        n >>= 7
-    out.append(n)
-    return bytes(out)
-
-
-def _field(tag: int, payload: bytes) -> bytes:
-    return bytes((tag,)) + _varint(len(payload)) + payload
-
-
 class OTLPEvent:
-    """A span event shaped like ``SpanEvent``, whose attributes are decoded only if the logic reads them
-    (it reads names and timestamps of every event, attributes of exception events only)."""
+    """A span event shaped like ``SpanEvent``, read from the span's bytes; its attributes are decoded only if
+    the logic reads them (it reads names and timestamps of every event, attributes of exception events only).
+    ``field`` is where the event's field lies in the span's bytes, for removal."""
 
-    __slots__ = ("_attributes", "_proto", "name", "timestamp")
+    __slots__ = ("_attributes", "_buf", "field", "name", "timestamp")
 
-    def __init__(self, proto: Any) -> None:
-        self.name: str = proto.name
-        self.timestamp: int = proto.time_unix_nano
-        self._proto = proto
-        self._attributes: dict[str, Any] | None = None
+    def __init__(self, buf: bytes, start: int, end: int, field_start: int) -> None:
+        self.name = ""
+        self.timestamp = 0
+        self.field = (field_start, end)
+        self._buf = buf
+        self._attributes: dict[str, Any] | list[tuple[int, int]] = []
+        for tag, _, a, b in w.fields(buf, start, end):
+            if tag == 0x09:  # time_unix_nano, fixed64
+                self.timestamp = w.fixed64(buf, a)
+            elif tag == 0x12:
+                self.name = buf[a:b].decode()
+            elif tag == 0x1A:
+                self._attributes.append((a, b))  # type: ignore[union-attr]
 
     @property
     def attributes(self) -> dict[str, Any]:
-        if self._attributes is None:
-            self._attributes = decode_attributes(self._proto.attributes)
+        if isinstance(self._attributes, list):
+            self._attributes = dict(w.key_value(self._buf, a, b) for a, b in self._attributes)
         return self._attributes
 
 
 class SpanGroup:
-    """The resource and scope a span came with, pre-encoded for ``encode_request``."""
+    """The resource and scope a span came with, as the wire bytes ``encode_request`` writes around it."""
 
     __slots__ = ("resource", "resource_head", "resource_tail", "scope_head", "scope_name", "scope_tail")
 
-    def __init__(self, resource_spans: Any, scope_spans: Any, resource: Mapping[str, Any]) -> None:
+    def __init__(self, resource: Mapping[str, Any], scope_name: str, resource_head: bytes, resource_tail: bytes,
+                 scope_head: bytes, scope_tail: bytes) -> None:
         self.resource = resource
-        self.scope_name = scope_spans.scope.name
-        self.resource_head = _field(0x0A, resource_spans.resource.SerializeToString())
-        self.resource_tail = _field(0x1A, resource_spans.schema_url.encode()) if resource_spans.schema_url else b""
-        self.scope_head = _field(0x0A, scope_spans.scope.SerializeToString())
-        self.scope_tail = _field(0x1A, scope_spans.schema_url.encode()) if scope_spans.schema_url else b""
+        self.scope_name = scope_name
+        self.resource_head = resource_head
+        self.resource_tail = resource_tail
+        self.scope_head = scope_head
+        self.scope_tail = scope_tail
+
+
+#: ``SpanData.native`` in the collector: the span's wire bytes, its group, and where each attribute's field
+#: lies in those bytes (key, start, end), in wire order.
+WireSpan = tuple[bytes, SpanGroup, list[tuple[str, int, int]]]
 
 
 @dataclass(slots=True)
@@ -128,51 +131,162 @@ def _invalid(trace_id: bytes, span_id: bytes, parent: bytes) -> str | None:
     return None
 
 
-def adapt(request: ExportTraceServiceRequest) -> Adapted:
-    """Every valid span as ``SpanData``; invalid ones are counted and named, OTLP partial-success style."""
+class MalformedRequest(ValueError):
+    """The request's bytes are not an ``ExportTraceServiceRequest`` flowtel can read."""
+
+
+def adapt(raw: bytes) -> Adapted:
+    """Every valid span of a serialized ``ExportTraceServiceRequest`` (already parsed once by upb, which
+    rejects malformed input) as ``SpanData``; invalid ones are counted and named, OTLP partial-success style.
+    Raises ``MalformedRequest`` for what upb accepts but flowtel cannot read (deprecated group fields)."""
     out: list[SpanData] = []
-    rejected = 0
-    reason = ""
+    problems: list[str] = []
+    try:
+        for tag, _, a, b in w.fields(raw, 0, len(raw)):
+            if tag == 0x0A:
+                _resource_spans(raw, a, b, out, problems)
+    except (ValueError, IndexError, struct.error) as error:
+        raise MalformedRequest(f"unreadable ExportTraceServiceRequest: {error}") from None
+    message = f"{len(problems)} span(s) rejected: {problems[0]}" if problems else ""
+    return Adapted(out, len(problems), message)
+
+
+def _resource_spans(raw: bytes, start: int, end: int, out: list[SpanData], problems: list[str]) -> None:
+    resource: dict[str, Any] = {}
+    head = tail = b""
+    scopes: list[tuple[int, int]] = []
+    for tag, field_start, a, b in w.fields(raw, start, end):
+        if tag == 0x0A:  # resource
+            head = raw[field_start:b]
+            resource = dict(w.key_value(raw, x, y) for t, _, x, y in w.fields(raw, a, b) if t == 0x0A)
+        elif tag == 0x12:  # scope_spans
+            scopes.append((a, b))
+        elif tag == 0x1A:  # schema_url
+            tail = raw[field_start:b]
+    for a, b in scopes:
+        _scope_spans(raw, a, b, resource, head, tail, out, problems)
+
+
+def _scope_spans(raw: bytes, start: int, end: int, resource: dict[str, Any], resource_head: bytes,
+                 resource_tail: bytes, out: list[SpanData], problems: list[str]) -> None:
+    scope_name = ""
+    head = tail = b""
+    spans: list[tuple[int, int]] = []
+    for tag, field_start, a, b in w.fields(raw, start, end):
+        if tag == 0x12:
+            spans.append((a, b))
+        elif tag == 0x0A:  # scope
+            head = raw[field_start:b]
+            for t, _, x, y in w.fields(raw, a, b):
+                if t == 0x0A:
+                    scope_name = raw[x:y].decode()
+        elif tag == 0x1A:
+            tail = raw[field_start:b]
+    group = SpanGroup(resource, scope_name, resource_head, resource_tail, head, tail)
     append = out.append
-    from_bytes = int.from_bytes
-    for rs in request.resource_spans:
-        resource = decode_attributes(rs.resource.attributes)
-        for ss in rs.scope_spans:
-            group = SpanGroup(rs, ss, resource)
-            scope_name = group.scope_name
-            for span in ss.spans:
-                trace_id, span_id, parent = span.trace_id, span.span_id, span.parent_span_id
-                problem = _invalid(trace_id, span_id, parent)
-                if problem is not None:
-                    rejected += 1
-                    reason = reason or problem
-                    continue
-                kind = span.kind - 1 if span.kind > 0 else KIND_INTERNAL
-                flags = span.flags
-                if flags & _HAS_IS_REMOTE:
-                    remote = bool(flags & _IS_REMOTE)
-                else:  # senders that do not say: a server or consumer span's parent is in another process
-                    remote = bool(parent) and kind in (KIND_SERVER, KIND_CONSUMER)
-                status = span.status
-                append(SpanData(
-                    trace_id=from_bytes(trace_id, "big"),
-                    span_id=from_bytes(span_id, "big"),
-                    parent_span_id=from_bytes(parent, "big") if parent else 0,
-                    parent_is_remote=remote,
-                    name=span.name,
-                    kind=kind,
-                    start_ns=span.start_time_unix_nano,
-                    end_ns=span.end_time_unix_nano,
-                    status=status.code,
-                    status_message=status.message,
-                    attributes=decode_attributes(span.attributes),
-                    events=[OTLPEvent(e) for e in span.events] if span.events else (),
-                    scope_name=scope_name,
-                    resource=resource,
-                    native=(span, group),
-                ))
-    message = f"{rejected} span(s) rejected: {reason}" if rejected else ""
-    return Adapted(out, rejected, message)
+    for a, b in spans:
+        span = _span(raw[a:b], group)
+        if isinstance(span, str):
+            problems.append(span)
+        else:
+            append(span)
+
+
+#: Short attribute fields recur across spans byte for byte (framework, span types, function and node names,
+#: models, token counts), so their decoded (key, value) is remembered; long ones (prompts, outputs) are read
+#: each time. Bounded: emptied when full, so a stream of distinct values costs only misses.
+_MAX_MEMO_FIELD = 128
+_MAX_MEMO_ENTRIES = 8192
+_KEY_VALUES: dict[bytes, tuple[str, Any]] = {}
+
+
+def _remember(field: bytes, kv: tuple[str, Any]) -> tuple[str, Any]:
+    if isinstance(kv[1], dict):  # a kvlist is mutable: never shared between spans
+        return kv
+    if len(_KEY_VALUES) >= _MAX_MEMO_ENTRIES:
+        _KEY_VALUES.clear()
+    _KEY_VALUES[field] = kv
+    return kv
+
+
+def _span(buf: bytes, group: SpanGroup) -> SpanData | str:
+    """One ``Span`` message; a str says why it is invalid. The common fields are read inline (a call per
+    field would cost more than the read)."""
+    trace_id = span_id = parent = b""
+    name = status_message = ""
+    kind = start_ns = end_ns = flags = status = 0
+    attributes: dict[str, Any] = {}
+    attribute_fields: list[tuple[str, int, int]] = []
+    events: list[OTLPEvent] = []
+    varint, key_value, memo = w.varint, w.key_value, _KEY_VALUES
+    pos, end = 0, len(buf)
+    while pos < end:
+        field_start = pos
+        tag = buf[pos]
+        pos += 1
+        if tag >= 0x80:
+            tag, pos = varint(buf, field_start)
+        if tag & 7 == 2:
+            n = buf[pos]
+            pos += 1
+            if n >= 0x80:
+                n, pos = varint(buf, pos - 1)
+            a = pos
+            pos += n
+            if tag == 0x4A:  # attributes
+                if n <= _MAX_MEMO_FIELD:
+                    field = buf[a:pos]
+                    kv = memo.get(field)
+                    if kv is None:
+                        kv = _remember(field, key_value(buf, a, pos))
+                    key, value = kv
+                else:
+                    key, value = key_value(buf, a, pos)
+                attributes[key] = value
+                attribute_fields.append((key, field_start, pos))
+            elif tag == 0x0A:
+                trace_id = buf[a:pos]
+            elif tag == 0x12:
+                span_id = buf[a:pos]
+            elif tag == 0x22:
+                parent = buf[a:pos]
+            elif tag == 0x2A:
+                name = buf[a:pos].decode()
+            elif tag == 0x5A:
+                events.append(OTLPEvent(buf, a, pos, field_start))
+            elif tag == 0x7A:  # status; a repeated message field merges, field by field
+                for t, _, x, y in w.fields(buf, a, pos):
+                    if t == 0x18:
+                        status = varint(buf, x)[0]
+                    elif t == 0x12:
+                        status_message = buf[x:y].decode()
+        elif tag == 0x39:
+            start_ns = w.fixed64(buf, pos)
+            pos += 8
+        elif tag == 0x41:
+            end_ns = w.fixed64(buf, pos)
+            pos += 8
+        elif tag == 0x30:
+            kind, pos = varint(buf, pos)
+        elif tag == 0x85:  # flags, fixed32
+            flags = w.fixed32(buf, pos)
+            pos += 4
+        else:
+            pos = w.skip(buf, pos, tag)
+    if pos != end:
+        raise ValueError("span field runs past the end of the span")
+    problem = _invalid(trace_id, span_id, parent)
+    if problem is not None:
+        return problem
+    kind = kind - 1 if kind > 0 else KIND_INTERNAL
+    if flags & _HAS_IS_REMOTE:
+        remote = bool(flags & _IS_REMOTE)
+    else:  # senders that do not say: a server or consumer span's parent is in another process
+        remote = bool(parent) and kind in (KIND_SERVER, KIND_CONSUMER)
+    return SpanData(int.from_bytes(trace_id, "big"), int.from_bytes(span_id, "big"),
+                    int.from_bytes(parent, "big") if parent else 0, remote, name, kind, start_ns, end_ns,
+                    status, status_message, attributes, events or (), group.scope_name, group.resource,
+                    (buf, group, attribute_fields))
 
 
 def _any_value(value: Any) -> bytes:
@@ -180,88 +294,94 @@ def _any_value(value: Any) -> bytes:
     if isinstance(value, bool):
         return b"\x10\x01" if value else b"\x10\x00"
     if isinstance(value, int):
-        return b"\x18" + _varint(value & 0xFFFFFFFFFFFFFFFF)
+        return b"\x18" + w.encode_varint(value & 0xFFFFFFFFFFFFFFFF)
     if isinstance(value, float):
         return b"\x21" + _DOUBLE.pack(value)
     if isinstance(value, str):
-        return _field(0x0A, value.encode())
+        return w.field(0x0A, value.encode())
     if isinstance(value, bytes):
-        return _field(0x3A, value)
+        return w.field(0x3A, value)
     if isinstance(value, Mapping):
-        return _field(0x32, b"".join(_field(0x0A, _key_value(str(k), v)) for k, v in value.items()))
+        return w.field(0x32, b"".join(w.field(0x0A, _key_value(str(k), v)) for k, v in value.items()))
     if isinstance(value, (list, tuple)):
-        return _field(0x2A, b"".join(_field(0x0A, _any_value(v)) for v in value))
-    return _field(0x0A, str(value).encode())
+        return w.field(0x2A, b"".join(w.field(0x0A, _any_value(v)) for v in value))
+    return w.field(0x0A, str(value).encode())
 
 
 def _key_value(key: str, value: Any) -> bytes:
-    return _field(0x0A, key.encode()) + _field(0x12, _any_value(value))
+    return w.field(0x0A, key.encode()) + w.field(0x12, _any_value(value))
 
 
 @functools.lru_cache(maxsize=8192)
 def _attribute_field(key: str, value: Any) -> bytes:
-    return _field(0x4A, _key_value(key, value))  # Span.attributes is field 9
+    return w.field(0x4A, _key_value(key, value))  # Span.attributes is field 9
 
 
 def _attribute(key: str, value: Any) -> bytes:
     try:
         return _attribute_field(key, value)  # the same few keys and values recur: models, operations, counts
     except TypeError:  # unhashable (a mapping value)
-        return _field(0x4A, _key_value(key, value))
+        return w.field(0x4A, _key_value(key, value))
 
 
-def _delete(repeated: Any, indexes: list[int]) -> None:
-    for i in reversed(indexes):
-        del repeated[i]
+def _without(buf: bytes, cuts: list[tuple[int, int]]) -> bytes:
+    cuts.sort()
+    pieces = []
+    kept_from = 0
+    for start, end in cuts:
+        pieces.append(buf[kept_from:start])
+        kept_from = end
+    pieces.append(buf[kept_from:])
+    return b"".join(pieces)
 
 
-def apply_to_otlp_span(data: SpanData, enrichment: Enrichment) -> tuple[ProtoSpan, SpanGroup, bytes]:
-    """Removals edit the proto span; additions and the status become wire bytes appended to it when it is
-    encoded (protobuf concatenates repeated fields and merges a repeated message field), which costs far
-    less than building KeyValue messages."""
-    span: ProtoSpan = data.native[0]
+def apply_to_otlp_span(data: SpanData, enrichment: Enrichment) -> tuple[bytes, SpanGroup]:
+    """The span's bytes with the enrichment applied: removed attributes and events are cut out, additions and
+    the status are appended as wire bytes (protobuf concatenates repeated fields and merges a repeated
+    message field), so no message is ever built."""
+    buf, group, attribute_fields = data.native
+    cuts: list[tuple[int, int]] = []
     removed = enrichment.removed_attributes
     if removed:
-        if len(span.attributes) == len(data.attributes):  # no repeated keys: dict order is the wire order
-            _delete(span.attributes, [i for i, key in enumerate(data.attributes) if key in removed])
-        else:
-            _delete(span.attributes, [i for i, kv in enumerate(span.attributes) if kv.key in removed])
+        cuts += [(start, end) for key, start, end in attribute_fields if key in removed]
     if enrichment.removed_events:
         names = enrichment.removed_events
-        _delete(span.events, [i for i, event in enumerate(data.events) if event.name in names])
-    extra = b"".join(_attribute(k, v) for k, v in enrichment.added.items())
+        cuts += [event.field for event in data.events if event.name in names]
+    if cuts:
+        buf = _without(buf, cuts)
+    extra = b"".join([_attribute(k, v) for k, v in enrichment.added.items()])
     for event in enrichment.added_events:
-        encoded = (b"\x09" + _FIXED64.pack(event.timestamp) + _field(0x12, event.name.encode())
-                   + b"".join(_field(0x1A, _key_value(k, v)) for k, v in event.attributes.items()))
-        extra += _field(0x5A, encoded)  # Span.events is field 11; Event: time fixed64 (1), name (2), attributes (3)
+        encoded = (b"\x09" + w.FIXED64.pack(event.timestamp) + w.field(0x12, event.name.encode())
+                   + b"".join(w.field(0x1A, _key_value(k, v)) for k, v in event.attributes.items()))
+        extra += w.field(0x5A, encoded)  # Span.events is field 11; Event: time fixed64 (1), name (2), attributes (3)
     if enrichment.set_error_status is not None:
-        status = b"\x18\x02" + _field(0x12, enrichment.set_error_status.encode())  # code ERROR, message
-        extra += _field(0x7A, status)  # Span.status is field 15; a second occurrence merges into the first
-    return span, data.native[1], extra
+        status = b"\x18\x02" + w.field(0x12, enrichment.set_error_status.encode())  # code ERROR, message
+        extra += w.field(0x7A, status)  # Span.status is field 15; a second occurrence merges into the first
+    return buf + extra, group
 
 
 def encode_request(items: Sequence[tuple[Any, ...]]) -> bytes:
-    """Serialized ``ExportTraceServiceRequest`` with ``items`` (``(span, group)`` from ``adapt`` or
-    ``(span, group, extra bytes)`` from ``apply_to_otlp_span``) grouped by their resource and scope."""
+    """Serialized ``ExportTraceServiceRequest`` with ``items`` (a ``WireSpan`` from ``adapt`` or the
+    ``(bytes, group)`` of ``apply_to_otlp_span``) grouped by their resource and scope."""
     groups: dict[int, tuple[SpanGroup, list[bytes]]] = {}
     for item in items:
         group = item[1]
         entry = groups.get(id(group))
         if entry is None:
             entry = groups[id(group)] = (group, [])
-        encoded = item[0].SerializeToString()
-        entry[1].append(encoded + item[2] if len(item) == 3 else encoded)
+        entry[1].append(item[0])
+    varint = w.encode_varint
     out = bytearray()
     for group, spans in groups.values():
         scope = bytearray(group.scope_head)
         for encoded in spans:
             scope += b"\x12"
-            scope += _varint(len(encoded))
+            scope += varint(len(encoded))
             scope += encoded
         scope += group.scope_tail
-        resource = group.resource_head + b"\x12" + _varint(len(scope)) + bytes(scope) + group.resource_tail
+        resource = group.resource_head + b"\x12" + varint(len(scope)) + bytes(scope) + group.resource_tail
         out += b"\x0a"
-        out += _varint(len(resource))
+        out += varint(len(resource))
         out += resource
     return bytes(out)
 

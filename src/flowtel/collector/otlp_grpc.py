@@ -16,6 +16,8 @@ from google.protobuf.message import DecodeError
 from google.rpc import code_pb2, error_details_pb2, status_pb2
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 
+from flowtel.otlp import MalformedRequest
+
 from .otlp_receiver import MIB, BearerToken, GRPCServerConfig, Intake
 from .refusal import Refused
 from .settings import split_endpoint
@@ -74,9 +76,12 @@ class GRPCTransport:
             intake.refuse_request("grpc", "malformed", str(error))
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"malformed ExportTraceServiceRequest: {error}")
         try:
-            response = intake.accept(request, "grpc")
+            response = intake.accept(request, "grpc", raw)
         except Refused as refused:
             _unavailable(context, refused)
+        except MalformedRequest as error:
+            intake.refuse_request("grpc", "malformed", str(error))
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(error))
         return response.SerializeToString()
 
     def start(self) -> None:

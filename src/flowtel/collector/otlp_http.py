@@ -18,7 +18,7 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTrace
 
 from flowtel._log import logger
 from flowtel._wsgi import WSGIEndpoint
-from flowtel.otlp import parse_json_request
+from flowtel.otlp import MalformedRequest, parse_json_request
 
 from .otlp_receiver import BearerToken, HTTPServerConfig, Intake
 from .refusal import Refused
@@ -141,7 +141,10 @@ class HTTPTransport:
             request = parse_json_request(body) if content_type == _JSON else ExportTraceServiceRequest.FromString(body)
         except (DecodeError, ValueError, json_format.ParseError, UnicodeDecodeError) as error:
             raise _Reject("400 Bad Request", "malformed", f"malformed OTLP {content_type} body: {error}") from None
-        response = self._intake.accept(request, "http")
+        try:
+            response = self._intake.accept(request, "http", None if content_type == _JSON else body)
+        except MalformedRequest as error:
+            raise _Reject("400 Bad Request", "malformed", str(error)) from None
         return _encode(response, content_type)
 
     @staticmethod

@@ -84,7 +84,9 @@ class Intake:
                   "receiver %s (%s) refused a request (%s): %s; counted in flowtel_receiver_refused_requests_total",
                   self.receiver_id, transport, reason, detail)
 
-    def accept(self, request: ExportTraceServiceRequest, transport: str) -> ExportTraceServiceResponse:
+    def accept(self, request: ExportTraceServiceRequest, transport: str,
+               raw: bytes | None = None) -> ExportTraceServiceResponse:
+        """``request`` as parsed (and so validated) by upb; ``raw`` its bytes when the transport has them."""
         try:
             incoming = sum(len(ss.spans) for rs in request.resource_spans for ss in rs.scope_spans)
             for pipeline in self._pipelines:
@@ -93,17 +95,12 @@ class Intake:
             self._self.add("otelcol.receiver.refused.spans", incoming, self.receiver_id, transport, refused.reason)
             self.refuse_request(transport, refused.reason, refused.message)
             raise
-        requests = [request]
-        for _ in self._pipelines[1:]:  # each pipeline edits its spans in place, so each gets its own copy
-            copy = ExportTraceServiceRequest()
-            copy.CopyFrom(request)
-            requests.append(copy)
-        adapted = [adapt(r) for r in requests]
-        first = adapted[0]
+        # Spans are read from the request's bytes and never edited in place, so pipelines share them.
+        first = adapt(raw if raw is not None else request.SerializeToString())
         count = len(first.spans)
         try:
-            for pipeline, a in zip(self._pipelines, adapted, strict=True):
-                pipeline.consume(a.spans)
+            for pipeline in self._pipelines:
+                pipeline.consume(first.spans)
         except Refused as refused:
             self._self.add("otelcol.receiver.refused.spans", count + first.rejected, self.receiver_id, transport,
                            refused.reason)
