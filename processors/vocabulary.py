@@ -84,6 +84,18 @@ def _memoized(read: Callable[[SpanData], T]) -> Callable[[SpanData], T]:
     return memoized
 
 
+_SCAN = json.JSONDecoder().scan_once  # the C scanner behind json.loads, without its three Python frames
+
+
+def _parse_json(raw: str) -> Any:
+    """``json.loads`` for a string starting with ``{`` or ``[``; None when it is not JSON."""
+    try:
+        value, end = _SCAN(raw, 0)
+    except (StopIteration, ValueError):
+        return None
+    return value if end == len(raw) or not raw[end:].strip() else None
+
+
 def _json_attr(span: SpanData, key: str) -> Any:
     """Parse a JSON-valued attribute once per span; None when absent or not JSON."""
     memo = _memo(span)
@@ -91,12 +103,7 @@ def _json_attr(span: SpanData, key: str) -> Any:
     if cached is not _MISSING:
         return cached
     raw = span.attributes.get(key)
-    parsed = None
-    if isinstance(raw, str) and raw[:1] in ("{", "["):
-        try:
-            parsed = json.loads(raw)
-        except ValueError:
-            parsed = None
+    parsed = _parse_json(raw) if isinstance(raw, str) and raw[:1] in ("{", "[") else None
     memo[key] = parsed
     return parsed
 

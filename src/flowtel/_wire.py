@@ -74,6 +74,12 @@ def fields(buf: bytes, pos: int, end: int) -> list[tuple[int, int, int, int]]:
     return out
 
 
+def field_bounds(buf: bytes, start: int) -> tuple[int, int]:
+    """(start, end) of the length-delimited field whose one-byte tag is at ``start``."""
+    n, pos = varint(buf, start + 1)
+    return start, pos + n
+
+
 def any_value(buf: bytes, pos: int, end: int) -> Any:
     """An ``AnyValue``: str, bool, int, float, bytes, tuple (array) or dict (kvlist); None if empty."""
     value: Any = None

@@ -16,6 +16,7 @@ import base64
 import functools
 import json
 import struct
+from array import array
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -109,9 +110,9 @@ class SpanGroup:
         self.scope_tail = scope_tail
 
 
-#: ``SpanData.native`` in the collector: the span's wire bytes, its group, and where each attribute's field
-#: lies in those bytes (key, start, end), in wire order.
-WireSpan = tuple[bytes, SpanGroup, list[tuple[str, int, int]]]
+#: ``SpanData.native`` in the collector: the span's wire bytes, its group, and each attribute's key and
+#: where its field starts in those bytes, in wire order (an array: no int object per offset).
+WireSpan = tuple[bytes, SpanGroup, list[str], "array[int]"]
 
 
 @dataclass(slots=True)
@@ -216,9 +217,10 @@ def _span(buf: bytes, group: SpanGroup) -> SpanData | str:
     name = status_message = ""
     kind = start_ns = end_ns = flags = status = 0
     attributes: dict[str, Any] = {}
-    attribute_fields: list[tuple[str, int, int]] = []
+    attribute_keys: list[str] = []
+    attribute_starts = array("L")
     events: list[OTLPEvent] = []
-    varint, key_value, memo = w.varint, w.key_value, _KEY_VALUES
+    varint, key_value, memo, unpack_fixed64 = w.varint, w.key_value, _KEY_VALUES, w.FIXED64.unpack_from
     pos, end = 0, len(buf)
     while pos < end:
         field_start = pos
@@ -243,7 +245,8 @@ def _span(buf: bytes, group: SpanGroup) -> SpanData | str:
                 else:
                     key, value = key_value(buf, a, pos)
                 attributes[key] = value
-                attribute_fields.append((key, field_start, pos))
+                attribute_keys.append(key)
+                attribute_starts.append(field_start)
             elif tag == 0x0A:
                 trace_id = buf[a:pos]
             elif tag == 0x12:
@@ -261,10 +264,10 @@ def _span(buf: bytes, group: SpanGroup) -> SpanData | str:
                     elif t == 0x12:
                         status_message = buf[x:y].decode()
         elif tag == 0x39:
-            start_ns = w.fixed64(buf, pos)
+            start_ns = unpack_fixed64(buf, pos)[0]
             pos += 8
         elif tag == 0x41:
-            end_ns = w.fixed64(buf, pos)
+            end_ns = unpack_fixed64(buf, pos)[0]
             pos += 8
         elif tag == 0x30:
             kind, pos = varint(buf, pos)
@@ -286,7 +289,7 @@ def _span(buf: bytes, group: SpanGroup) -> SpanData | str:
     return SpanData(int.from_bytes(trace_id, "big"), int.from_bytes(span_id, "big"),
                     int.from_bytes(parent, "big") if parent else 0, remote, name, kind, start_ns, end_ns,
                     status, status_message, attributes, events or (), group.scope_name, group.resource,
-                    (buf, group, attribute_fields))
+                    (buf, group, attribute_keys, attribute_starts))
 
 
 def _any_value(value: Any) -> bytes:
@@ -339,11 +342,11 @@ def apply_to_otlp_span(data: SpanData, enrichment: Enrichment) -> tuple[bytes, S
     """The span's bytes with the enrichment applied: removed attributes and events are cut out, additions and
     the status are appended as wire bytes (protobuf concatenates repeated fields and merges a repeated
     message field), so no message is ever built."""
-    buf, group, attribute_fields = data.native
+    buf, group, keys, starts = data.native
     cuts: list[tuple[int, int]] = []
     removed = enrichment.removed_attributes
     if removed:
-        cuts += [(start, end) for key, start, end in attribute_fields if key in removed]
+        cuts += [w.field_bounds(buf, starts[i]) for i, key in enumerate(keys) if key in removed]
     if enrichment.removed_events:
         names = enrichment.removed_events
         cuts += [event.field for event in data.events if event.name in names]
