@@ -104,7 +104,7 @@ def analyze(spans: Sequence[SpanData]) -> list[SpanRole]:
     for root in roots:
         request = root.span if root.span.kind == KIND_SERVER else None
         _walk(root, None, request)
-        _mark_llm_calls(root)
+    _mark_llm_calls(roles, by_id)
     return roles
 
 
@@ -146,17 +146,17 @@ def _is_model_call(span: SpanData) -> bool:
     return is_failed(span) and genai_operation(span) in sc.INFERENCE_OPERATIONS
 
 
-def _mark_llm_calls(root: SpanRole) -> None:
-    """Mark model calls that have no model call below them (post-order, iterative)."""
-    order: list[SpanRole] = []
-    stack = [root]
-    while stack:
-        cur = stack.pop()
-        order.append(cur)
-        stack.extend(cur.children)
-    has_usage_below: dict[int, bool] = {}
-    for cur in reversed(order):
-        below = any(has_usage_below[id(c)] for c in cur.children)
-        own = _is_model_call(cur.span)
-        cur.is_llm_call = own and not below
-        has_usage_below[id(cur)] = own or below
+def _mark_llm_calls(roles: list[SpanRole], by_id: dict[int, SpanRole]) -> None:
+    """Mark model calls that have no model call below them: climb from each model call, marking its
+    ancestors (a trace has few model calls and shallow ancestry; the marks stop a malformed cycle)."""
+    calls = [r for r in roles if _is_model_call(r.span)]
+    if not calls:
+        return
+    above_a_call: set[int] = set()
+    for r in calls:
+        parent = by_id.get(r.span.parent_span_id)
+        while parent is not None and parent is not r and parent.span.span_id not in above_a_call:
+            above_a_call.add(parent.span.span_id)
+            parent = by_id.get(parent.span.parent_span_id)
+    for r in calls:
+        r.is_llm_call = r.span.span_id not in above_a_call

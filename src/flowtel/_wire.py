@@ -14,7 +14,7 @@ from typing import Any
 
 _DOUBLE = struct.Struct("<d")
 FIXED64 = struct.Struct("<Q")
-_FIXED32 = struct.Struct("<I")
+FIXED32 = struct.Struct("<I")
 _SIGN = 1 << 63
 
 
@@ -134,6 +134,9 @@ def key_value(buf: bytes, pos: int, end: int) -> tuple[str, Any]:
                 key = buf[pos:pos + n].decode()
             elif n > 1 and buf[pos] == 0x0A and buf[pos + 1] == n - 2:  # a short string: nearly every value
                 value = buf[pos + 2:pos + n].decode()
+            elif n > 130 and buf[pos] == 0x0A and buf[pos + 2] < 0x80 and (
+                    (buf[pos + 1] & 0x7F) | (buf[pos + 2] << 7)) == n - 3:  # a string of 128 B to 16 KiB
+                value = buf[pos + 3:pos + n].decode()
             else:
                 value = any_value(buf, pos, pos + n)
             pos += n
@@ -162,7 +165,7 @@ def fixed64(buf: bytes, pos: int) -> int:
 
 
 def fixed32(buf: bytes, pos: int) -> int:
-    return _FIXED32.unpack_from(buf, pos)[0]  # type: ignore[no-any-return]
+    return FIXED32.unpack_from(buf, pos)[0]  # type: ignore[no-any-return]
 
 
 # Writing.

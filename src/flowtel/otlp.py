@@ -220,13 +220,18 @@ def _span(buf: bytes, group: SpanGroup) -> SpanData | str:
     attribute_keys: list[str] = []
     attribute_starts = array("L")
     events: list[OTLPEvent] = []
-    varint, key_value, memo, unpack_fixed64 = w.varint, w.key_value, _KEY_VALUES, w.FIXED64.unpack_from
+    varint, key_value, memo = w.varint, w.key_value, _KEY_VALUES
+    unpack_fixed64, unpack_fixed32 = w.FIXED64.unpack_from, w.FIXED32.unpack_from
     pos, end = 0, len(buf)
     while pos < end:
         field_start = pos
         tag = buf[pos]
         pos += 1
         if tag >= 0x80:
+            if tag == 0x85 and buf[pos] == 0x01:  # flags (field 16, fixed32): a two-byte tag on every span
+                flags = unpack_fixed32(buf, pos + 1)[0]
+                pos += 5
+                continue
             tag, pos = varint(buf, field_start)
         if tag & 7 == 2:
             n = buf[pos]
@@ -271,8 +276,8 @@ def _span(buf: bytes, group: SpanGroup) -> SpanData | str:
             pos += 8
         elif tag == 0x30:
             kind, pos = varint(buf, pos)
-        elif tag == 0x85:  # flags, fixed32
-            flags = w.fixed32(buf, pos)
+        elif tag == 0x85:  # flags, with its tag written the long way
+            flags = unpack_fixed32(buf, pos)[0]
             pos += 4
         else:
             pos = w.skip(buf, pos, tag)
@@ -322,8 +327,8 @@ def _attribute_field(key: str, value: Any) -> bytes:
 
 def _attribute(key: str, value: Any) -> bytes:
     try:
-        return _attribute_field(key, value)  # the same few keys and values recur: models, operations, counts
-    except TypeError:  # unhashable (a mapping value)
+        return _attribute_field(key, value)
+    except TypeError:
         return w.field(0x4A, _key_value(key, value))
 
 
@@ -352,7 +357,10 @@ def apply_to_otlp_span(data: SpanData, enrichment: Enrichment) -> tuple[bytes, S
         cuts += [event.field for event in data.events if event.name in names]
     if cuts:
         buf = _without(buf, cuts)
-    extra = b"".join([_attribute(k, v) for k, v in enrichment.added.items()])
+    try:  # the same few keys and values recur (models, operations, counts): their fields are cached
+        extra = b"".join([_attribute_field(k, v) for k, v in enrichment.added.items()])
+    except TypeError:  # an unhashable value (a mapping)
+        extra = b"".join([_attribute(k, v) for k, v in enrichment.added.items()])
     for event in enrichment.added_events:
         encoded = (b"\x09" + w.FIXED64.pack(event.timestamp) + w.field(0x12, event.name.encode())
                    + b"".join(w.field(0x1A, _key_value(k, v)) for k, v in event.attributes.items()))
