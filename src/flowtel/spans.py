@@ -105,11 +105,17 @@ def from_readable_span(span: ReadableSpan) -> SpanData:
         ctx, parent, status, scope, resource = (span._context, span._parent, span._status,
                                                 span._instrumentation_scope, span._resource)
         name, kind, start, end = span._name, span._kind, span._start_time, span._end_time
+        status_code, description = status._status_code, status._description
+        scope_name = scope._name if scope else ""
+        resource_attributes = resource._attributes if resource else {}
         attributes, events = _plain_attributes(span), _events(span)
     except AttributeError:
         ctx, parent, status, scope, resource = (span.context, span.parent, span.status,
                                                 span.instrumentation_scope, span.resource)
         name, kind, start, end = span.name, span.kind, span.start_time, span.end_time
+        status_code, description = status.status_code, status.description
+        scope_name = scope.name if scope else ""
+        resource_attributes = resource.attributes if resource else {}
         attributes, events = dict(span.attributes or {}), span.events
     return SpanData(
         ctx.trace_id if ctx else 0,
@@ -120,11 +126,11 @@ def from_readable_span(span: ReadableSpan) -> SpanData:
         _KIND_VALUES.get(id(kind), 0),
         start or 0,
         end or 0,
-        _STATUS_VALUES.get(id(status.status_code), 0),
-        status.description or "",
+        _STATUS_VALUES.get(id(status_code), 0),
+        description or "",
         attributes,
         events,
-        scope.name if scope else "",
-        resource.attributes if resource else {},
+        scope_name,
+        resource_attributes,
         span,
     )
