@@ -77,6 +77,7 @@ MIB = 1 << 20
 EXPORT_METHOD = "/opentelemetry.proto.collector.trace.v1.TraceService/Export"
 SERVICE = "opentelemetry.proto.collector.trace.v1.TraceService"
 CLK_TCK = os.sysconf("SC_CLK_TCK")
+CONTENT_WORDS = (b"capital", b"famous")
 
 # The collector's own counters that must not move during a sustained run.
 LOSS_COUNTERS = ("flowtel_spans_dropped_total", "otelcol_receiver_refused_spans_total",
@@ -114,13 +115,19 @@ class Workload:
     spans: int  # per request
     traces: int  # per request
     salt: int
+    content: tuple[tuple[int, int], ...] = ()  # (offset, length) of each word patched in prompts and answers
 
     def request(self, seq: int) -> bytes:
-        """Request number ``seq``: the template with trace ids no other request of this run has."""
+        """Request number ``seq``: the template with trace ids no other request of this run has, and prompt
+        and answer text that differs from every other trace's (real traffic repeats neither, and the
+        collector remembers short attribute fields it has seen)."""
         buf = bytearray(self.template)
         key = ((self.salt + seq) & 0xFFFF_FFFF_FFFF_FFFF or 1).to_bytes(8, "big")
         for off in self.offsets:
             buf[off:off + 8] = key
+        first = seq * len(self.content)
+        for i, (off, length) in enumerate(self.content):
+            buf[off:off + length] = f"{(first + i) % 16 ** length:0{length}x}".encode()
         return bytes(buf)
 
 
@@ -148,8 +155,11 @@ def build_workload(traces: int) -> Workload:
         needle = b"\x0a\x10" + marker.to_bytes(8, "big")  # field 1 (trace_id), 16 bytes, high half first
         offsets = [m.start() + 2 for m in re.finditer(re.escape(needle), template)]
         if len(offsets) == len(spans) and template.count(marker.to_bytes(8, "big")) == len(spans):
+            # Every prompt (the question) and answer of the workload holds one of these words.
+            content = tuple((m.start(), len(word)) for word in CONTENT_WORDS
+                            for m in re.finditer(re.escape(word), template))
             return Workload(template, tuple(offsets), len(spans), traces,
-                            int.from_bytes(secrets.token_bytes(8), "big"))
+                            int.from_bytes(secrets.token_bytes(8), "big"), content)
         # the marker also matched elsewhere by chance: draw another
 
 
