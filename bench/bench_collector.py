@@ -77,7 +77,8 @@ MIB = 1 << 20
 EXPORT_METHOD = "/opentelemetry.proto.collector.trace.v1.TraceService/Export"
 SERVICE = "opentelemetry.proto.collector.trace.v1.TraceService"
 CLK_TCK = os.sysconf("SC_CLK_TCK")
-CONTENT_WORDS = (b"capital", b"famous")
+CONTENT_WORDS = (b"capital", b"famous")  # 7 and 6 letters: the lengths Workload.request patches
+_SUFFIXES = tuple(f"{i:03x}".encode() for i in range(16**3))
 
 # The collector's own counters that must not move during a sustained run.
 LOSS_COUNTERS = ("flowtel_spans_dropped_total", "otelcol_receiver_refused_spans_total",
@@ -117,17 +118,19 @@ class Workload:
     salt: int
     content: tuple[tuple[int, int], ...] = ()  # (offset, length) of each word patched in prompts and answers
 
-    def request(self, seq: int) -> bytes:
+    def request(self, seq: int, vary_content: bool = True) -> bytes:
         """Request number ``seq``: the template with trace ids no other request of this run has, and prompt
-        and answer text that differs from every other trace's (real traffic repeats neither, and the
-        collector remembers short attribute fields it has seen)."""
+        and answer text that differs from every other trace's in thousands of requests (real traffic
+        repeats neither, and the collector remembers short attribute fields it has seen). The decode-only
+        baseline, whose cost does not depend on the text, skips the text."""
         buf = bytearray(self.template)
         key = ((self.salt + seq) & 0xFFFF_FFFF_FFFF_FFFF or 1).to_bytes(8, "big")
         for off in self.offsets:
             buf[off:off + 8] = key
-        first = seq * len(self.content)
-        for i, (off, length) in enumerate(self.content):
-            buf[off:off + length] = f"{(first + i) % 16 ** length:0{length}x}".encode()
+        if vary_content:  # the request's number, then the word's number within the request (3 hex digits)
+            prefixes = {n: f"{seq % 16 ** (n - 3):0{n - 3}x}".encode() for n in (6, 7)}
+            for (off, length), suffix in zip(self.content, _SUFFIXES, strict=False):
+                buf[off:off + length] = prefixes[length] + suffix
         return bytes(buf)
 
 
@@ -421,12 +424,14 @@ class Load:
     (``rate`` None): every thread sends back to back, so ``clients`` requests are in flight.
     """
 
-    def __init__(self, target: str, workload: Workload, clients: int, seq: itertools.count[int]) -> None:
+    def __init__(self, target: str, workload: Workload, clients: int, seq: itertools.count[int],
+                 vary_content: bool = True) -> None:
         import grpc
 
         self._grpc = grpc
         self._workload = workload
         self._seq = seq  # shared by every Load of the run, so no two requests carry the same trace ids
+        self._vary = vary_content
         self._channels = [grpc.insecure_channel(target, options=[("grpc.max_send_message_length", -1)])
                           for _ in range(clients)]
         self._calls = [c.unary_unary(EXPORT_METHOD, request_serializer=None, response_deserializer=None)
@@ -441,7 +446,7 @@ class Load:
         """One request per channel, so connections are up before anything is timed."""
         for call in self._calls:
             with contextlib.suppress(self._grpc.RpcError):
-                call(self._workload.request(next(self._seq)), timeout=30)
+                call(self._workload.request(next(self._seq), self._vary), timeout=30)
 
     def start(self, duration_s: float, rate: float | None) -> Load:
         self.t0 = time.monotonic() + 0.05
@@ -474,7 +479,7 @@ class Load:
                 if time.monotonic() >= self.t_end:
                     return
                 late = 0.0
-            payload = self._workload.request(next(self._seq))
+            payload = self._workload.request(next(self._seq), self._vary)
             started = time.monotonic()
             try:
                 call(payload, timeout=30)
@@ -706,7 +711,7 @@ def run_baseline(workload: Workload, mode: str, cpu: int, clients: int, warmup_s
     server = start_decode_server(mode, cpu)
     load = None
     try:
-        load = Load(server.found["decode-only"], workload, clients, seq)
+        load = Load(server.found["decode-only"], workload, clients, seq, vary_content=False)
         load.warm()
         load.start(warmup_s + window_s, None)
         _sleep_until(load.t0 + warmup_s)
