@@ -129,7 +129,7 @@ class Workload:
             buf[off:off + 8] = key
         if vary_content:  # the request's number, then the word's number within the request (3 hex digits)
             prefixes = {n: f"{seq % 16 ** (n - 3):0{n - 3}x}".encode() for n in (6, 7)}
-            for (off, length), suffix in zip(self.content, _SUFFIXES, strict=False):
+            for (off, length), suffix in zip(self.content, _SUFFIXES, strict=False):  # checked in build_workload
                 buf[off:off + length] = prefixes[length] + suffix
         return bytes(buf)
 
@@ -161,6 +161,9 @@ def build_workload(traces: int) -> Workload:
             # Every prompt (the question) and answer of the workload holds one of these words.
             content = tuple((m.start(), len(word)) for word in CONTENT_WORDS
                             for m in re.finditer(re.escape(word), template))
+            if len(content) > len(_SUFFIXES):
+                raise SystemExit(f"--traces-per-request {traces} puts {len(content)} words to vary in a request; "
+                                 f"at most {len(_SUFFIXES)} can each get their own number")
             return Workload(template, tuple(offsets), len(spans), traces,
                             int.from_bytes(secrets.token_bytes(8), "big"), content)
         # the marker also matched elsewhere by chance: draw another

@@ -128,15 +128,15 @@ class Deriver:
         span = r.span
         exception = _exception(span)
         run_status = "Failed" if exception else "Completed"
-        ms = max(0, span.end_ns - span.start_ns) / 1e6
-        out.append((c.NODE_LATENCY, ms, (r.flow, r.node, run_status), span.resource, (span.trace_id, span.span_id)))
+        out.append((c.NODE_LATENCY, span.duration_ms, (r.flow, r.node, run_status), span.resource,
+                    (span.trace_id, span.span_id)))
         out.append((c.NODE_REQUEST, 1, (r.flow, r.node, exception, run_status), span.resource, None))
 
     @staticmethod
     def _rpc(r: SpanRole, out: list[Measurement]) -> None:
         span = r.span
-        ms = max(0, span.end_ns - span.start_ns) / 1e6
-        out.append((c.RPC_LATENCY, ms, (r.flow, r.node, r.api_call), span.resource, (span.trace_id, span.span_id)))
+        out.append((c.RPC_LATENCY, span.duration_ms, (r.flow, r.node, r.api_call), span.resource,
+                    (span.trace_id, span.span_id)))
         out.append((c.RPC_REQUEST, 1, (r.flow, r.node, r.api_call, _exception(span)), span.resource, None))
 
     def _llm_call(self, r: SpanRole, out: list[Measurement]) -> tuple[tuple[int | None, int | None], str]:
@@ -154,7 +154,7 @@ class Deriver:
         error = exception_type(span) if is_failed(span) else None
         base = (genai_operation(span) or "", provider(span) or "", req_model or "", resp_model or "",
                 str(span.attributes.get(sc.SERVER_ADDRESS, "")))
-        out.append((c.GENAI_OPERATION_DURATION, max(0, span.end_ns - span.start_ns) / 1e9, (*base, error or ""), res,
+        out.append((c.GENAI_OPERATION_DURATION, span.duration_ms / 1000, (*base, error or ""), res,
                     (span.trace_id, span.span_id)))
         if usage[0] is not None:
             out.append((c.GENAI_TOKEN_USAGE, usage[0], (*base, "input"), res, None))

@@ -1,7 +1,7 @@
 """The host-neutral pipeline: assemble local traces, analyse, derive metrics, enrich.
 
 Hosts feed it ``SpanData`` and get back their native spans, enriched by ``apply`` (the
-in-process host builds a new SDK span, the collector edits the OTLP span in place). A
+in-process host builds a new SDK span, the collector cuts and appends wire bytes). A
 failure in flowtel's own logic never loses a span: the trace goes out unenriched and the
 failure is counted.
 """

@@ -43,6 +43,8 @@ from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor, SpanExportResult
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
+from flowtel._wire import encode_varint
+
 from collector_proc import CollectorProcess
 from conftest import scrape
 from otlp_sink import OTLPSink
@@ -121,15 +123,6 @@ service:
 # --- requests --------------------------------------------------------------------------------------------------
 
 
-def _varint(n: int) -> bytes:
-    out = bytearray()
-    while n > 0x7F:
-        out.append((n & 0x7F) | 0x80)
-        n >>= 7
-    out.append(n)
-    return bytes(out)
-
-
 def new_id(size: int) -> bytes:
     return b"\x01" + os.urandom(size - 1)  # never all zero
 
@@ -157,8 +150,8 @@ def padded(request: ExportTraceServiceRequest, total: int) -> bytes:
     room = total - len(payload) - 1  # one tag byte, 0x7a = field 15, length-delimited
     for width in range(1, 6):
         size = room - width
-        if size >= 0 and len(_varint(size)) == width:
-            out = payload + b"\x7a" + _varint(size) + bytes(size)
+        if size >= 0 and len(encode_varint(size)) == width:
+            out = payload + b"\x7a" + encode_varint(size) + bytes(size)
             assert len(out) == total
             return out
     raise AssertionError(total)
@@ -514,6 +507,34 @@ def test_grpc_garbage_is_invalid_argument(main: Collector, body: bytes) -> None:
     main.still_serving(before, "grpc", {refused("grpc", "malformed"): 1})
 
 
+def _with_group_field() -> bytes:
+    """A valid request whose ResourceSpans also holds a deprecated group field (101): upb parses it,
+    flowtel's wire reader does not read groups."""
+    request, _ = spans_request(1)
+    group = b"\xab\x06\xac\x06"  # field 101, start group / end group
+    resource_spans = group + request.resource_spans[0].SerializeToString()
+    return b"\x0a" + encode_varint(len(resource_spans)) + resource_spans
+
+
+def test_group_field_is_400_on_http(main: Collector) -> None:
+    before = main.snapshot()
+    response = post(main.traces_url(), _with_group_field())
+    assert response.status_code == 400
+    status = rpc_status(response)
+    assert status.code == grpc.StatusCode.INVALID_ARGUMENT.value[0]
+    assert status.message == "unreadable ExportTraceServiceRequest: unsupported wire type 3"
+    main.still_serving(before, "http", {refused("http", "malformed"): 1})
+
+
+def test_group_field_is_invalid_argument_on_grpc(main: Collector) -> None:
+    before = main.snapshot()
+    with grpc.insecure_channel(main.grpc_target()) as channel, pytest.raises(grpc.RpcError) as info:
+        raw_export(channel)(_with_group_field(), timeout=10)
+    assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert info.value.details() == "unreadable ExportTraceServiceRequest: unsupported wire type 3"
+    main.still_serving(before, "grpc", {refused("grpc", "malformed"): 1})
+
+
 # --- wrong requests --------------------------------------------------------------------------------------------
 
 
@@ -632,7 +653,7 @@ def gzip_bomb() -> bytes:
     """A valid request (an unknown field of zeros) of 200 MiB, gzip-compressed to a fraction of a MiB."""
     size = 200 * MIB
     packer = zlib.compressobj(9, zlib.DEFLATED, 16 + zlib.MAX_WBITS)
-    parts = [packer.compress(b"\x7a" + _varint(size))]
+    parts = [packer.compress(b"\x7a" + encode_varint(size))]
     chunk = bytes(MIB)
     parts.extend(packer.compress(chunk) for _ in range(size // MIB))
     parts.append(packer.flush())

@@ -87,10 +87,7 @@ def any_value(buf: bytes, pos: int, end: int) -> Any:
         tag = buf[pos]
         pos += 1
         if tag == 0x0A or tag == 0x2A or tag == 0x32 or tag == 0x3A:  # string, array, kvlist, bytes
-            n = buf[pos]
-            pos += 1
-            if n >= 0x80:
-                n, pos = varint(buf, pos - 1)
+            n, pos = varint(buf, pos)
             if tag == 0x0A:
                 value = buf[pos:pos + n].decode()
             elif tag == 0x3A:
@@ -162,10 +159,6 @@ def key_values(buf: bytes, pos: int, end: int) -> dict[str, Any]:
 
 def fixed64(buf: bytes, pos: int) -> int:
     return FIXED64.unpack_from(buf, pos)[0]  # type: ignore[no-any-return]
-
-
-def fixed32(buf: bytes, pos: int) -> int:
-    return FIXED32.unpack_from(buf, pos)[0]  # type: ignore[no-any-return]
 
 
 # Writing.

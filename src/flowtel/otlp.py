@@ -159,7 +159,7 @@ def _resource_spans(raw: bytes, start: int, end: int, out: list[SpanData], probl
     for tag, field_start, a, b in w.fields(raw, start, end):
         if tag == 0x0A:  # resource
             head = raw[field_start:b]
-            resource = dict(w.key_value(raw, x, y) for t, _, x, y in w.fields(raw, a, b) if t == 0x0A)
+            resource = w.key_values(raw, a, b)
         elif tag == 0x12:  # scope_spans
             scopes.append((a, b))
         elif tag == 0x1A:  # schema_url
@@ -202,7 +202,7 @@ _KEY_VALUES: dict[bytes, tuple[str, Any]] = {}
 
 
 def _remember(field: bytes, kv: tuple[str, Any]) -> tuple[str, Any]:
-    if isinstance(kv[1], dict):  # a kvlist is mutable: never shared between spans
+    if isinstance(kv[1], (tuple, dict)):  # scalars only: a kvlist, or an array holding one, is mutable
         return kv
     if len(_KEY_VALUES) >= _MAX_MEMO_ENTRIES:
         _KEY_VALUES.clear()
