@@ -17,7 +17,7 @@ with it (spans whose flow is unknown are counted with an empty ``flow``).
 from __future__ import annotations
 
 from collections import OrderedDict
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 
 from flowtel.spans import SpanData
@@ -50,25 +50,40 @@ class TraceAssembler:
     def held_traces(self) -> int:
         return len(self._pending)
 
-    def add(self, span: SpanData, now_ns: int) -> Iterator[Released]:
-        trace_id = span.trace_id
-        pending = self._pending.get(trace_id)
+    def add(self, span: SpanData, now_ns: int) -> Sequence[Released]:
+        """The traces ``span`` releases: its own when it is a local root, else usually none."""
         if span.is_local_root:
-            spans = [span]
-            if pending is not None:
-                spans.extend(self._take_descendants(trace_id, pending, span.span_id))
-            self._mark_released(trace_id, spans)
-            yield "complete", spans
-        elif span.parent_span_id in self._released.get(trace_id, ()):
+            return [self.add_root(span)]
+        return self.add_child(span, now_ns)
+
+    def add_root(self, span: SpanData) -> Released:
+        """A local root completes its trace: it is released with every held descendant."""
+        trace_id = span.trace_id
+        spans = [span]
+        pending = self._pending.get(trace_id)
+        if pending is not None:
+            spans.extend(self._take_descendants(trace_id, pending, span.span_id))
+        self._mark_released(trace_id, spans)
+        return "complete", spans
+
+    def add_child(self, span: SpanData, now_ns: int) -> Sequence[Released]:
+        """Hold a span that is not a local root (a plain function, not a generator: it runs for most spans)."""
+        trace_id = span.trace_id
+        released = self._released.get(trace_id)
+        if released is not None and span.parent_span_id in released:
             self._mark_released(trace_id, [span])
-            yield "late", [span]
-        else:
-            if pending is None:
-                pending = self._pending[trace_id] = _Pending(now_ns)
-            pending.spans.append(span)
-            self._held += 1
-            while self._held > self._max_spans and self._pending:
-                yield "capacity", self._pop_oldest()
+            return [("late", [span])]
+        pending = self._pending.get(trace_id)
+        if pending is None:
+            pending = self._pending[trace_id] = _Pending(now_ns)
+        pending.spans.append(span)
+        self._held += 1
+        if self._held <= self._max_spans:
+            return ()
+        evicted = []
+        while self._held > self._max_spans and self._pending:
+            evicted.append(("capacity", self._pop_oldest()))
+        return evicted
 
     def expire(self, now_ns: int) -> Iterator[Released]:
         while self._pending:
@@ -113,7 +128,7 @@ class TraceAssembler:
         else:
             self._released.move_to_end(trace_id)
         before = len(ids)
-        ids.update(s.span_id for s in spans)
+        ids.update([s.span_id for s in spans])
         self._released_count += len(ids) - before
         while self._released_count > self._remember and len(self._released) > 1:
             _, oldest = self._released.popitem(last=False)

@@ -8,7 +8,8 @@ completion text. It returns an ``Enrichment`` that the host applies to its nativ
 
 from __future__ import annotations
 
-from collections.abc import KeysView, Mapping
+import functools
+from collections.abc import Mapping
 from typing import Any
 
 from flowtel import semconv as sc
@@ -26,24 +27,23 @@ from .vocabulary import (
     token_usage,
 )
 
-#: Attribute keys already classified, and those of them that are prompt / completion content. Keys are
-#: names, few and recurring, so each is classified once and a span's content keys are two C-level set
-#: operations instead of a prefix scan per key; bounded against hostile senders.
-_SEEN_KEYS: set[str] = set()
-_CONTENT_KEYS: set[str] = set()
-_MAX_SEEN = 100_000
+#: Content keys by a span's key signature (its attribute keys in order): spans of one kind carry the same keys,
+#: so classifying a span is one tuple and one lookup instead of a set operation per span; bounded against
+#: senders whose key sets never repeat.
+_CONTENT_BY_SIGNATURE: dict[tuple[str, ...], frozenset[str]] = {}
+_MAX_SIGNATURES = 4096
 
 
-def _content_keys(keys: KeysView[str]) -> set[str]:
-    new = keys - _SEEN_KEYS
-    if new:
-        content = {k for k in new if k in sc.CONTENT_ATTRIBUTES or k.startswith(sc.CONTENT_ATTRIBUTE_PREFIXES)}
-        if len(_SEEN_KEYS) < _MAX_SEEN:
-            _SEEN_KEYS.update(new)
-            _CONTENT_KEYS.update(content)
-        elif content:
-            return (keys & _CONTENT_KEYS) | content
-    return keys & _CONTENT_KEYS
+def _content_keys(attrs: Mapping[str, Any]) -> frozenset[str]:
+    signature = tuple(attrs)
+    content = _CONTENT_BY_SIGNATURE.get(signature)
+    if content is None:
+        content = frozenset(k for k in signature
+                            if k in sc.CONTENT_ATTRIBUTES or k.startswith(sc.CONTENT_ATTRIBUTE_PREFIXES))
+        if len(_CONTENT_BY_SIGNATURE) >= _MAX_SIGNATURES:
+            _CONTENT_BY_SIGNATURE.clear()
+        _CONTENT_BY_SIGNATURE[signature] = content
+    return content
 
 
 def enrich(role: SpanRole, capture_content: bool) -> Enrichment:
@@ -78,12 +78,18 @@ def enrich(role: SpanRole, capture_content: bool) -> Enrichment:
     removed_attrs: frozenset[str] = frozenset()
     removed_events: frozenset[str] = frozenset()
     if not capture_content:
-        content = _content_keys(attrs.keys())
-        if content:
-            removed_attrs = frozenset(content)
+        removed_attrs = _content_keys(attrs)
         if span.events:
             removed_events = sc.CONTENT_EVENTS.intersection([e.name for e in span.events])
-    return Enrichment(added, removed_attrs, removed_events, set_error)
+    if added or removed_events or set_error is not None:
+        return Enrichment(added, removed_attrs, removed_events, set_error)
+    return _removal_only(removed_attrs)
+
+
+@functools.lru_cache(maxsize=1024)
+def _removal_only(keys: frozenset[str]) -> Enrichment:
+    """Most spans only lose their content keys, and those sets recur: one shared (never mutated) object each."""
+    return Enrichment(removed_attributes=keys)
 
 
 def _add_model_attributes(span: SpanData, usage: tuple[int | None, int | None] | None, attrs: Mapping[str, Any],

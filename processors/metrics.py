@@ -95,11 +95,13 @@ class FlowtelMetrics:
 
     def record_all(self, measurements: Iterable[Measurement]) -> None:
         """``record`` for each measurement, under one lock (a trace yields a dozen)."""
-        resource_keys = self._resource_keys
+        resource_keys, tables = self._resource_keys, self._series
+        now = time.time_ns()  # one exemplar time for the trace's measurements
         with self._lock:
+            windowed = bool(self._delta_consumers)
             for spec, value, dims, resource, exemplar in measurements:
                 key = dims + tuple([str(resource.get(k, "")) for k in resource_keys]) if resource_keys else dims
-                series = self._series[spec.name].get(key)
+                series = tables[spec.name].get(key)
                 if series is None:
                     series = self._new_series(spec, key, len(dims))
                 series.value += value  # counters: the running sum; histograms: the sum of values
@@ -113,8 +115,8 @@ class FlowtelMetrics:
                 index = bisect_left(spec.buckets, value)
                 series.buckets[index] += 1
                 if exemplar is not None and spec.exemplars:
-                    series.exemplars[index] = (value, time.time_ns(), exemplar[0], exemplar[1])
-                if self._delta_consumers:
+                    series.exemplars[index] = (value, now, exemplar[0], exemplar[1])
+                if windowed:
                     self._observe_window(spec.name, key, value)
 
     def _new_series(self, spec: MetricSpec, key: tuple[Any, ...], n_dims: int) -> _Series:

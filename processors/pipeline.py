@@ -69,15 +69,15 @@ class TracePipeline:
         roots: list[SpanData] = []
         feedback: list[SpanData] = []
         is_feedback = self._feedback.is_feedback
+        add_child, add_root, finish = self._assembler.add_child, self._assembler.add_root, self._finish
         for span in spans:
-            if span.is_local_root:
+            if span.parent_span_id == 0 or span.parent_is_remote:  # SpanData.is_local_root, asked of every span
                 (feedback if is_feedback(span) else roots).append(span)
                 continue
-            for released in self._assembler.add(span, now_ns):
-                self._finish(released, out, now_ns)
+            for released in add_child(span, now_ns):
+                finish(released, out, now_ns)
         for span in roots:
-            for released in self._assembler.add(span, now_ns):
-                self._finish(released, out, now_ns)
+            finish(add_root(span), out, now_ns)
         for released in self._assembler.expire(now_ns):
             self._finish(released, out, now_ns)
         # Feedback after the requests of this batch are indexed, so both may come in one batch.

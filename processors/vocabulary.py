@@ -20,6 +20,7 @@ _USAGE_KEYS = ((sc.USAGE_INPUT_TOKENS, sc.USAGE_OUTPUT_TOKENS),
                (sc.USAGE_PROMPT_TOKENS_OLD, sc.USAGE_COMPLETION_TOKENS_OLD),
                (sc.PF_USAGE_PROMPT, sc.PF_USAGE_COMPLETION),
                (sc.OI_TOKENS_PROMPT, sc.OI_TOKENS_COMPLETION))
+_ANY_USAGE_KEY = frozenset([key for pair in _USAGE_KEYS for key in pair] + [sc.ML_TOKEN_USAGE])
 _PF_OPERATION_BY_NAME = (
     ("openai_chat", sc.OP_CHAT),
     ("openai_completion", sc.OP_TEXT_COMPLETION),
@@ -118,8 +119,8 @@ def pf_output(span: SpanData) -> Any:
 
 
 def is_pf_model_call(span: SpanData) -> bool:
-    return span.attributes.get(sc.PF_FRAMEWORK) == "promptflow" and span.attributes.get(sc.PF_SPAN_TYPE) in (
-        "LLM", "Embedding")
+    attrs = span.attributes  # span type first: it rules out most spans with one lookup
+    return attrs.get(sc.PF_SPAN_TYPE) in ("LLM", "Embedding") and attrs.get(sc.PF_FRAMEWORK) == "promptflow"
 
 
 @_memoized
@@ -153,6 +154,8 @@ def genai_operation(span: SpanData) -> str | None:
 def token_usage(span: SpanData) -> tuple[int | None, int | None] | None:
     """(input, output) tokens of a model call, from whichever vocabulary the span speaks."""
     attrs = span.attributes
+    if _ANY_USAGE_KEY.isdisjoint(attrs):  # most spans: one C-level pass over their keys
+        return _pf_streamed_usage(span) if is_pf_model_call(span) else None
     usage: tuple[int | None, int | None] | None = None
     for in_key, out_key in _USAGE_KEYS:
         if in_key not in attrs and out_key not in attrs:

@@ -169,6 +169,49 @@ def test_fields_in_any_order_and_unknown_fields_are_read() -> None:
         .resource_spans[0].scope_spans[0].spans[0]
 
 
+def _sdk_span(**fields: object) -> bytes:
+    from opentelemetry.proto.trace.v1.trace_pb2 import Span
+
+    span = Span(trace_id=bytes(range(1, 17)), span_id=bytes(range(1, 9)), name="chat", kind=3,
+                start_time_unix_nano=2**62 + 5, end_time_unix_nano=2**62 + 9)
+    for key, value in fields.items():
+        setattr(span, key, value)
+    span.attributes.add(key="span_type").value.string_value = "LLM"
+    return span.SerializeToString()
+
+
+def _one_span_request(span: bytes) -> bytes:
+    scope_spans = b"\x12" + _len(span) + span
+    resource_spans = b"\x12" + _len(scope_spans) + scope_spans
+    return b"\x0a" + _len(resource_spans) + resource_spans
+
+
+@pytest.mark.parametrize(("layout", "span"), [
+    ("in field order, with a parent", _sdk_span(parent_span_id=bytes(range(9, 17)))),
+    ("a root (no parent field)", _sdk_span()),
+    ("trace_state between the ids and the parent", _sdk_span(trace_state="k=v", parent_span_id=b"\x07" * 8)),
+    ("kind unspecified (not written)", _sdk_span(kind=0)),
+    ("a name longer than 127 bytes", _sdk_span(name="n" * 300)),
+    ("ids and name written again later: the last ones win",
+     _sdk_span() + b"\x0a\x10" + bytes(range(17, 33)) + b"\x12\x08" + bytes(range(33, 41)) + b"\x2a\x02zz"
+     + b"\x30\x05\x39" + (7).to_bytes(8, "little")),
+    ("shorter than the header read", b"\x0a\x10" + bytes(range(1, 17)) + b"\x12\x08" + bytes(range(1, 9))),
+], ids=lambda value: value if isinstance(value, str) else "span")
+def test_span_header_reads_as_upb_reads_it(layout: str, span: bytes) -> None:
+    """The leading fields are read in one go when laid out as the SDKs write them; any other layout,
+    including fields repeated later (the last one wins), must read exactly as upb reads it."""
+    raw = _one_span_request(span)
+    (expected,) = ExportTraceServiceRequest.FromString(raw).resource_spans[0].scope_spans[0].spans
+    (data,) = adapt(raw).spans
+    parent = int.from_bytes(expected.parent_span_id, "big") if expected.parent_span_id else 0
+    assert (data.trace_id, data.span_id, data.parent_span_id) == (
+        int.from_bytes(expected.trace_id, "big"), int.from_bytes(expected.span_id, "big"), parent), layout
+    assert (data.name, data.kind, data.start_ns, data.end_ns) == (
+        expected.name, max(expected.kind - 1, 0), expected.start_time_unix_nano, expected.end_time_unix_nano), layout
+    assert dict(data.attributes) == decode_attributes(expected.attributes), layout
+    assert encode_request([data.native]) == raw, layout
+
+
 def _len(payload: bytes) -> bytes:
     from flowtel._wire import encode_varint
     return encode_varint(len(payload))

@@ -16,7 +16,6 @@ import base64
 import functools
 import json
 import struct
-from array import array
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -110,9 +109,9 @@ class SpanGroup:
         self.scope_tail = scope_tail
 
 
-#: ``SpanData.native`` in the collector: the span's wire bytes, its group, and each attribute's key and
-#: where its field starts in those bytes, in wire order (an array: no int object per offset).
-WireSpan = tuple[bytes, SpanGroup, list[str], "array[int]"]
+#: ``SpanData.native`` in the collector: the span's wire bytes, its group, and where each attribute's field
+#: starts in those bytes, by key (None when a key repeats: rare, and then removal scans the span).
+WireSpan = tuple[bytes, SpanGroup, "dict[str, int] | None"]
 
 
 @dataclass(slots=True)
@@ -122,14 +121,9 @@ class Adapted:
     error_message: str = ""
 
 
-def _invalid(trace_id: bytes, span_id: bytes, parent: bytes) -> str | None:
-    if len(trace_id) != 16 or trace_id == _ZERO_TRACE:
-        return "trace_id must be 16 bytes and not all zero"
-    if len(span_id) != 8 or span_id == _ZERO_SPAN:
-        return "span_id must be 8 bytes and not all zero"
-    if parent and len(parent) != 8:
-        return "parent_span_id must be empty or 8 bytes"
-    return None
+_BAD_TRACE_ID = "trace_id must be 16 bytes and not all zero"
+_BAD_SPAN_ID = "span_id must be 8 bytes and not all zero"
+_BAD_PARENT_ID = "parent_span_id must be empty or 8 bytes"
 
 
 class MalformedRequest(ValueError):
@@ -210,19 +204,44 @@ def _remember(field: bytes, kv: tuple[str, Any]) -> tuple[str, Any]:
     return kv
 
 
+# The fields every OTel SDK writes first, in field order: trace_id (1), span_id (2), parent_span_id (4) and
+# name (5), then kind (6), start (7) and end (8) time. Read with one struct each when laid out that way.
+_IDS = struct.Struct(">2xQQ2xQ")
+_PARENT = struct.Struct(">2xQ")
+_KIND_TIMES = struct.Struct("<xBxQxQ")
+
+
 def _span(buf: bytes, group: SpanGroup) -> SpanData | str:
     """One ``Span`` message; a str says why it is invalid. The common fields are read inline (a call per
-    field would cost more than the read)."""
-    trace_id = span_id = parent = b""
+    field would cost more than the read), the leading ones in one struct read when the sender wrote them in
+    field order; anything else, including a field written twice (the last one wins), goes through the loop."""
+    trace_bytes: bytes | None = None
+    span_bytes: bytes | None = None
+    parent_bytes: bytes | None = None
+    trace_id = span_id = parent_id = 0
     name = status_message = ""
     kind = start_ns = end_ns = flags = status = 0
     attributes: dict[str, Any] = {}
-    attribute_keys: list[str] = []
-    attribute_starts = array("L")
+    positions: dict[str, int] = {}
+    n_attributes = 0
     events: list[OTLPEvent] = []
     varint, key_value, memo = w.varint, w.key_value, _KEY_VALUES
     unpack_fixed64, unpack_fixed32 = w.FIXED64.unpack_from, w.FIXED32.unpack_from
     pos, end = 0, len(buf)
+    if end >= 48 and buf[0] == 0x0A and buf[1] == 16 and buf[18] == 0x12 and buf[19] == 8:
+        high, low, span_id = _IDS.unpack_from(buf)
+        trace_id = high << 64 | low
+        pos = 28
+        if buf[28] == 0x22 and buf[29] == 8:
+            parent_id = _PARENT.unpack_from(buf, 28)[0]
+            pos = 38
+        n = buf[pos + 1]
+        if buf[pos] == 0x2A and n < 0x80 and pos + n + 22 <= end:
+            name = buf[pos + 2:pos + 2 + n].decode()
+            pos += 2 + n
+            if buf[pos] == 0x30 and buf[pos + 1] < 0x80 and buf[pos + 2] == 0x39 and buf[pos + 11] == 0x41:
+                kind, start_ns, end_ns = _KIND_TIMES.unpack_from(buf, pos)
+                pos += 20
     while pos < end:
         field_start = pos
         tag = buf[pos]
@@ -250,24 +269,29 @@ def _span(buf: bytes, group: SpanGroup) -> SpanData | str:
                 else:
                     key, value = key_value(buf, a, pos)
                 attributes[key] = value
-                attribute_keys.append(key)
-                attribute_starts.append(field_start)
-            elif tag == 0x0A:
-                trace_id = buf[a:pos]
-            elif tag == 0x12:
-                span_id = buf[a:pos]
-            elif tag == 0x22:
-                parent = buf[a:pos]
-            elif tag == 0x2A:
-                name = buf[a:pos].decode()
+                positions[key] = field_start
+                n_attributes += 1
             elif tag == 0x5A:
                 events.append(OTLPEvent(buf, a, pos, field_start))
             elif tag == 0x7A:  # status; a repeated message field merges, field by field
+                if n == 0:  # UNSET, as the SDK's exporter writes it
+                    continue
+                if n == 2 and buf[a] == 0x18 and buf[a + 1] < 0x80:  # a code and no message
+                    status = buf[a + 1]
+                    continue
                 for t, _, x, y in w.fields(buf, a, pos):
                     if t == 0x18:
                         status = varint(buf, x)[0]
                     elif t == 0x12:
                         status_message = buf[x:y].decode()
+            elif tag == 0x0A:
+                trace_bytes = buf[a:pos]
+            elif tag == 0x12:
+                span_bytes = buf[a:pos]
+            elif tag == 0x22:
+                parent_bytes = buf[a:pos]
+            elif tag == 0x2A:
+                name = buf[a:pos].decode()
         elif tag == 0x39:
             start_ns = unpack_fixed64(buf, pos)[0]
             pos += 8
@@ -275,7 +299,10 @@ def _span(buf: bytes, group: SpanGroup) -> SpanData | str:
             end_ns = unpack_fixed64(buf, pos)[0]
             pos += 8
         elif tag == 0x30:
-            kind, pos = varint(buf, pos)
+            kind = buf[pos]
+            pos += 1
+            if kind >= 0x80:
+                kind, pos = varint(buf, pos - 1)
         elif tag == 0x85:  # flags, with its tag written the long way
             flags = unpack_fixed32(buf, pos)[0]
             pos += 4
@@ -283,18 +310,30 @@ def _span(buf: bytes, group: SpanGroup) -> SpanData | str:
             pos = w.skip(buf, pos, tag)
     if pos != end:
         raise ValueError("span field runs past the end of the span")
-    problem = _invalid(trace_id, span_id, parent)
-    if problem is not None:
-        return problem
+    if trace_bytes is not None:
+        if len(trace_bytes) != 16:
+            return _BAD_TRACE_ID
+        trace_id = int.from_bytes(trace_bytes, "big")
+    if span_bytes is not None:
+        if len(span_bytes) != 8:
+            return _BAD_SPAN_ID
+        span_id = int.from_bytes(span_bytes, "big")
+    if parent_bytes is not None:
+        if parent_bytes and len(parent_bytes) != 8:
+            return _BAD_PARENT_ID
+        parent_id = int.from_bytes(parent_bytes, "big") if parent_bytes else 0
+    if not trace_id:
+        return _BAD_TRACE_ID
+    if not span_id:
+        return _BAD_SPAN_ID
     kind = kind - 1 if kind > 0 else KIND_INTERNAL
     if flags & _HAS_IS_REMOTE:
         remote = bool(flags & _IS_REMOTE)
     else:  # senders that do not say: a server or consumer span's parent is in another process
-        remote = bool(parent) and kind in (KIND_SERVER, KIND_CONSUMER)
-    return SpanData(int.from_bytes(trace_id, "big"), int.from_bytes(span_id, "big"),
-                    int.from_bytes(parent, "big") if parent else 0, remote, name, kind, start_ns, end_ns,
-                    status, status_message, attributes, events or (), group.scope_name, group.resource,
-                    (buf, group, attribute_keys, attribute_starts))
+        remote = parent_id != 0 and kind in (KIND_SERVER, KIND_CONSUMER)
+    return SpanData(trace_id, span_id, parent_id, remote, name, kind, start_ns, end_ns, status, status_message,
+                    attributes, events or (), group.scope_name, group.resource,
+                    (buf, group, positions if n_attributes == len(positions) else None))
 
 
 def _any_value(value: Any) -> bytes:
@@ -343,15 +382,27 @@ def _without(buf: bytes, cuts: list[tuple[int, int]]) -> bytes:
     return b"".join(pieces)
 
 
+def _attribute_fields(buf: bytes, keys: frozenset[str]) -> list[tuple[int, int]]:
+    """Bounds of every attribute field of the span ``buf`` whose key is in ``keys``, repeats included."""
+    return [(start, b) for tag, start, a, b in w.fields(buf, 0, len(buf))
+            if tag == 0x4A and w.key_value(buf, a, b)[0] in keys]
+
+
 def apply_to_otlp_span(data: SpanData, enrichment: Enrichment) -> tuple[bytes, SpanGroup]:
     """The span's bytes with the enrichment applied: removed attributes and events are cut out, additions and
     the status are appended as wire bytes (protobuf concatenates repeated fields and merges a repeated
     message field), so no message is ever built."""
-    buf, group, keys, starts = data.native
+    buf, group, positions = data.native
     cuts: list[tuple[int, int]] = []
     removed = enrichment.removed_attributes
     if removed:
-        cuts += [w.field_bounds(buf, starts[i]) for i, key in enumerate(keys) if key in removed]
+        if positions is None:
+            cuts += _attribute_fields(buf, removed)
+        else:
+            for key in removed:
+                start = positions[key]
+                n = buf[start + 1]
+                cuts.append((start, start + 2 + n) if n < 0x80 else w.field_bounds(buf, start))
     if enrichment.removed_events:
         names = enrichment.removed_events
         cuts += [event.field for event in data.events if event.name in names]
