@@ -46,7 +46,8 @@ def _content_keys(attrs: Mapping[str, Any]) -> frozenset[str]:
     return content
 
 
-def enrich(role: SpanRole, capture_content: bool) -> Enrichment:
+def enrich(role: SpanRole, capture_content: bool) -> Enrichment | None:
+    """What to change on the role's span; None when nothing."""
     span = role.span
     attrs = span.attributes
     added: dict[str, Any] = {}
@@ -83,7 +84,7 @@ def enrich(role: SpanRole, capture_content: bool) -> Enrichment:
             removed_events = sc.CONTENT_EVENTS.intersection([e.name for e in span.events])
     if added or removed_events or set_error is not None:
         return Enrichment(added, removed_attrs, removed_events, set_error)
-    return _removal_only(removed_attrs)
+    return _removal_only(removed_attrs) if removed_attrs else None
 
 
 @functools.lru_cache(maxsize=1024)

@@ -120,10 +120,10 @@ class TracePipeline:
         try:
             roles = analyze(spans)
             self._feedback.add_requests(self._deriver.derive(roles), now_ns)
-            capture = self._config.capture_content
+            capture, apply = self._config.capture_content, self._apply
             for r in roles:
                 enrichment = enrich(r, capture)
-                done.append(self._apply(r.span, enrichment) if enrichment else r.span.native)
+                done.append(r.span.native if enrichment is None else apply(r.span, enrichment))
         except Exception:
             logger.exception("flowtel failed to process a trace of %d spans; forwarding them unenriched", len(spans))
             self._self.processing_error("pipeline", len(spans))

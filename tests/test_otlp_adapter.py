@@ -275,3 +275,42 @@ def test_readable_spans_round_trip_sdk_spans() -> None:
             (lk.context.span_id, dict(lk.attributes)) for lk in original.links]
         assert dict(span.resource.attributes) == dict(original.resource.attributes)
         assert (span.instrumentation_scope.name, span.instrumentation_scope.version) == ("promptflow", "1.2.3")
+
+
+def test_short_fields_are_remembered_but_not_content_nor_mutable_values(monkeypatch: pytest.MonkeyPatch) -> None:
+    from flowtel import otlp
+
+    memory: dict[bytes, tuple[str, object]] = {}
+    monkeypatch.setattr(otlp, "_KEY_VALUES", memory)
+    fields = {"span_type": "LLM", "inputs": '{"question": "what is secret?"}', "gen_ai.prompt.0.content": "hi",
+              "nested": {"a": 1}, "listed": ({"a": 1},), "long": "x" * 200}
+    spans = []
+    for _ in range(2):
+        request = ExportTraceServiceRequest()
+        span = request.resource_spans.add().scope_spans.add().spans.add()
+        span.trace_id, span.span_id, span.name = bytes(range(1, 17)), bytes(range(1, 9)), "s"
+        for key, value in fields.items():
+            _attribute(span, key, value)
+        (data,) = adapt(request.SerializeToString()).spans
+        spans.append(data)
+    assert [kv[0] for kv in memory.values()] == ["span_type"]
+    for data in spans:
+        assert dict(data.attributes) == {**fields, "listed": ({"a": 1},)}
+    spans[0].attributes["nested"]["a"] = 2  # each span owns its mutable values
+    assert spans[1].attributes["nested"] == {"a": 1}
+
+
+def test_field_memory_is_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
+    from flowtel import otlp
+
+    memory: dict[bytes, tuple[str, object]] = {}
+    monkeypatch.setattr(otlp, "_KEY_VALUES", memory)
+    monkeypatch.setattr(otlp, "_MAX_MEMO_ENTRIES", 10)
+    request = ExportTraceServiceRequest()
+    span = request.resource_spans.add().scope_spans.add().spans.add()
+    span.trace_id, span.span_id, span.name = bytes(range(1, 17)), bytes(range(1, 9)), "s"
+    for i in range(25):
+        _attribute(span, f"k{i}", i)
+    (data,) = adapt(request.SerializeToString()).spans
+    assert data.attributes == {f"k{i}": i for i in range(25)}
+    assert 1 <= len(memory) <= 10

@@ -25,6 +25,7 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTrace
 from opentelemetry.proto.common.v1.common_pb2 import AnyValue, KeyValue
 
 from flowtel import _wire as w
+from flowtel.semconv import CONTENT_ATTRIBUTE_PREFIXES, CONTENT_ATTRIBUTES
 from flowtel.spans import KIND_CONSUMER, KIND_INTERNAL, KIND_SERVER, Enrichment, SpanData
 
 _HAS_IS_REMOTE = 0x100  # SPAN_FLAGS_CONTEXT_HAS_IS_REMOTE_MASK
@@ -188,15 +189,19 @@ def _scope_spans(raw: bytes, start: int, end: int, resource: dict[str, Any], res
 
 
 #: Short attribute fields recur across spans byte for byte (framework, span types, function and node names,
-#: models, token counts), so their decoded (key, value) is remembered; long ones (prompts, outputs) are read
-#: each time. Bounded: emptied when full, so a stream of distinct values costs only misses.
+#: models, token counts), so their decoded (key, value) is remembered; long ones are read each time, and so
+#: are prompts and completions whatever their length: they differ per request (remembering them would only
+#: evict the rest) and flowtel does not keep content it was not asked to keep. Bounded: emptied when full.
 _MAX_MEMO_FIELD = 128
 _MAX_MEMO_ENTRIES = 8192
 _KEY_VALUES: dict[bytes, tuple[str, Any]] = {}
 
 
 def _remember(field: bytes, kv: tuple[str, Any]) -> tuple[str, Any]:
-    if isinstance(kv[1], (tuple, dict)):  # scalars only: a kvlist, or an array holding one, is mutable
+    key, value = kv
+    if isinstance(value, (tuple, dict)):  # scalars only: a kvlist, or an array holding one, is mutable
+        return kv
+    if key in CONTENT_ATTRIBUTES or key.startswith(CONTENT_ATTRIBUTE_PREFIXES):
         return kv
     if len(_KEY_VALUES) >= _MAX_MEMO_ENTRIES:
         _KEY_VALUES.clear()
