@@ -114,7 +114,8 @@ def _walk(r: SpanRole, parent: SpanRole | None, request: SpanData | None) -> Non
     while stack:
         cur, par = stack.pop()
         _assign(cur, par, request)
-        stack.extend((child, cur) for child in reversed(cur.children))
+        if cur.children:  # most spans are leaves
+            stack.extend([(child, cur) for child in reversed(cur.children)])
 
 
 def _assign(r: SpanRole, parent: SpanRole | None, request: SpanData | None) -> None:

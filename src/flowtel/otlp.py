@@ -261,7 +261,11 @@ def _span(buf: bytes, group: SpanGroup) -> SpanData | str:
             n = buf[pos]
             pos += 1
             if n >= 0x80:
-                n, pos = varint(buf, pos - 1)
+                if buf[pos] < 0x80:  # two bytes: 128 B to 16 KiB, prompts and answers
+                    n = (n & 0x7F) | (buf[pos] << 7)
+                    pos += 1
+                else:
+                    n, pos = varint(buf, pos - 1)
             a = pos
             pos += n
             if tag == 0x4A:  # attributes
@@ -376,17 +380,6 @@ def _attribute(key: str, value: Any) -> bytes:
         return w.field(0x4A, _key_value(key, value))
 
 
-def _without(buf: bytes, cuts: list[tuple[int, int]]) -> bytes:
-    cuts.sort()
-    pieces = []
-    kept_from = 0
-    for start, end in cuts:
-        pieces.append(buf[kept_from:start])
-        kept_from = end
-    pieces.append(buf[kept_from:])
-    return b"".join(pieces)
-
-
 def _attribute_fields(buf: bytes, keys: frozenset[str]) -> list[tuple[int, int]]:
     """Bounds of every attribute field of the span ``buf`` whose key is in ``keys``, repeats included."""
     return [(start, b) for tag, start, a, b in w.fields(buf, 0, len(buf))
@@ -407,24 +400,45 @@ def apply_to_otlp_span(data: SpanData, enrichment: Enrichment) -> tuple[bytes, S
             for key in removed:
                 start = positions[key]
                 n = buf[start + 1]
-                cuts.append((start, start + 2 + n) if n < 0x80 else w.field_bounds(buf, start))
+                if n < 0x80:
+                    cuts.append((start, start + 2 + n))
+                elif buf[start + 2] < 0x80:
+                    cuts.append((start, start + 3 + ((n & 0x7F) | (buf[start + 2] << 7))))
+                else:
+                    cuts.append(w.field_bounds(buf, start))
     if enrichment.removed_events:
         names = enrichment.removed_events
         cuts += [event.field for event in data.events if event.name in names]
+    pieces: list[bytes] = []  # the kept parts of the span, then what is added: joined once
     if cuts:
-        buf = _without(buf, cuts)
-    try:  # the same few keys and values recur (models, operations, counts): their fields are cached
-        extra = b"".join([_attribute_field(k, v) for k, v in enrichment.added.items()])
-    except TypeError:  # an unhashable value (a mapping)
-        extra = b"".join([_attribute(k, v) for k, v in enrichment.added.items()])
+        cuts.sort()
+        kept_from = 0
+        for start, end in cuts:
+            pieces.append(buf[kept_from:start])
+            kept_from = end
+        pieces.append(buf[kept_from:])
+    else:
+        pieces.append(buf)
+    added = enrichment.added
+    if added:
+        try:  # the same few keys and values recur (models, operations, counts): their fields are cached
+            pieces += [_attribute_field(k, v) for k, v in added.items()]
+        except TypeError:  # an unhashable value (a mapping)
+            pieces += [_attribute(k, v) for k, v in added.items()]
     for event in enrichment.added_events:
         encoded = (b"\x09" + w.FIXED64.pack(event.timestamp) + w.field(0x12, event.name.encode())
                    + b"".join(w.field(0x1A, _key_value(k, v)) for k, v in event.attributes.items()))
-        extra += w.field(0x5A, encoded)  # Span.events is field 11; Event: time fixed64 (1), name (2), attributes (3)
+        pieces.append(w.field(0x5A, encoded))  # Span.events is field 11; Event: time (1), name (2), attributes (3)
     if enrichment.set_error_status is not None:
         status = b"\x18\x02" + w.field(0x12, enrichment.set_error_status.encode())  # code ERROR, message
-        extra += w.field(0x7A, status)  # Span.status is field 15; a second occurrence merges into the first
-    return buf + extra, group
+        pieces.append(w.field(0x7A, status))  # Span.status is field 15; a second occurrence merges into the first
+    return b"".join(pieces), group
+
+
+@functools.lru_cache(maxsize=4096)
+def _span_head(length: int) -> bytes:
+    """Tag and length of a ``ScopeSpans.spans`` field: span sizes recur, so each is encoded once."""
+    return b"\x12" + w.encode_varint(length)
 
 
 def encode_request(items: Sequence[tuple[Any, ...]]) -> bytes:
@@ -442,8 +456,7 @@ def encode_request(items: Sequence[tuple[Any, ...]]) -> bytes:
     for group, spans in groups.values():
         scope = bytearray(group.scope_head)
         for encoded in spans:
-            scope += b"\x12"
-            scope += varint(len(encoded))
+            scope += _span_head(len(encoded))
             scope += encoded
         scope += group.scope_tail
         resource = group.resource_head + b"\x12" + varint(len(scope)) + bytes(scope) + group.resource_tail
