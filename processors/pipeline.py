@@ -76,8 +76,9 @@ class TracePipeline:
                 continue
             for released in add_child(span, now_ns):
                 finish(released, out, now_ns)
-        for span in roots:
-            finish(add_root(span), out, now_ns)
+        roots.reverse()
+        while roots:  # popped, not iterated: a trace is freed once finished, not when the batch is
+            finish(add_root(roots.pop()), out, now_ns)
         for released in self._assembler.expire(now_ns):
             self._finish(released, out, now_ns)
         # Feedback after the requests of this batch are indexed, so both may come in one batch.

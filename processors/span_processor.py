@@ -17,7 +17,7 @@ import os
 import threading
 import time
 import weakref
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 from opentelemetry.context import Context
@@ -65,6 +65,12 @@ def apply_to_readable_span(data: SpanData, enrichment: Enrichment) -> ReadableSp
                         scope)
 
 
+def _adapted(queue: collections.deque[ReadableSpan], n: int) -> Iterator[SpanData]:
+    """The first ``n`` queued spans, adapted one by one as the pipeline takes them (more may be queued meanwhile)."""
+    for _ in range(n):
+        yield from_readable_span(queue.popleft())
+
+
 class FlowtelSpanProcessor(SpanProcessor):
     def __init__(self, span_processors: Sequence[SpanProcessor], *, metrics: FlowtelMetrics,
                  self_metrics: SelfMetrics, config: FlowtelConfig | None = None) -> None:
@@ -109,21 +115,18 @@ class FlowtelSpanProcessor(SpanProcessor):
             self._drain_once()
 
     def _drain_once(self) -> None:
+        # Spans are adapted as the pipeline takes them and freed, with the spans they wrap, as soon as their
+        # trace is done: while still in the CPU's cache, and while collection is still paused (the
+        # young-generation count is allocations minus deallocations, so the enriched copies then about
+        # balance the originals and resuming does not start a walk over the whole batch).
         with self._lock, gc_paused():
-            batch: list[SpanData] = []
-            queue = self._queue
-            while queue:
-                batch.append(from_readable_span(queue.popleft()))
+            n = len(self._queue)
             try:
-                ready = self._pipeline.process(batch, time.monotonic_ns())
+                ready = self._pipeline.process(_adapted(self._queue, n), time.monotonic_ns())
             except Exception:  # the pipeline already guards per trace; this guards the worker itself
-                logger.exception("flowtel worker failed on a batch of %d spans", len(batch))
-                self._self.dropped("internal_error", len(batch))
+                logger.exception("flowtel worker failed on a batch of %d spans", n)
+                self._self.dropped("internal_error", n)
                 return
-            # Free the batch's span views and the spans they wrap while collection is still paused: the
-            # young-generation count is allocations minus deallocations, so the enriched copies then
-            # about balance the originals and resuming does not start a walk over the whole batch.
-            batch.clear()
             self._forward(ready)
 
     def _forward(self, ready: Sequence[ReadableSpan]) -> None:

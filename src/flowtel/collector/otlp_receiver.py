@@ -95,12 +95,14 @@ class Intake:
             self._self.add("otelcol.receiver.refused.spans", incoming, self.receiver_id, transport, refused.reason)
             self.refuse_request(transport, refused.reason, refused.message)
             raise
-        # Spans are read from the request's bytes and never edited in place, so pipelines share them.
+        # Spans are read from the request's bytes and never edited in place, so pipelines share them; each
+        # pipeline owns its list (it empties the list as it works through it).
         first = adapt(raw if raw is not None else request.SerializeToString())
         count = len(first.spans)
+        shared = len(self._pipelines) > 1
         try:
             for pipeline in self._pipelines:
-                pipeline.consume(first.spans)
+                pipeline.consume(list(first.spans) if shared else first.spans)
         except Refused as refused:
             self._self.add("otelcol.receiver.refused.spans", count + first.rejected, self.receiver_id, transport,
                            refused.reason)
