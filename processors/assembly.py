@@ -50,12 +50,6 @@ class TraceAssembler:
     def held_traces(self) -> int:
         return len(self._pending)
 
-    def add(self, span: SpanData, now_ns: int) -> Sequence[Released]:
-        """The traces ``span`` releases: its own when it is a local root, else usually none."""
-        if span.is_local_root:
-            return [self.add_root(span)]
-        return self.add_child(span, now_ns)
-
     def add_root(self, span: SpanData) -> Released:
         """A local root completes its trace: it is released with every held descendant."""
         trace_id = span.trace_id

@@ -12,7 +12,7 @@ from typing import Any
 
 from flowtel import semconv as sc
 from flowtel._log import warn_once
-from flowtel.spans import KIND_SERVER, STATUS_ERROR, SpanData
+from flowtel.spans import KIND_SERVER, SpanData
 
 from . import catalog as c
 from .analysis import ROLE_FLOW, ROLE_NODE, ROLE_RPC, SpanRole, is_failed
@@ -32,7 +32,7 @@ from .vocabulary import (
 
 
 def _exception(span: SpanData) -> str:
-    if span.status != STATUS_ERROR and sc.ERROR_TYPE not in span.attributes:  # is_failed, asked of every span
+    if not is_failed(span):
         return ""
     error = exception_type(span)
     return short_error_name(error) if error else "unknown"

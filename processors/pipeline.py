@@ -71,7 +71,7 @@ class TracePipeline:
         is_feedback = self._feedback.is_feedback
         add_child, add_root, finish = self._assembler.add_child, self._assembler.add_root, self._finish
         for span in spans:
-            if span.parent_span_id == 0 or span.parent_is_remote:  # SpanData.is_local_root, asked of every span
+            if span.is_local_root:
                 (feedback if is_feedback(span) else roots).append(span)
                 continue
             for released in add_child(span, now_ns):

@@ -153,25 +153,29 @@ def genai_operation(span: SpanData) -> str | None:
 @_memoized
 def token_usage(span: SpanData) -> tuple[int | None, int | None] | None:
     """(input, output) tokens of a model call, from whichever vocabulary the span speaks."""
+    # Most spans carry no usage key at all: one C-level pass over their keys rules them out.
+    usage = None if _ANY_USAGE_KEY.isdisjoint(span.attributes) else _stated_usage(span)
+    if usage is None and is_pf_model_call(span):
+        usage = _pf_streamed_usage(span)
+    return usage
+
+
+def _stated_usage(span: SpanData) -> tuple[int | None, int | None] | None:
+    """Usage as one of the vocabularies states it in attributes."""
     attrs = span.attributes
-    if _ANY_USAGE_KEY.isdisjoint(attrs):  # most spans: one C-level pass over their keys
-        return _pf_streamed_usage(span) if is_pf_model_call(span) else None
-    usage: tuple[int | None, int | None] | None = None
     for in_key, out_key in _USAGE_KEYS:
         if in_key not in attrs and out_key not in attrs:
             continue
         i, o = _as_int(attrs.get(in_key)), _as_int(attrs.get(out_key))
         if i is not None or o is not None:
-            usage = (i, o)
-            break
-    if usage is None and sc.ML_TOKEN_USAGE in attrs:
+            return i, o
+    if sc.ML_TOKEN_USAGE in attrs:
         parsed = _json_attr(span, sc.ML_TOKEN_USAGE)
         if isinstance(parsed, dict):
             i, o = _as_int(parsed.get("input_tokens")), _as_int(parsed.get("output_tokens"))
-            usage = (i, o) if i is not None or o is not None else None
-    if usage is None and is_pf_model_call(span):
-        usage = _pf_streamed_usage(span)
-    return usage
+            if i is not None or o is not None:
+                return i, o
+    return None
 
 
 def _pf_streamed_usage(span: SpanData) -> tuple[int | None, int | None] | None:

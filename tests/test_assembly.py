@@ -20,7 +20,8 @@ def ids(released: list[Released]) -> list[tuple[str, list[int]]]:
 
 
 def add(assembler: TraceAssembler, s: SpanData, now: int = 0) -> list[tuple[str, list[int]]]:
-    return ids(list(assembler.add(s, now)))
+    released = [assembler.add_root(s)] if s.is_local_root else assembler.add_child(s, now)
+    return ids(list(released))
 
 
 def new(max_spans: int = 100) -> TraceAssembler:
@@ -122,7 +123,7 @@ def test_capacity_never_exceeded() -> None:
     a = new(max_spans=3)
     released: list[int] = []
     for i in range(20):
-        for reason, spans in a.add(span(100 + i // 2, 0x1000 + i, parent=0x1), now_ns=i):
+        for reason, spans in a.add_child(span(100 + i // 2, 0x1000 + i, parent=0x1), now_ns=i):
             assert reason == "capacity"
             released.extend(s.span_id for s in spans)
         assert a.held_spans <= 3

@@ -313,4 +313,13 @@ def test_field_memory_is_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
         _attribute(span, f"k{i}", i)
     (data,) = adapt(request.SerializeToString()).spans
     assert data.attributes == {f"k{i}": i for i in range(25)}
-    assert 1 <= len(memory) <= 10
+    # emptied when full before an insert: 25 fields into 10 places leave the last 5
+    assert sorted(kv[0] for kv in memory.values()) == [f"k{i}" for i in range(20, 25)]
+
+
+@pytest.mark.parametrize("length", [0, 127, 128, 16_383, 16_384, 70_000])
+def test_field_bounds_for_one_two_and_three_byte_lengths(length: int) -> None:
+    from flowtel._wire import field, field_bounds
+
+    encoded = b"\x99" + field(0x4A, b"x" * length) + b"\x99"
+    assert field_bounds(encoded, 1) == (1, len(encoded) - 1)

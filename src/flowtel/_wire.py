@@ -75,7 +75,13 @@ def fields(buf: bytes, pos: int, end: int) -> list[tuple[int, int, int, int]]:
 
 
 def field_bounds(buf: bytes, start: int) -> tuple[int, int]:
-    """(start, end) of the length-delimited field whose one-byte tag is at ``start``."""
+    """(start, end) of the length-delimited field whose one-byte tag is at ``start``; one- and two-byte
+    lengths (up to 16 KiB, nearly every attribute) are read without a call."""
+    n = buf[start + 1]
+    if n < 0x80:
+        return start, start + 2 + n
+    if buf[start + 2] < 0x80:
+        return start, start + 3 + ((n & 0x7F) | (buf[start + 2] << 7))
     n, pos = varint(buf, start + 1)
     return start, pos + n
 

@@ -30,8 +30,6 @@ from flowtel.spans import KIND_CONSUMER, KIND_INTERNAL, KIND_SERVER, Enrichment,
 
 _HAS_IS_REMOTE = 0x100  # SPAN_FLAGS_CONTEXT_HAS_IS_REMOTE_MASK
 _IS_REMOTE = 0x200  # SPAN_FLAGS_CONTEXT_IS_REMOTE_MASK
-_ZERO_TRACE = bytes(16)
-_ZERO_SPAN = bytes(8)
 _DOUBLE = struct.Struct("<d")
 
 
@@ -397,15 +395,7 @@ def apply_to_otlp_span(data: SpanData, enrichment: Enrichment) -> tuple[bytes, S
         if positions is None:
             cuts += _attribute_fields(buf, removed)
         else:
-            for key in removed:
-                start = positions[key]
-                n = buf[start + 1]
-                if n < 0x80:
-                    cuts.append((start, start + 2 + n))
-                elif buf[start + 2] < 0x80:
-                    cuts.append((start, start + 3 + ((n & 0x7F) | (buf[start + 2] << 7))))
-                else:
-                    cuts.append(w.field_bounds(buf, start))
+            cuts += [w.field_bounds(buf, positions[key]) for key in removed]
     if enrichment.removed_events:
         names = enrichment.removed_events
         cuts += [event.field for event in data.events if event.name in names]

@@ -68,10 +68,6 @@ class Enrichment:
     set_error_status: str | None = None  # description for an UNSET span that evidently failed
     added_events: Sequence[SpanEvent] = ()
 
-    def __bool__(self) -> bool:
-        return bool(self.added or self.removed_attributes or self.removed_events or self.added_events
-                    or self.set_error_status is not None)
-
 
 # Keyed by identity: enum members are singletons, and hashing one is a Python-level call.
 _KIND_VALUES = {id(kind): kind.value for kind in SpanKind}
