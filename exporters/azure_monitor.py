@@ -52,6 +52,7 @@ from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
 from opentelemetry.trace import SpanKind
 
+from flowtel._fork import reinit_after_fork
 from flowtel._log import logger, warn_once
 from flowtel.config import ConfigError
 from flowtel.selfmetrics import SelfMetrics
@@ -533,9 +534,15 @@ class AzureMonitorSpanExporter(SpanExporter):
                 return envelope
 
             exporter._span_to_envelope = _span_to_envelope
-        if drain_interval_s and getattr(exporter, "storage", None) is not None:
-            self._drainer = threading.Thread(target=self._drain, args=(drain_interval_s,), daemon=True,
-                                             name=f"flowtel-{exporter_id}-drain")
+        self._drain_interval_s = drain_interval_s if getattr(exporter, "storage", None) is not None else None
+        self._exporter_id = exporter_id
+        self._start_drainer()
+        reinit_after_fork(self, "_lock", "_stop", restart=AzureMonitorSpanExporter._start_drainer)
+
+    def _start_drainer(self) -> None:
+        if self._drain_interval_s and not self._stop.is_set():
+            self._drainer = threading.Thread(target=self._drain, args=(self._drain_interval_s,), daemon=True,
+                                             name=f"flowtel-{self._exporter_id}-drain")
             self._drainer.start()
 
     def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:

@@ -40,6 +40,7 @@ from prometheus_client import CollectorRegistry, make_wsgi_app
 from prometheus_client.metrics_core import Metric
 from prometheus_client.samples import Exemplar
 
+from flowtel._fork import reinit_after_fork
 from flowtel._wsgi import TLSSettings, WSGIEndpoint, bearer_auth
 from flowtel.config import ConfigError
 from flowtel.processors.catalog import prometheus_name
@@ -72,6 +73,7 @@ class PrometheusMetricReader(MetricReader):
         self._latest: MetricsData | None = None
         self._producers: list[tuple[FlowtelMetrics, Consumer]] = []
         self._collect_lock = threading.Lock()
+        reinit_after_fork(self, "_collect_lock")
         # The SDK hands each exemplar to one collection only; keep the last one per bucket so every
         # scrape (and every scraper) sees it. Bounded by series x buckets, which the limit bounds.
         self._exemplars: dict[tuple[str, frozenset[tuple[str, str]]], dict[int, Exemplar]] = {}

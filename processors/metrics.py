@@ -29,6 +29,7 @@ from opentelemetry.sdk.metrics.export import AggregationTemporality, HistogramDa
 from opentelemetry.sdk.metrics.export import Histogram as HistogramData
 
 from flowtel import semconv as sc
+from flowtel._fork import reinit_after_fork
 from flowtel._log import warn_once
 from flowtel.config import FlowtelConfig
 from flowtel.selfmetrics import SelfMetrics
@@ -79,6 +80,7 @@ class FlowtelMetrics:
         self._series: dict[str, dict[tuple[Any, ...], _Series]] = {spec.name: {} for spec in ALL_METRICS}
         self._self = self_metrics
         self._lock = threading.Lock()
+        reinit_after_fork(self, "_lock")
         self._delta_consumers: list[Consumer] = []
 
     def consumer(self, temporality: Mapping[type, AggregationTemporality] | None = None) -> Consumer:

@@ -32,20 +32,26 @@ class TracePipeline:
     def __init__(self, config: FlowtelConfig, metrics: FlowtelMetrics, self_metrics: SelfMetrics,
                  apply: Apply, gauge_labels: dict[str, str] | None = None) -> None:
         self._config = config
-        self._assembler = TraceAssembler(int(config.trace_timeout_s * 1e9), config.max_held_spans)
         self._deriver = Deriver(metrics, config.genai_metrics_skip_scopes)
         self._self = self_metrics
         self._apply = apply
         self._released: dict[str, int] = {}
         self._processed = 0
-        self._feedback = FeedbackCorrelator(
-            config.feedback_scoring, config.feedback_max_requests, int(config.feedback_window_s * 1e9),
-            int(config.feedback_wait_s * 1e9), config.feedback_max_waiting,
-            config.resource_dimensions)
+        self.forget_held()
         self_metrics.register_gauge("held_spans", lambda: self._assembler.held_spans, gauge_labels)
         self_metrics.register_gauge("held_traces", lambda: self._assembler.held_traces, gauge_labels)
         self_metrics.register_gauge("feedback_waiting", lambda: self._feedback.waiting, gauge_labels)
         self_metrics.register_gauge("feedback_index", lambda: len(self._feedback.index), gauge_labels)
+
+    def forget_held(self) -> None:
+        """Start with no held traces and no waiting feedback (at construction, and in a forked child, whose
+        parent still holds those spans and will export them)."""
+        config = self._config
+        self._assembler = TraceAssembler(int(config.trace_timeout_s * 1e9), config.max_held_spans)
+        self._feedback = FeedbackCorrelator(
+            config.feedback_scoring, config.feedback_max_requests, int(config.feedback_window_s * 1e9),
+            int(config.feedback_wait_s * 1e9), config.feedback_max_waiting,
+            config.resource_dimensions)
 
     def process(self, spans: Iterable[SpanData], now_ns: int) -> list[Any]:
         try:

@@ -13,10 +13,9 @@ own batching, retry and isolation.
 from __future__ import annotations
 
 import collections
-import os
+import contextlib
 import threading
 import time
-import weakref
 from collections.abc import Iterator, Sequence
 from typing import Any
 
@@ -24,6 +23,7 @@ from opentelemetry.context import Context
 from opentelemetry.sdk.trace import Event, ReadableSpan, Span, SpanProcessor
 from opentelemetry.trace import Status, StatusCode
 
+from flowtel._fork import reinit_after_fork
 from flowtel._gc import gc_paused
 from flowtel._log import logger
 from flowtel.config import FlowtelConfig
@@ -84,15 +84,22 @@ class FlowtelSpanProcessor(SpanProcessor):
         self._wake = threading.Event()
         self._shutdown = False
         self._lock = threading.Lock()  # serialises pipeline runs between the worker and force_flush
+        self._gc_pause = gc_paused if self._config.pause_gc else contextlib.nullcontext
         self_metrics.register_gauge("queue", lambda: len(self._queue))
         self._start_worker()
-        if hasattr(os, "register_at_fork"):
-            ref = weakref.WeakMethod(self._start_worker)
-            os.register_at_fork(after_in_child=lambda: (m := ref()) and m())  # type: ignore[func-returns-value]
+        reinit_after_fork(self, "_lock", "_wake", restart=FlowtelSpanProcessor._after_fork)
 
     def _start_worker(self) -> None:
         self._worker = threading.Thread(target=self._run, name="flowtel-worker", daemon=True)
         self._worker.start()
+
+    def _after_fork(self) -> None:
+        """In a forked child: the parent's queued and held spans are the parent's to export (as the SDK's
+        BatchSpanProcessor clears its queue); the child starts empty with a worker of its own."""
+        self._queue.clear()
+        self._pipeline.forget_held()
+        if not self._shutdown:
+            self._start_worker()
 
     # The request thread: keep this path to a length check and an append.
     def on_start(self, span: Span, parent_context: Context | None = None) -> None:
@@ -119,7 +126,7 @@ class FlowtelSpanProcessor(SpanProcessor):
         # trace is done: while still in the CPU's cache, and while collection is still paused (the
         # young-generation count is allocations minus deallocations, so the enriched copies then about
         # balance the originals and resuming does not start a walk over the whole batch).
-        with self._lock, gc_paused():
+        with self._lock, self._gc_pause():
             n = len(self._queue)
             try:
                 ready = self._pipeline.process(_adapted(self._queue, n), time.monotonic_ns())

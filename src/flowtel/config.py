@@ -63,6 +63,9 @@ class FlowtelConfig:
     feedback_max_waiting: int = 10_000
     #: How feedback bodies read as scores (``flowtel.processors.scoring``).
     feedback_scoring: FeedbackScoring = field(default_factory=FeedbackScoring)
+    #: Pause the cyclic GC while the in-process worker drains a batch (``flowtel._gc``). Off by default: it
+    #: switches collection off for the whole app process, not only for flowtel's thread.
+    pause_gc: bool = False
 
     def __post_init__(self) -> None:
         for name, minimum in (("cardinality_limit", 1), ("max_held_spans", 1), ("max_queue_size", 1),
@@ -99,6 +102,7 @@ class FlowtelConfig:
         _maybe(values, sources, env, "FLOWTEL_FEEDBACK_WINDOW", "feedback_window_s", _float)
         _maybe(values, sources, env, "FLOWTEL_FEEDBACK_MAX_REQUESTS", "feedback_max_requests", _int)
         _maybe(values, sources, env, "FLOWTEL_FEEDBACK_WAIT", "feedback_wait_s", _float)
+        _maybe(values, sources, env, "FLOWTEL_PAUSE_GC", "pause_gc", _bool)
         threshold = env.get("FLOWTEL_FEEDBACK_POSITIVE_THRESHOLD", "").strip()
         if threshold:
             values["feedback_scoring"] = replace(

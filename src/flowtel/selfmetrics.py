@@ -16,6 +16,7 @@ from collections.abc import Callable, Iterable, Mapping
 
 from opentelemetry.metrics import CallbackOptions, MeterProvider, Observation
 
+from flowtel._fork import reinit_after_fork
 from flowtel._log import warn_once
 
 Gauge = Callable[[], float]
@@ -71,6 +72,7 @@ class SelfMetrics:
 
     def __init__(self, meter_provider: MeterProvider | None = None) -> None:
         self._lock = threading.Lock()
+        reinit_after_fork(self, "_lock")
         self._counts: dict[str, dict[Labels, int]] = {name: {} for name in _COUNTERS}
         for name, label_sets in _ZEROS.items():
             for labels in label_sets:
