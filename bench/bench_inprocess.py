@@ -208,7 +208,8 @@ def build_baseline(resource: Resource, queue_size: int, keep: bool = False) -> P
 def build_flowtel(resource: Resource, queue_size: int, keep: bool = False,
                   extra_downstream: Sequence[SpanProcessor] = ()) -> Pipeline:
     """As ``flowtel.configure()`` builds it, minus the HTTP endpoint and the global providers."""
-    config = FlowtelConfig(max_queue_size=max(FlowtelConfig().max_queue_size, queue_size))
+    # From the environment as configure() reads it (e.g. FLOWTEL_PAUSE_GC=true to measure the GC pause).
+    config = FlowtelConfig.from_env(max_queue_size=max(FlowtelConfig().max_queue_size, queue_size))
     reader = PrometheusMetricReader()
     meter_provider = MeterProvider(resource=resource, metric_readers=[reader], shutdown_on_exit=False)
     self_metrics = SelfMetrics(meter_provider)
