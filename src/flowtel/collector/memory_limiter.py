@@ -4,18 +4,27 @@ Like the upstream processor it checks resident memory every ``check_interval`` a
 while usage is above ``limit_mib - spike_limit_mib``, receivers answer 503 / UNAVAILABLE
 (retryable, so well-behaved OTLP clients back off and resend). Above ``limit_mib`` it
 also asks Python's garbage collector to run.
+
+Resident memory is what the kernel charges (and what a container's OOM killer reads), but
+glibc's allocator keeps freed memory mapped: after a spike of held spans was delivered, RSS
+stayed at its peak and the limiter refused every request for as long as the process lived.
+So while over the soft limit, each check hands free heap memory back to the OS
+(``malloc_trim``, glibc only; ``allocator.py``) before it measures again: intake resumes as
+soon as the data is gone.
 """
 
 from __future__ import annotations
 
 import gc
 import os
+import sys
 import threading
 
 from pydantic import Field, model_validator
 
 from flowtel._log import logger
 
+from .allocator import release_free_memory
 from .refusal import Refused
 from .settings import Model, PositiveDuration
 
@@ -76,7 +85,12 @@ def resident_mib() -> float:
     except (OSError, ValueError, IndexError):
         import resource  # macOS and friends: peak, not current, but better than nothing
 
-        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+        return maxrss_mib(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, sys.platform)
+
+
+def maxrss_mib(ru_maxrss: int, platform: str) -> float:
+    """``getrusage``'s peak RSS in MiB: macOS reports it in bytes, Linux and the BSDs in KiB."""
+    return ru_maxrss / (2**20 if platform == "darwin" else 1024)
 
 
 class MemoryLimiter:
@@ -101,6 +115,7 @@ class MemoryLimiter:
         used = resident_mib()
         if used > self._limit:
             gc.collect()
+        if used > self._soft and release_free_memory():
             used = resident_mib()
         over = used > self._soft
         if over != self._over:

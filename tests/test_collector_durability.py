@@ -1,0 +1,193 @@
+"""Durability of the real collector under memory spikes, damaged queue files, oversized spans and shutdown.
+
+Each test starts the collector process, drives it over loopback and checks what a client and a
+downstream backend see, and that the collector's own metrics account for every span.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import threading
+import time
+from concurrent import futures
+from pathlib import Path
+from typing import Any
+
+import grpc
+import yaml
+from opentelemetry.proto.collector.trace.v1 import trace_service_pb2
+from opentelemetry.proto.common.v1.common_pb2 import AnyValue, KeyValue
+from opentelemetry.proto.trace.v1.trace_pb2 import Span
+
+from collector_proc import CollectorProcess
+from conftest import Scrape, scrape
+
+_EXPORT = "/opentelemetry.proto.collector.trace.v1.TraceService/Export"
+
+
+def request_bytes(spans: list[Span], service: str = "durability-tests") -> bytes:
+    request = trace_service_pb2.ExportTraceServiceRequest()
+    rs = request.resource_spans.add()
+    rs.resource.attributes.append(KeyValue(key="service.name", value=AnyValue(string_value=service)))
+    rs.scope_spans.add().spans.extend(spans)
+    return request.SerializeToString()
+
+
+def orphan_spans(count: int, payload_bytes: int) -> list[Span]:
+    """Spans whose parent never arrives: the collector holds them until ``trace_timeout``."""
+    now = time.time_ns()
+    filler = "x" * payload_bytes
+    return [Span(trace_id=os.urandom(16), span_id=os.urandom(8), parent_span_id=os.urandom(8), name="orphan",
+                 start_time_unix_nano=now, end_time_unix_nano=now + 1000,
+                 attributes=[KeyValue(key="filler", value=AnyValue(string_value=filler + str(i)))])
+            for i in range(count)]
+
+
+def export(channel: grpc.Channel, body: bytes) -> grpc.StatusCode:
+    """Send one serialized request; the gRPC status it got (OK when accepted)."""
+    call = channel.unary_unary(_EXPORT, request_serializer=None, response_deserializer=None)
+    try:
+        call(body, timeout=30)
+    except grpc.RpcError as error:
+        return error.code()  # type: ignore[no-any-return, attr-defined]
+    return grpc.StatusCode.OK
+
+
+class CountingBackend:
+    """A downstream OTLP/gRPC backend that only counts spans and bytes (a spike must not live on in the test)."""
+
+    def __init__(self, delay_s: float = 0.0, max_message_bytes: int = 4 * 1024 * 1024) -> None:
+        self.spans = 0
+        self.requests = 0
+        self.span_names: list[str] = []
+        self.delay_s = delay_s
+        self.lock = threading.Lock()
+        self.server = grpc.server(futures.ThreadPoolExecutor(max_workers=4),
+                                  options=[("grpc.max_receive_message_length", max_message_bytes)])
+        handler = grpc.unary_unary_rpc_method_handler(
+            self._export, request_deserializer=trace_service_pb2.ExportTraceServiceRequest.FromString,
+            response_serializer=trace_service_pb2.ExportTraceServiceResponse.SerializeToString)
+        self.server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(
+            "opentelemetry.proto.collector.trace.v1.TraceService", {"Export": handler}),))
+        self.port = self.server.add_insecure_port("127.0.0.1:0")
+
+    def _export(self, request: Any, context: grpc.ServicerContext) -> Any:
+        if self.delay_s:
+            time.sleep(self.delay_s)
+        spans = [s for rs in request.resource_spans for ss in rs.scope_spans for s in ss.spans]
+        with self.lock:
+            self.requests += 1
+            self.spans += len(spans)
+            self.span_names += [s.name for s in spans if s.name != "orphan"]
+        return trace_service_pb2.ExportTraceServiceResponse()
+
+    @property
+    def endpoint(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    def __enter__(self) -> CountingBackend:
+        self.server.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.server.stop(0).wait()
+
+
+def collector_config(exporters: dict[str, Any], *, processors: dict[str, Any] | None = None,
+                     extensions: dict[str, Any] | None = None, shutdown_timeout: str = "10s") -> str:
+    processors = {"flowtel": {}, "batch": {"timeout": "50ms"}, **(processors or {})}
+    order = [p for p in ("memory_limiter", "flowtel", "batch") if p in processors]
+    return yaml.safe_dump({
+        "receivers": {"otlp": {"protocols": {"grpc": {"endpoint": "127.0.0.1:0", "max_recv_msg_size_mib": 16}}}},
+        "processors": processors,
+        "exporters": {"prometheus": {"endpoint": "127.0.0.1:0"}, **exporters},
+        "extensions": extensions or {},
+        "service": {
+            "extensions": list(extensions or {}),
+            "shutdown_timeout": shutdown_timeout,
+            "pipelines": {"traces": {"receivers": ["otlp"], "processors": order,
+                                     "exporters": ["prometheus", *exporters]}},
+        },
+    })
+
+
+def forward_to(endpoint: str, **settings: Any) -> dict[str, Any]:
+    return {"endpoint": endpoint, "tls": {"insecure": True},
+            "retry_on_failure": {"initial_interval": "100ms", "max_interval": "500ms"}, **settings}
+
+
+def metrics(collector: CollectorProcess) -> Scrape:
+    return scrape(collector.prometheus["prometheus"])
+
+
+def rss_mib(pid: int) -> float:
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    raise AssertionError("no VmRSS")
+
+
+# Item: after a spike, memory is given back and intake resumes.
+
+def test_intake_resumes_after_a_memory_spike_is_delivered(tmp_path: Path) -> None:
+    limiter = {"check_interval": "200ms", "limit_mib": 330, "spike_limit_mib": 80}  # refuses above 250 MiB
+    with CountingBackend(max_message_bytes=256 * 1024 * 1024) as backend:
+        collector = CollectorProcess(collector_config(
+            {"otlp/backend": forward_to(backend.endpoint)},
+            processors={"memory_limiter": limiter, "flowtel": {"trace_timeout": "3s"}}), tmp_path).start()
+        assert collector.proc is not None
+        pid = collector.proc.pid
+        try:
+            baseline = rss_mib(pid)
+            assert baseline < 200, f"the collector starts at {baseline:.0f} MiB: too close to the limit for this test"
+            sent = 0
+            with grpc.insecure_channel(collector.grpc["otlp"]) as channel:
+                body = request_bytes(orphan_spans(500, 4000))  # 2 MB of spans held until their trace times out
+                for _ in range(400):  # bounded: 800 MB at most
+                    status = export(channel, body)
+                    if status == grpc.StatusCode.UNAVAILABLE:
+                        break
+                    assert status == grpc.StatusCode.OK, status
+                    sent += 500
+                else:
+                    raise AssertionError("the memory limiter never refused")
+                peak = rss_mib(pid)
+                # Every held span times out, is released and delivered; then the memory they took is free.
+                collector.wait_for(lambda: backend.spans >= sent, timeout=60)
+                delivered_at = time.monotonic()
+                good = request_bytes([Span(trace_id=os.urandom(16), span_id=os.urandom(8), name="good-client",
+                                           start_time_unix_nano=1, end_time_unix_nano=2)])
+                resumed = collector.wait_for(lambda: export(channel, good) == grpc.StatusCode.OK, timeout=30,
+                                             interval=0.2)
+                assert resumed
+                waited = time.monotonic() - delivered_at
+                after = rss_mib(pid)
+                collector.wait_for(lambda: "good-client" in backend.span_names)
+            reading = metrics(collector)
+            assert reading.value("otelcol_receiver_accepted_spans_total") == sent + 1
+            assert reading.value("otelcol_exporter_sent_spans_total", exporter="otlp/backend") == sent + 1
+            assert reading.value("otelcol_receiver_refused_spans_total", reason="memory_limit") >= 500
+            print(f"baseline {baseline:.0f} MiB, peak {peak:.0f} MiB, {sent} spans; intake resumed {waited:.1f}s "
+                  f"after delivery at {after:.0f} MiB")
+        finally:
+            assert collector.stop() == 0
+    assert "back below the soft limit" in collector.log
+
+
+def test_peak_rss_units_follow_the_platform() -> None:
+    import platform
+    import resource
+
+    from flowtel.collector.allocator import can_release
+    from flowtel.collector.memory_limiter import maxrss_mib
+
+    assert maxrss_mib(3 * 2**20, "darwin") == 3.0  # bytes on macOS
+    assert maxrss_mib(3 * 1024, "linux") == 3.0  # KiB on Linux
+    with open("/proc/self/status") as f:
+        peak_kib = next(int(line.split()[1]) for line in f if line.startswith("VmHWM:"))
+    ours = maxrss_mib(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, sys.platform)
+    assert abs(ours - peak_kib / 1024) < 16
+    # Where the C library is glibc, freed memory can be handed back (the limiter relies on it).
+    assert can_release() == (platform.libc_ver()[0] == "glibc")
