@@ -191,3 +191,65 @@ def test_peak_rss_units_follow_the_platform() -> None:
     assert abs(ours - peak_kib / 1024) < 16
     # Where the C library is glibc, freed memory can be handed back (the limiter relies on it).
     assert can_release() == (platform.libc_ver()[0] == "glibc")
+
+
+# Item: one large span does not poison a batch.
+
+def test_a_span_over_the_batch_byte_limit_is_dropped_alone_and_batches_are_split_below_it(tmp_path: Path) -> None:
+    retry = {"initial_interval": "100ms", "max_interval": "200ms", "max_elapsed_time": "2s"}
+    with CountingBackend() as backend:  # a gRPC server's usual 4 MiB limit
+        collector = CollectorProcess(collector_config(
+            {"otlp/backend": forward_to(backend.endpoint, retry_on_failure=retry)}), tmp_path).start()
+        try:
+            now = time.time_ns()
+
+            def root(name: str, payload_bytes: int) -> Span:  # a whole trace: released at once
+                return Span(trace_id=os.urandom(16), span_id=os.urandom(8), name=name, start_time_unix_nano=now,
+                            end_time_unix_nano=now + 1000, attributes=[
+                                KeyValue(key="filler", value=AnyValue(string_value="y" * payload_bytes))])
+
+            small = [root(f"small-{i}", 100) for i in range(174)]
+            large = [root(f"large-{i}", 1_500_000) for i in range(3)]  # 4.5 MB together: two requests at least
+            huge = root("huge", 5_000_000)
+            with grpc.insecure_channel(collector.grpc["otlp"]) as channel:
+                assert export(channel, request_bytes([*small[:100], huge, *large, *small[100:]])) == \
+                    grpc.StatusCode.OK
+            expected = len(small) + len(large)
+            collector.wait_for(lambda: metrics(collector).value("otelcol_exporter_sent_spans_total",
+                                                                exporter="otlp/backend") >= expected)
+            reading = metrics(collector)
+            assert sorted(backend.span_names) == sorted(s.name for s in [*small, *large])
+            assert backend.requests >= 2
+            assert reading.value("otelcol_receiver_accepted_spans_total") == expected + 1
+            assert reading.value("otelcol_exporter_sent_spans_total", exporter="otlp/backend") == expected
+            assert reading.value("otelcol_exporter_send_failed_spans_total") == 0
+            assert reading.value("flowtel_spans_dropped_total", reason="too_large") == 1
+            assert reading.value("flowtel_spans_dropped_total") == 1
+        finally:
+            assert collector.stop() == 0
+    assert len([line for line in collector.lines if "exceeds batch.send_batch_max_bytes" in line]) == 1, collector.log
+
+
+def test_split_batches_bounds_every_request_by_its_encoded_size() -> None:
+    from flowtel.collector.pipeline import split_batches
+    from flowtel.otlp import adapt, encode_request
+
+    now = time.time_ns()
+    spans = [Span(trace_id=os.urandom(16), span_id=os.urandom(8), name=f"s{i}", start_time_unix_nano=now,
+                  end_time_unix_nano=now + 1, attributes=[KeyValue(key="k", value=AnyValue(string_value="z" * (
+                      37 * i % 900)))]) for i in range(300)]
+    items = [span.native for span in adapt(request_bytes(spans[:150]) + request_bytes(spans[150:], "other")).spans]
+    for max_bytes, max_spans in ((500, 0), (2_000, 0), (5_000, 7), (1_000_000, 0), (1_000_000, 64)):
+        batches, too_large = split_batches(items, max_spans, max_bytes)
+        kept = [i for b in batches for i in b]
+        left_out = [i for i in items if all(i is not k for k in kept)]
+        assert sorted(too_large) == sorted(len(i[0]) for i in left_out)
+        # Sizes are upper bounds a few framing bytes above the exact ones: nothing near the limit is left out.
+        assert all(len(encode_request([i])) > max_bytes - 16 for i in left_out)
+        assert all(len(encode_request(b)) <= max_bytes for b in batches)
+        assert all(len(b) <= (max_spans or len(items)) for b in batches)
+        assert [i for i in items if any(i is k for k in kept)] == kept  # order kept
+        if max_bytes == 1_000_000 and not max_spans:
+            assert len(batches) == 1  # no split without need
+        if max_bytes == 500:
+            assert 0 < len(too_large) < len(items)
