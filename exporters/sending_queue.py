@@ -6,6 +6,14 @@ with exponential backoff (honouring a server's requested delay) for up to
 is delivered or finally refused, so a restart loses nothing already accepted: the next
 start picks up the files left behind. Every batch given up on is counted by reason in
 ``otelcol_exporter_send_failed_spans`` and ``flowtel_spans_dropped_total`` and logged once.
+
+A stored batch is never trusted blindly: its header (format version, signal, item count,
+payload length) and its payload are covered by a CRC-32, and the count can be no larger
+than the payload. An entry that fails a check (empty, truncated, bit-flipped, a directory,
+another signal's) is moved to ``corrupt/`` for a human to look at, counted in
+``flowtel_exporter_queue_damaged_files_total`` and, when its header could still be read,
+its items as dropped; ``.tmp`` files a crash or a full disk left half-written are removed at
+start (they were never acknowledged by the queue).
 """
 
 from __future__ import annotations
@@ -17,6 +25,7 @@ import random
 import struct
 import threading
 import time
+import zlib
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -71,7 +80,53 @@ class SendResult:
 
 
 Send = Callable[[bytes, float], SendResult]
-_HEADER = struct.Struct(">Q")  # span count, ahead of the payload in a stored batch
+#: A stored batch: magic and format version, signal (ASCII, NUL-padded), items, payload bytes, then a CRC-32
+#: of all that and the payload; the payload follows.
+_MAGIC = b"FTQ\x01"
+_HEADER = struct.Struct(">4s8sQQ")
+_CRC = struct.Struct(">I")
+_PREFIX = _HEADER.size + _CRC.size
+CORRUPT_DIR = "corrupt"
+
+
+class DamagedBatch(Exception):
+    """A stored batch that cannot be trusted; ``items`` is what its header claims when that is plausible."""
+
+    def __init__(self, reason: str, detail: str, items: int = 0) -> None:
+        super().__init__(detail)
+        self.reason, self.detail, self.items = reason, detail, items
+
+
+def encode_batch(payload: bytes, items: int, signal: str) -> bytes:
+    head = _HEADER.pack(_MAGIC, signal.encode("ascii"), items, len(payload))
+    return head + _CRC.pack(zlib.crc32(payload, zlib.crc32(head))) + payload
+
+
+def read_batch(path: str, signal: str, *, header_only: bool = False) -> tuple[int, bytes]:
+    """(items, payload) of a stored batch after every check; raises ``DamagedBatch`` (``OSError`` when unreadable).
+    ``header_only`` reads just the header (the count, for tests and tools: not verified against the payload)."""
+    if os.path.isdir(path):
+        raise DamagedBatch("not_a_file", "a directory where a batch file should be")
+    with open(path, "rb") as f:
+        head = f.read(_PREFIX)
+        if len(head) < _PREFIX:
+            raise DamagedBatch("truncated", f"{len(head)} bytes, shorter than a batch header")
+        magic, stored_signal, items, length = _HEADER.unpack_from(head)
+        if magic != _MAGIC:
+            raise DamagedBatch("unknown_format", f"unknown header {magic!r}")
+        if items > length:  # every item takes at least a byte: a count above the payload is made up
+            raise DamagedBatch("bad_header", f"header claims {items} items in {length} bytes")
+        stored_signal = stored_signal.rstrip(b"\0").decode("ascii", errors="replace")
+        if stored_signal != signal:
+            raise DamagedBatch("wrong_signal", f"a {stored_signal} batch in a {signal} queue", items)
+        if header_only:
+            return items, b""
+        payload = f.read(length + 1)
+    if len(payload) != length:
+        raise DamagedBatch("truncated", f"payload of {len(payload)} bytes, the header says {length}", items)
+    if zlib.crc32(payload, zlib.crc32(head[:_HEADER.size])) != _CRC.unpack_from(head, _HEADER.size)[0]:
+        raise DamagedBatch("checksum", "checksum mismatch", items)
+    return items, payload
 
 
 @dataclass(slots=True, eq=False)
@@ -84,9 +139,11 @@ class _Item:
 class SendingQueue:
     def __init__(self, exporter_id: str, send: Send, queue: QueueSettings, retry: RetrySettings,
                  self_metrics: SelfMetrics, timeout_s: float, storage_dir: str | None = None, *,
-                 counts_delivery: bool = True) -> None:
-        """``counts_delivery=False``: the sender counts what it delivered itself (Azure Monitor's accounting)."""
+                 counts_delivery: bool = True, signal: str = "traces") -> None:
+        """``counts_delivery=False``: the sender counts what it delivered itself (Azure Monitor's accounting).
+        ``signal`` is written in each stored batch, so a queue never sends another signal's files."""
         self._id = exporter_id
+        self._signal = signal
         self._counts_delivery = counts_delivery
         self._send = send
         self._queue_settings = queue
@@ -108,20 +165,47 @@ class SendingQueue:
 
     def _recover(self) -> None:
         assert self._dir is not None
-        names = sorted(n for n in os.listdir(self._dir) if n.endswith(".batch") and n.split(".")[0].isdigit())
+        names = sorted(os.listdir(self._dir))
+        unfinished = [n for n in names if n.endswith(".batch.tmp")]
+        for name in unfinished:  # a crash or a full disk mid-write: never acknowledged, never complete
+            self._damaged(os.path.join(self._dir, name), DamagedBatch("unfinished", "half-written"), remove=True)
         for name in names:
+            if not (name.endswith(".batch") and name.split(".")[0].isdigit()):
+                continue
             path = os.path.join(self._dir, name)
             try:
-                with open(path, "rb") as f:
-                    (spans,) = _HEADER.unpack(f.read(_HEADER.size))
-            except (OSError, struct.error):
-                logger.warning("exporter %s: unreadable stored batch %s skipped", self._id, path)
+                spans, _ = read_batch(path, self._signal)
+            except DamagedBatch as damaged:
+                self._damaged(path, damaged)
+                continue
+            except OSError as error:
+                self._damaged(path, DamagedBatch("unreadable", error.strerror or str(error)))
                 continue
             self._items.append(_Item(spans, None, path))
             self._seq = max(self._seq, int(name.split(".")[0]) + 1)
-        if names:
+        if self._items:
             logger.info("exporter %s: %d stored batch(es) (%d spans) recovered from %s", self._id, len(self._items),
                         sum(i.spans for i in self._items), self._dir)
+
+    def _damaged(self, path: str, damaged: DamagedBatch, *, remove: bool = False) -> None:
+        """Count a stored batch that cannot be trusted; move it to ``corrupt/`` (or remove an unfinished one)."""
+        assert self._dir is not None
+        self._self.add("flowtel.exporter.queue.damaged_files", 1, self._id, damaged.reason)
+        if damaged.items:
+            self._self.add("otelcol.exporter.send_failed.spans", damaged.items, self._id, "damaged_file")
+            self._self.dropped("queue_file_damaged", damaged.items)
+        try:
+            if remove:
+                os.remove(path)
+            else:
+                aside = os.path.join(self._dir, CORRUPT_DIR)
+                os.makedirs(aside, mode=0o700, exist_ok=True)
+                os.replace(path, os.path.join(aside, os.path.basename(path)))
+            where = "removed" if remove else f"moved to {CORRUPT_DIR}/"
+        except OSError as error:
+            where = f"left in place ({error.strerror})"
+        logger.warning("exporter %s: stored batch %s cannot be trusted (%s: %s; %d item(s) lost); %s", self._id,
+                       path, damaged.reason, damaged.detail, damaged.items, where)
 
     def start(self) -> None:
         for n in range(max(1, self._queue_settings.num_consumers)):
@@ -156,12 +240,16 @@ class SendingQueue:
         path = os.path.join(self._dir, f"{self._seq:020d}.batch")
         self._seq += 1
         tmp = path + ".tmp"
-        with open(tmp, "wb") as f:
-            f.write(_HEADER.pack(spans))
-            f.write(payload)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
+        try:
+            with open(tmp, "wb") as f:
+                f.write(encode_batch(payload, spans, self._signal))
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
+        except OSError:
+            with contextlib.suppress(OSError):  # a full disk leaves no half-written file behind
+                os.remove(tmp)
+            raise
         return path
 
     def _take(self) -> _Item | None:
@@ -197,8 +285,10 @@ class SendingQueue:
         payload = item.payload
         if payload is None and item.path is not None:
             try:
-                with open(item.path, "rb") as f:
-                    payload = f.read()[_HEADER.size:]
+                _, payload = read_batch(item.path, self._signal)
+            except DamagedBatch as damaged:  # changed on disk since it was recovered
+                self._give_up(item, f"stored batch {damaged.reason}: {damaged.detail}", "damaged_file")
+                return
             except OSError as error:
                 self._give_up(item, f"storage_read: {error.strerror}", "storage_error")
                 return

@@ -253,3 +253,63 @@ def test_split_batches_bounds_every_request_by_its_encoded_size() -> None:
             assert len(batches) == 1  # no split without need
         if max_bytes == 500:
             assert 0 < len(too_large) < len(items)
+
+
+# Item: damaged persistent queue files are moved aside and counted, never trusted.
+
+def test_damaged_queue_files_are_moved_aside_and_counted_and_tmp_leftovers_removed(tmp_path: Path) -> None:
+    from flowtel.collector import Collector  # noqa: F401  (the exporters import the collector's settings first)
+    from flowtel.exporters.sending_queue import encode_batch
+
+    storage = tmp_path / "storage"
+    queue = storage / "otlp_backend"
+    queue.mkdir(parents=True)
+    now = time.time_ns()
+
+    def spans(name: str, n: int) -> list[Span]:
+        return [Span(trace_id=os.urandom(16), span_id=os.urandom(8), name=f"{name}-{i}", start_time_unix_nano=now,
+                     end_time_unix_nano=now + 1) for i in range(n)]
+
+    good = spans("stored", 3)
+    (queue / f"{1:020d}.batch").write_bytes(encode_batch(request_bytes(good), 3, "traces"))
+    (queue / f"{2:020d}.batch").write_bytes(b"")  # empty
+    truncated = encode_batch(request_bytes(spans("truncated", 2)), 2, "traces")
+    (queue / f"{3:020d}.batch").write_bytes(truncated[:len(truncated) - 20])
+    (queue / f"{4:020d}.batch").write_bytes(encode_batch(request_bytes(spans("lying", 1)), 2**62, "traces"))
+    (queue / f"{5:020d}.batch").mkdir()
+    flipped = bytearray(encode_batch(request_bytes(spans("flipped", 2)), 2, "traces"))
+    flipped[-5] ^= 0x40
+    (queue / f"{6:020d}.batch").write_bytes(bytes(flipped))
+    (queue / f"{7:020d}.batch").write_bytes(encode_batch(b"\x0a\x00", 1, "metrics"))  # another signal's
+    (queue / f"{8:020d}.batch.tmp").write_bytes(truncated[:30])  # a crash mid-write
+    exporters = {"otlp/backend": forward_to("", sending_queue={"storage": "file_storage"})}
+    extensions = {"file_storage": {"directory": str(storage)}}
+    damaged = {"truncated": 2, "bad_header": 1, "not_a_file": 1, "checksum": 1, "wrong_signal": 1, "unfinished": 1}
+    with CountingBackend() as backend:
+        exporters["otlp/backend"]["endpoint"] = backend.endpoint
+        collector = CollectorProcess(collector_config(exporters, extensions=extensions), tmp_path).start()
+        try:
+            collector.wait_for(lambda: metrics(collector).value("otelcol_exporter_sent_spans_total") >= 3)
+            reading = metrics(collector)
+            assert sorted(backend.span_names) == sorted(s.name for s in good)
+            assert reading.value("otelcol_exporter_sent_spans_total", exporter="otlp/backend") == 3
+            for reason, files in damaged.items():
+                assert reading.value("flowtel_exporter_queue_damaged_files_total", exporter="otlp/backend",
+                                     reason=reason) == files, reason
+            # Spans are counted where the header could still be read and was plausible: never 2^62.
+            lost = 2 + 2 + 1  # truncated, flipped, the metrics batch's one point
+            assert reading.value("otelcol_exporter_send_failed_spans_total", exporter="otlp/backend",
+                                 reason="damaged_file") == lost
+            assert reading.value("flowtel_spans_dropped_total", reason="queue_file_damaged") == lost
+        finally:
+            assert collector.stop() == 0
+        assert sorted(p.name for p in queue.iterdir()) == ["corrupt"]  # delivered, moved aside or removed
+        assert len(list((queue / "corrupt").iterdir())) == 6  # and the .tmp removed
+        assert len([line for line in collector.lines if "cannot be trusted" in line]) == 7, collector.log
+        # Moved aside means dealt with: the next start finds nothing to skip or to report again.
+        collector.start()
+        try:
+            assert metrics(collector).value("flowtel_exporter_queue_damaged_files_total") == 0
+        finally:
+            assert collector.stop() == 0
+        assert not [line for line in collector.lines if "WARNING" in line], collector.log

@@ -45,6 +45,9 @@ _COUNTERS: dict[str, tuple[str, str, tuple[str, ...]]] = {
                                            ("exporter", "reason")),
     "otelcol.exporter.enqueue_failed.spans": ("{span}", "Spans an exporter's full queue could not take",
                                               ("exporter",)),
+    "flowtel.exporter.queue.damaged_files": ("{file}", "Persistent queue files that could not be trusted and were "
+                                             "moved aside (or removed, when unfinished), by reason",
+                                             ("exporter", "reason")),
     "otelcol.exporter.sent.metric_points": ("{datapoint}", "Metric points an exporter delivered", ("exporter",)),
     "otelcol.exporter.send_failed.metric_points": ("{datapoint}", "Metric points an exporter gave up on, by reason",
                                                    ("exporter", "reason")),
