@@ -134,6 +134,7 @@ class _Item:
     spans: int
     payload: bytes | None  # None: still on disk only
     path: str | None = None
+    attempt_ends: float = 0.0  # monotonic time by which the attempt under way has its answer (its timeout)
 
 
 class SendingQueue:
@@ -296,6 +297,7 @@ class SendingQueue:
         started = time.monotonic()
         interval = self._retry.initial_interval
         while True:
+            item.attempt_ends = time.monotonic() + self._timeout_s
             result = self._attempt(payload)
             if result.ok:
                 if self._counts_delivery:
@@ -355,8 +357,10 @@ class SendingQueue:
 
         A persistent queue keeps what is left for the next start, so it stops at once: a batch being sent
         finishes its attempt, one waiting to be retried goes back to its file. An in-memory queue keeps
-        sending and retrying until it is empty or the deadline; what is still queued or in flight then
-        is counted as dropped and logged.
+        sending and retrying until it is empty or the deadline; then it starts nothing more, but an attempt
+        already under way is waited for (at most the exporter's ``timeout``, which bounds one attempt), so
+        a batch that arrives is counted as sent, not as lost. What is still queued then is counted as
+        dropped and logged.
         """
         with self._cond:
             if self._dir is None:
@@ -364,22 +368,32 @@ class SendingQueue:
                     self._cond.wait(min(0.1, max(0.0, deadline - time.monotonic())))
             self._stopping.set()
             self._cond.notify_all()
+            if self._dir is None:
+                while self._in_flight:  # a batch waiting to be retried leaves at once, back to the queue
+                    remaining = max(i.attempt_ends for i in self._in_flight) + 0.5 - time.monotonic()
+                    if remaining <= 0:
+                        break
+                    self._cond.wait(min(0.1, remaining))
         end = max(deadline, time.monotonic()) + 0.5  # a consumer interrupted at the deadline needs a moment
         for thread in self._threads:
             thread.join(timeout=max(0.0, end - time.monotonic()))
         with self._cond:
-            # Batches still in flight belong to consumers stuck in an attempt past the deadline.
-            left = [*self._in_flight, *self._items]
+            # Batches still in flight belong to consumers stuck in an attempt past its own timeout.
+            in_flight, queued = list(self._in_flight), list(self._items)
             self._in_flight.clear()
             self._items.clear()
-        if left and self._dir is None:
-            spans = sum(i.spans for i in left)
-            self._self.add("otelcol.exporter.send_failed.spans", spans, self._id, "shutdown")
-            self._self.dropped("shutdown_timeout", spans)
-            logger.warning("exporter %s: %d span(s) still queued at the shutdown deadline were dropped", self._id,
-                           spans)
-        elif left:
-            logger.info("exporter %s: %d batch(es) left in %s for the next start", self._id, len(left), self._dir)
+        if self._dir is not None:
+            if in_flight or queued:
+                logger.info("exporter %s: %d batch(es) left in %s for the next start", self._id,
+                            len(in_flight) + len(queued), self._dir)
+            return
+        for items, what in ((queued, "still queued"), (in_flight, "in flight with no answer")):
+            if items:
+                spans = sum(i.spans for i in items)
+                self._self.add("otelcol.exporter.send_failed.spans", spans, self._id, "shutdown")
+                self._self.dropped("shutdown_timeout", spans)
+                logger.warning("exporter %s: %d span(s) %s at the shutdown deadline were dropped", self._id, spans,
+                               what)
 
 
 def _jitter(interval: float, factor: float) -> float:

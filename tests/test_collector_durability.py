@@ -60,6 +60,7 @@ class CountingBackend:
     def __init__(self, delay_s: float = 0.0, max_message_bytes: int = 4 * 1024 * 1024) -> None:
         self.spans = 0
         self.requests = 0
+        self.started = 0  # export calls begun (a slow backend counts them before answering)
         self.span_names: list[str] = []
         self.delay_s = delay_s
         self.lock = threading.Lock()
@@ -73,6 +74,8 @@ class CountingBackend:
         self.port = self.server.add_insecure_port("127.0.0.1:0")
 
     def _export(self, request: Any, context: grpc.ServicerContext) -> Any:
+        with self.lock:
+            self.started += 1
         if self.delay_s:
             time.sleep(self.delay_s)
         spans = [s for rs in request.resource_spans for ss in rs.scope_spans for s in ss.spans]
@@ -313,3 +316,33 @@ def test_damaged_queue_files_are_moved_aside_and_counted_and_tmp_leftovers_remov
         finally:
             assert collector.stop() == 0
         assert not [line for line in collector.lines if "WARNING" in line], collector.log
+
+
+# Item: shutdown counts what was really lost.
+
+def test_shutdown_counts_a_batch_in_flight_at_the_deadline_only_if_it_is_lost(tmp_path: Path) -> None:
+    # One consumer: batch A is being sent to a backend that answers after 3 s, batch B waits behind it.
+    # The shutdown deadline (2 s) comes while A is in flight: A arrives, B is lost, and only B is counted.
+    with CountingBackend(delay_s=3.0) as backend:
+        exporter = forward_to(backend.endpoint, timeout="10s", sending_queue={"num_consumers": 1})
+        collector = CollectorProcess(collector_config({"otlp/backend": exporter}, shutdown_timeout="2s"),
+                                     tmp_path).start()
+        now = time.time_ns()
+
+        def roots(name: str, n: int) -> list[Span]:
+            return [Span(trace_id=os.urandom(16), span_id=os.urandom(8), name=f"{name}-{i}",
+                         start_time_unix_nano=now, end_time_unix_nano=now + 1) for i in range(n)]
+
+        try:
+            with grpc.insecure_channel(collector.grpc["otlp"]) as channel:
+                assert export(channel, request_bytes(roots("in-flight", 5))) == grpc.StatusCode.OK
+                collector.wait_for(lambda: backend.started == 1)
+                assert export(channel, request_bytes(roots("queued", 7))) == grpc.StatusCode.OK
+            collector.wait_for(lambda: metrics(collector).value("otelcol_exporter_queue_size",
+                                                                exporter="otlp/backend") == 1)
+        finally:
+            assert collector.stop(timeout=30) == 0
+        assert sorted(backend.span_names) == [f"in-flight-{i}" for i in range(5)]
+    dropped = [line for line in collector.lines if "at the shutdown deadline were dropped" in line]
+    assert len(dropped) == 1 and "7 span(s) still queued" in dropped[0], collector.log
+    assert "in flight" not in collector.log
