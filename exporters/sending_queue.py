@@ -113,6 +113,8 @@ def read_batch(path: str, signal: str, *, header_only: bool = False) -> tuple[in
             raise DamagedBatch("truncated", f"{len(head)} bytes, shorter than a batch header")
         magic, stored_signal, items, length = _HEADER.unpack_from(head)
         if magic != _MAGIC:
+            if signal == "traces" and not header_only:
+                return _legacy_batch(head + f.read())
             raise DamagedBatch("unknown_format", f"unknown header {magic!r}")
         if items > length:  # every item takes at least a byte: a count above the payload is made up
             raise DamagedBatch("bad_header", f"header claims {items} items in {length} bytes")
@@ -127,6 +129,24 @@ def read_batch(path: str, signal: str, *, header_only: bool = False) -> tuple[in
     if zlib.crc32(payload, zlib.crc32(head[:_HEADER.size])) != _CRC.unpack_from(head, _HEADER.size)[0]:
         raise DamagedBatch("checksum", "checksum mismatch", items)
     return items, payload
+
+
+def _legacy_batch(data: bytes) -> tuple[int, bytes]:
+    """A batch stored before the checked format (a span count, then the request): kept across an upgrade
+    only when the request parses and holds exactly the spans its count claims."""
+    from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
+
+    (claimed,) = struct.unpack_from(">Q", data)
+    payload = data[8:]
+    try:
+        request = ExportTraceServiceRequest.FromString(payload)
+    except Exception:  # protobuf's DecodeError, or whatever a damaged buffer makes the parser raise
+        raise DamagedBatch("unknown_format", "neither this format nor a parsable older one") from None
+    spans = sum(len(ss.spans) for rs in request.resource_spans for ss in rs.scope_spans)
+    if spans != claimed or not spans:
+        raise DamagedBatch("unknown_format", f"an older-format header claims {claimed} spans, the request holds "
+                           f"{spans}")
+    return spans, payload
 
 
 @dataclass(slots=True, eq=False)

@@ -7,6 +7,7 @@ downstream backend see, and that the collector's own metrics account for every s
 from __future__ import annotations
 
 import os
+import struct
 import sys
 import threading
 import time
@@ -285,17 +286,22 @@ def test_damaged_queue_files_are_moved_aside_and_counted_and_tmp_leftovers_remov
     (queue / f"{6:020d}.batch").write_bytes(bytes(flipped))
     (queue / f"{7:020d}.batch").write_bytes(encode_batch(b"\x0a\x00", 1, "metrics"))  # another signal's
     (queue / f"{8:020d}.batch.tmp").write_bytes(truncated[:30])  # a crash mid-write
+    # Batches an earlier release stored (a span count, then the request): kept when the request agrees.
+    legacy = spans("legacy", 2)
+    (queue / f"{9:020d}.batch").write_bytes(struct.pack(">Q", 2) + request_bytes(legacy))
+    (queue / f"{10:020d}.batch").write_bytes(struct.pack(">Q", 2**62) + request_bytes(spans("legacy-lying", 1)))
     exporters = {"otlp/backend": forward_to("", sending_queue={"storage": "file_storage"})}
     extensions = {"file_storage": {"directory": str(storage)}}
-    damaged = {"truncated": 2, "bad_header": 1, "not_a_file": 1, "checksum": 1, "wrong_signal": 1, "unfinished": 1}
+    damaged = {"truncated": 2, "bad_header": 1, "not_a_file": 1, "checksum": 1, "wrong_signal": 1, "unfinished": 1,
+               "unknown_format": 1}
     with CountingBackend() as backend:
         exporters["otlp/backend"]["endpoint"] = backend.endpoint
         collector = CollectorProcess(collector_config(exporters, extensions=extensions), tmp_path).start()
         try:
-            collector.wait_for(lambda: metrics(collector).value("otelcol_exporter_sent_spans_total") >= 3)
+            collector.wait_for(lambda: metrics(collector).value("otelcol_exporter_sent_spans_total") >= 5)
             reading = metrics(collector)
-            assert sorted(backend.span_names) == sorted(s.name for s in good)
-            assert reading.value("otelcol_exporter_sent_spans_total", exporter="otlp/backend") == 3
+            assert sorted(backend.span_names) == sorted(s.name for s in good + legacy)
+            assert reading.value("otelcol_exporter_sent_spans_total", exporter="otlp/backend") == 5
             for reason, files in damaged.items():
                 assert reading.value("flowtel_exporter_queue_damaged_files_total", exporter="otlp/backend",
                                      reason=reason) == files, reason
@@ -307,8 +313,8 @@ def test_damaged_queue_files_are_moved_aside_and_counted_and_tmp_leftovers_remov
         finally:
             assert collector.stop() == 0
         assert sorted(p.name for p in queue.iterdir()) == ["corrupt"]  # delivered, moved aside or removed
-        assert len(list((queue / "corrupt").iterdir())) == 6  # and the .tmp removed
-        assert len([line for line in collector.lines if "cannot be trusted" in line]) == 7, collector.log
+        assert len(list((queue / "corrupt").iterdir())) == 7  # and the .tmp removed
+        assert len([line for line in collector.lines if "cannot be trusted" in line]) == 8, collector.log
         # Moved aside means dealt with: the next start finds nothing to skip or to report again.
         collector.start()
         try:
