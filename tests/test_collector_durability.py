@@ -425,3 +425,27 @@ def test_feedback_values_otlp_cannot_carry_are_coerced_in_process() -> None:
     got = decode_attributes(request.resource_spans[0].scope_spans[0].spans[0].attributes)
     assert {k: got.get(k) for k in COERCED_FEEDBACK} == COERCED_FEEDBACK
     request.SerializeToString()
+
+
+def test_without_a_way_to_return_memory_the_limiter_refuses_only_while_the_collector_holds_data(monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    import pytest
+
+    from flowtel.collector import memory_limiter
+    from flowtel.collector.memory_limiter import MemoryLimiter, MemoryLimiterConfig
+    from flowtel.collector.refusal import Refused
+
+    monkeypatch.setattr(memory_limiter, "resident_mib", lambda: 500.0)  # retained by the allocator after a spike
+    monkeypatch.setattr(memory_limiter, "release_free_memory", lambda: False)  # musl, macOS
+    held = [10]
+    limiter = MemoryLimiter("memory_limiter", MemoryLimiterConfig(limit_mib=300, spike_limit_mib=50),
+                            holding=lambda: held[0])
+    limiter._check()
+    with pytest.raises(Refused):
+        limiter.check()
+    held[0] = 0  # delivered: refusing would free nothing
+    limiter._check()
+    limiter.check()
+    held[0] = 3
+    limiter._check()
+    with pytest.raises(Refused):
+        limiter.check()

@@ -117,6 +117,10 @@ class SelfMetrics:
     def register_gauge(self, name: str, gauge: Gauge, labels: Mapping[str, str] | None = None) -> None:
         self._gauges[name][tuple((labels or {}).items())] = gauge
 
+    def gauge_total(self, *names: str) -> float:
+        """Sum of every registered gauge called one of ``names``, across its labels (what the process holds)."""
+        return sum(gauge() for name in names for gauge in list(self._gauges[name].values()))
+
     def dropped(self, reason: str, count: int = 1) -> None:
         self.add("flowtel.spans.dropped", count, reason)
         warn_once(f"dropped:{reason}", "flowtel dropped spans (reason: %s); counted in flowtel_spans_dropped_total",

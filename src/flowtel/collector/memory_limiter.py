@@ -10,7 +10,9 @@ glibc's allocator keeps freed memory mapped: after a spike of held spans was del
 stayed at its peak and the limiter refused every request for as long as the process lived.
 So while over the soft limit, each check hands free heap memory back to the OS
 (``malloc_trim``, glibc only; ``allocator.py``) before it measures again: intake resumes as
-soon as the data is gone.
+soon as the data is gone. Where the allocator cannot give memory back (musl, macOS), the
+limiter also asks what the collector holds (queued, held and export-queued data): while that
+is nothing, refusing cannot free anything, so data is taken (freed memory is reused first).
 """
 
 from __future__ import annotations
@@ -19,10 +21,11 @@ import gc
 import os
 import sys
 import threading
+from collections.abc import Callable
 
 from pydantic import Field, model_validator
 
-from flowtel._log import logger
+from flowtel._log import logger, warn_once
 
 from .allocator import release_free_memory
 from .refusal import Refused
@@ -94,9 +97,12 @@ def maxrss_mib(ru_maxrss: int, platform: str) -> float:
 
 
 class MemoryLimiter:
-    def __init__(self, processor_id: str, config: MemoryLimiterConfig) -> None:
+    def __init__(self, processor_id: str, config: MemoryLimiterConfig,
+                 holding: Callable[[], float] | None = None) -> None:
+        """``holding``: how much data the collector holds now (any unit; 0 when it holds nothing)."""
         self.id = processor_id
         self._config = config
+        self._holding = holding
         self._limit, spike = config.limits_mib()
         self._soft = self._limit - spike
         self._over = False
@@ -115,9 +121,14 @@ class MemoryLimiter:
         used = resident_mib()
         if used > self._limit:
             gc.collect()
-        if used > self._soft and release_free_memory():
+        released = used > self._soft and release_free_memory()
+        if released:
             used = resident_mib()
         over = used > self._soft
+        if over and not released and self._holding is not None and not self._holding():
+            warn_once(f"memory-held:{self.id}", "%s: memory %.0f MiB is above the soft limit %d MiB but the collector "
+                      "holds no data (the allocator keeps freed memory); accepting data", self.id, used, self._soft)
+            over = False
         if over != self._over:
             logger.warning("%s: memory %.0f MiB is %s the soft limit %d MiB; %s", self.id, used,
                            "above" if over else "back below", self._soft,

@@ -113,6 +113,10 @@ class Collector:
     def read_token(self, authenticator: str) -> str:
         return self.config.extensions[authenticator].read_token()  # type: ignore[no-any-return]
 
+    def _holding(self) -> float:
+        """Data the collector holds: queued for a pipeline, held for its trace, waiting in an exporter's queue."""
+        return self.self_metrics.gauge_total("queue", "held_spans", "exporter_queue")
+
     def _pipeline(self, pipeline_id: str, processors: list[str], exporters: list[str]) -> TracesPipeline:
         limiters: list[MemoryLimiter] = []
         batch = BatchConfig()
@@ -121,7 +125,7 @@ class Collector:
             cfg = self.config.processors[pid]
             if isinstance(cfg, MemoryLimiterConfig):
                 if pid not in self._limiters:
-                    self._limiters[pid] = MemoryLimiter(pid, cfg)
+                    self._limiters[pid] = MemoryLimiter(pid, cfg, self._holding)
                 limiters.append(self._limiters[pid])
             elif isinstance(cfg, BatchConfig):
                 batch = cfg
