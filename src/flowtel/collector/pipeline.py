@@ -9,6 +9,7 @@ OTLP requests and hands them to every exporter, each of which queues on its own.
 from __future__ import annotations
 
 import collections
+import operator
 import threading
 import time
 from collections.abc import Iterator, Sequence
@@ -31,6 +32,10 @@ _SPAN_FRAMING = 6  # a ScopeSpans.spans tag and a length varint of at most 5 byt
 _GROUP_FRAMING = 12  # the ResourceSpans and ScopeSpans tags and their length varints
 
 
+_SPAN_BYTES = operator.itemgetter(0)
+_GROUP = operator.itemgetter(1)
+
+
 def _group_bytes(group: Any) -> int:
     """The bytes ``encode_request`` writes around the spans of one resource and scope."""
     return (len(group.resource_head) + len(group.resource_tail) + len(group.scope_head) + len(group.scope_tail)
@@ -41,7 +46,9 @@ def split_batches(ready: list[Any], max_spans: int, max_bytes: int) -> tuple[lis
     """``ready`` (``(span bytes, group, ...)`` items) cut into export batches of at most ``max_spans`` spans
     (0: any number) whose encoded request is at most ``max_bytes`` (0: any size); and the sizes of the spans
     that alone exceed ``max_bytes``, left out. Sizes are upper bounds, so no request can exceed the limit."""
-    if not max_bytes:
+    if not max_bytes or (
+            len(ready) * _SPAN_FRAMING + sum(map(len, map(_SPAN_BYTES, ready))) + sum(map(_group_bytes, set(map(
+                _GROUP, ready)))) <= max_bytes):  # the usual case, counted at C speed: no request near the limit
         size = max_spans or len(ready)
         return [ready[start:start + size] for start in range(0, len(ready), size)], []
     batches: list[list[Any]] = []
