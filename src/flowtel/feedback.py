@@ -172,7 +172,8 @@ def parse_feedback(body: bytes, query_string: str, headers: Mapping[str, str],
         raise FeedbackRefused(400, "malformed", f"body is not JSON: {error}") from None
     flatten = parse_qs(query_string).get("flatten", ["false"])[0].lower() == "true"
     # prompt flow falls back to the raw body when the body cannot be flattened
-    attributes = _flattened(data) if flatten and isinstance(data, dict) else {sc.FEEDBACK_ATTRIBUTE: text}
+    attributes: dict[str, Any] = (_flattened(data) if flatten and isinstance(data, dict)
+                                  else {sc.FEEDBACK_ATTRIBUTE: text})
     baggage, dropped = parse_baggage(headers.get("baggage", ""), limits)
     attributes.update(baggage)
     if dropped:
