@@ -427,7 +427,7 @@ def test_feedback_values_otlp_cannot_carry_are_coerced_in_process() -> None:
     request.SerializeToString()
 
 
-def test_without_a_way_to_return_memory_the_limiter_refuses_only_while_the_collector_holds_data(monkeypatch) -> None:  # type: ignore[no-untyped-def]
+def test_when_memory_cannot_be_returned_the_limiter_refuses_only_while_the_collector_holds_data(monkeypatch) -> None:  # type: ignore[no-untyped-def]
     import pytest
 
     from flowtel.collector import memory_limiter
@@ -449,3 +449,8 @@ def test_without_a_way_to_return_memory_the_limiter_refuses_only_while_the_colle
     limiter._check()
     with pytest.raises(Refused):
         limiter.check()
+    # Over the limit with nothing ever held is a limit below the idle process: that still refuses.
+    idle = MemoryLimiter("memory_limiter", MemoryLimiterConfig(limit_mib=300, spike_limit_mib=50), holding=lambda: 0)
+    idle._check()
+    with pytest.raises(Refused):
+        idle.check()

@@ -10,9 +10,11 @@ glibc's allocator keeps freed memory mapped: after a spike of held spans was del
 stayed at its peak and the limiter refused every request for as long as the process lived.
 So while over the soft limit, each check hands free heap memory back to the OS
 (``malloc_trim``, glibc only; ``allocator.py``) before it measures again: intake resumes as
-soon as the data is gone. Where the allocator cannot give memory back (musl, macOS), the
-limiter also asks what the collector holds (queued, held and export-queued data): while that
-is nothing, refusing cannot free anything, so data is taken (freed memory is reused first).
+soon as the data is gone. Where the allocator cannot give all of it back (musl and macOS
+have no such call; fragmentation), the limiter also asks what the collector holds (queued,
+held and export-queued data): once a spike of data is gone, refusing cannot free anything,
+so it takes data again while it holds none (freed memory is reused first), and refuses
+again while the data it took is held. A limit below the idle process's memory still refuses.
 """
 
 from __future__ import annotations
@@ -106,6 +108,7 @@ class MemoryLimiter:
         self._limit, spike = config.limits_mib()
         self._soft = self._limit - spike
         self._over = False
+        self._held_while_over = False  # data was held while over the soft limit: a spike, not a low limit
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name=f"flowtel-{processor_id}", daemon=True)
 
@@ -121,14 +124,19 @@ class MemoryLimiter:
         used = resident_mib()
         if used > self._limit:
             gc.collect()
-        released = used > self._soft and release_free_memory()
-        if released:
+        if used > self._soft and release_free_memory():
             used = resident_mib()
         over = used > self._soft
-        if over and not released and self._holding is not None and not self._holding():
-            warn_once(f"memory-held:{self.id}", "%s: memory %.0f MiB is above the soft limit %d MiB but the collector "
-                      "holds no data (the allocator keeps freed memory); accepting data", self.id, used, self._soft)
-            over = False
+        if not over:
+            self._held_while_over = False
+        elif self._holding is not None:
+            if self._holding():
+                self._held_while_over = True
+            elif self._held_while_over:  # a spike of data was delivered; what is left is the allocator's
+                warn_once(f"memory-held:{self.id}", "%s: memory %.0f MiB is still above the soft limit %d MiB "
+                          "although the collector holds no data (memory the allocator keeps); accepting data "
+                          "while it holds none", self.id, used, self._soft)
+                over = False
         if over != self._over:
             logger.warning("%s: memory %.0f MiB is %s the soft limit %d MiB; %s", self.id, used,
                            "above" if over else "back below", self._soft,
