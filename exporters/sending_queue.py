@@ -120,7 +120,7 @@ def read_batch(path: str, signal: str, *, header_only: bool = False) -> tuple[in
             raise DamagedBatch("bad_header", f"header claims {items} items in {length} bytes")
         stored_signal = stored_signal.rstrip(b"\0").decode("ascii", errors="replace")
         if stored_signal != signal:
-            raise DamagedBatch("wrong_signal", f"a {stored_signal} batch in a {signal} queue", items)
+            raise DamagedBatch("wrong_signal", f"a {stored_signal} batch ({items} items) in a {signal} queue")
         if header_only:
             return items, b""
         payload = f.read(length + 1)
@@ -194,6 +194,7 @@ class SendingQueue:
             if not (name.endswith(".batch") and name.split(".")[0].isdigit()):
                 continue
             path = os.path.join(self._dir, name)
+            self._seq = max(self._seq, int(name.split(".")[0]) + 1)  # damaged ones too: names stay unique in corrupt/
             try:
                 spans, _ = read_batch(path, self._signal)
             except DamagedBatch as damaged:
@@ -203,7 +204,6 @@ class SendingQueue:
                 self._damaged(path, DamagedBatch("unreadable", error.strerror or str(error)))
                 continue
             self._items.append(_Item(spans, None, path))
-            self._seq = max(self._seq, int(name.split(".")[0]) + 1)
         if self._items:
             logger.info("exporter %s: %d stored batch(es) (%d spans) recovered from %s", self._id, len(self._items),
                         sum(i.spans for i in self._items), self._dir)
