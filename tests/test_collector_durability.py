@@ -327,9 +327,9 @@ def test_damaged_queue_files_are_moved_aside_and_counted_and_tmp_leftovers_remov
 # Item: shutdown counts what was really lost.
 
 def test_shutdown_counts_a_batch_in_flight_at_the_deadline_only_if_it_is_lost(tmp_path: Path) -> None:
-    # One consumer: batch A is being sent to a backend that answers after 3 s, batch B waits behind it.
+    # One consumer: batch A is being sent to a backend that answers after 6 s, batch B waits behind it.
     # The shutdown deadline (2 s) comes while A is in flight: A arrives, B is lost, and only B is counted.
-    with CountingBackend(delay_s=3.0) as backend:
+    with CountingBackend(delay_s=6.0) as backend:
         exporter = forward_to(backend.endpoint, timeout="10s", sending_queue={"num_consumers": 1})
         collector = CollectorProcess(collector_config({"otlp/backend": exporter}, shutdown_timeout="2s"),
                                      tmp_path).start()
