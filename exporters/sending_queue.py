@@ -372,6 +372,11 @@ class SendingQueue:
     def size(self) -> int:
         return len(self._items)
 
+    @property
+    def holding(self) -> int:
+        """Batches this queue holds in memory or on disk: queued, being sent or waiting to be retried."""
+        return len(self._items) + len(self._in_flight)
+
     def shutdown(self, deadline: float) -> None:
         """Deliver what is queued until ``deadline``; then stop. Stored batches stay on disk, others are counted.
 

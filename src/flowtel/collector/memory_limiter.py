@@ -137,10 +137,13 @@ class MemoryLimiter:
                           "although the collector holds no data (memory the allocator keeps); accepting data "
                           "while it holds none", self.id, used, self._soft)
                 over = False
-        if over != self._over:
+        if over != self._over and not self._held_while_over:
             logger.warning("%s: memory %.0f MiB is %s the soft limit %d MiB; %s", self.id, used,
                            "above" if over else "back below", self._soft,
                            "refusing data (retryable)" if over else "accepting data again")
+        elif over != self._over:  # taking data only while holding none: it flips at every check, so once
+            warn_once(f"memory-held-refusing:{self.id}", "%s: memory %.0f MiB is above the soft limit %d MiB; "
+                      "refusing data while the collector holds some", self.id, used, self._soft)
         self._over = over
 
     def check(self) -> None:

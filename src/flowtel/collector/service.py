@@ -114,8 +114,10 @@ class Collector:
         return self.config.extensions[authenticator].read_token()  # type: ignore[no-any-return]
 
     def _holding(self) -> float:
-        """Data the collector holds: queued for a pipeline, held for its trace, waiting in an exporter's queue."""
-        return self.self_metrics.gauge_total("queue", "held_spans", "exporter_queue")
+        """Data the collector holds: queued for a pipeline, held for its trace, in an exporter's queue or being
+        sent (the queue-size gauge counts only what waits)."""
+        return self.self_metrics.gauge_total("queue", "held_spans") + sum(
+            getattr(e, "holding", 0) for e in self.exporters.values())
 
     def _pipeline(self, pipeline_id: str, processors: list[str], exporters: list[str]) -> TracesPipeline:
         limiters: list[MemoryLimiter] = []
