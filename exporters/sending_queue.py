@@ -123,8 +123,13 @@ def read_batch(path: str, signal: str, *, header_only: bool = False) -> tuple[in
             raise DamagedBatch("wrong_signal", f"a {stored_signal} batch ({items} items) in a {signal} queue")
         if header_only:
             return items, b""
-        payload = f.read(length + 1)
-    if len(payload) != length:
+        size = os.fstat(f.fileno()).st_size - _PREFIX  # never read what the header claims before checking it
+        if size != length:  # a count is only believed (and counted as lost) if the bytes there could hold it
+            raise DamagedBatch("truncated" if size < length else "bad_header",
+                               f"payload of {size} bytes, the header says {length}",
+                               items if size < length and items <= size else 0)
+        payload = f.read(length)
+    if len(payload) != length:  # shrunk while being read
         raise DamagedBatch("truncated", f"payload of {len(payload)} bytes, the header says {length}", items)
     if zlib.crc32(payload, zlib.crc32(head[:_HEADER.size])) != _CRC.unpack_from(head, _HEADER.size)[0]:
         raise DamagedBatch("checksum", "checksum mismatch", items)

@@ -286,13 +286,17 @@ def test_damaged_queue_files_are_moved_aside_and_counted_and_tmp_leftovers_remov
     (queue / f"{6:020d}.batch").write_bytes(bytes(flipped))
     (queue / f"{7:020d}.batch").write_bytes(encode_batch(b"\x0a\x00", 1, "metrics"))  # another signal's
     (queue / f"{8:020d}.batch.tmp").write_bytes(truncated[:30])  # a crash mid-write
+    # A length of 2^62 bytes must be checked against the file, never read (or allocated) as claimed.
+    huge = encode_batch(request_bytes(spans("huge", 1)), 1, "traces")
+    (queue / f"{11:020d}.batch").write_bytes(huge[:20] + struct.pack(">Q", 2**62) + huge[28:])
+    (queue / f"{12:020d}.batch").write_bytes(huge[:12] + struct.pack(">QQ", 2**62, 2**62) + huge[28:])
     # Batches an earlier release stored (a span count, then the request): kept when the request agrees.
     legacy = spans("legacy", 2)
     (queue / f"{9:020d}.batch").write_bytes(struct.pack(">Q", 2) + request_bytes(legacy))
     (queue / f"{10:020d}.batch").write_bytes(struct.pack(">Q", 2**62) + request_bytes(spans("legacy-lying", 1)))
     exporters = {"otlp/backend": forward_to("", sending_queue={"storage": "file_storage"})}
     extensions = {"file_storage": {"directory": str(storage)}}
-    damaged = {"truncated": 2, "bad_header": 1, "not_a_file": 1, "checksum": 1, "wrong_signal": 1, "unfinished": 1,
+    damaged = {"truncated": 4, "bad_header": 1, "not_a_file": 1, "checksum": 1, "wrong_signal": 1, "unfinished": 1,
                "unknown_format": 1}
     with CountingBackend() as backend:
         exporters["otlp/backend"]["endpoint"] = backend.endpoint
@@ -306,15 +310,15 @@ def test_damaged_queue_files_are_moved_aside_and_counted_and_tmp_leftovers_remov
                 assert reading.value("flowtel_exporter_queue_damaged_files_total", exporter="otlp/backend",
                                      reason=reason) == files, reason
             # Spans are counted where the header could still be read and was plausible: never 2^62.
-            lost = 2 + 2  # truncated, flipped (the metrics batch's point is no span: its file is counted)
+            lost = 2 + 2 + 1  # truncated, flipped, huge (the metrics batch's point is no span: its file is counted)
             assert reading.value("otelcol_exporter_send_failed_spans_total", exporter="otlp/backend",
                                  reason="damaged_file") == lost
             assert reading.value("flowtel_spans_dropped_total", reason="queue_file_damaged") == lost
         finally:
             assert collector.stop() == 0
         assert sorted(p.name for p in queue.iterdir()) == ["corrupt"]  # delivered, moved aside or removed
-        assert len(list((queue / "corrupt").iterdir())) == 7  # and the .tmp removed
-        assert len([line for line in collector.lines if "cannot be trusted" in line]) == 8, collector.log
+        assert len(list((queue / "corrupt").iterdir())) == 9  # and the .tmp removed
+        assert len([line for line in collector.lines if "cannot be trusted" in line]) == 10, collector.log
         # Moved aside means dealt with: the next start finds nothing to skip or to report again.
         collector.start()
         try:
