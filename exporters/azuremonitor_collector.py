@@ -119,6 +119,11 @@ class AzureMonitorCollectorExporter:
         if self._queue is not None:
             self._queue.start()
 
+    @property
+    def holding(self) -> int:
+        """Batches queued or being sent (the memory limiter asks what the collector holds)."""
+        return self._queue.holding if self._queue is not None else 0
+
     def export(self, payload: bytes, spans: int) -> None:
         if self._queue is not None:
             self._queue.put(payload, spans)

@@ -191,6 +191,11 @@ class ForwardingExporter:
     def export(self, payload: bytes, spans: int) -> None:
         self.queue.put(payload, spans)
 
+    @property
+    def holding(self) -> int:
+        """Batches queued or being sent (the memory limiter asks what the collector holds)."""
+        return self.queue.holding
+
     def shutdown(self, deadline: float) -> None:
         self.queue.shutdown(deadline)
         self._sender.close()

@@ -6,6 +6,14 @@ with exponential backoff (honouring a server's requested delay) for up to
 is delivered or finally refused, so a restart loses nothing already accepted: the next
 start picks up the files left behind. Every batch given up on is counted by reason in
 ``otelcol_exporter_send_failed_spans`` and ``flowtel_spans_dropped_total`` and logged once.
+
+A stored batch is never trusted blindly: its header (format version, signal, item count,
+payload length) and its payload are covered by a CRC-32, and the count can be no larger
+than the payload. An entry that fails a check (empty, truncated, bit-flipped, a directory,
+another signal's) is moved to ``corrupt/`` for a human to look at, counted in
+``flowtel_exporter_queue_damaged_files_total`` and, when its header could still be read,
+its items as dropped; ``.tmp`` files a crash or a full disk left half-written are removed at
+start (they were never acknowledged by the queue).
 """
 
 from __future__ import annotations
@@ -17,6 +25,7 @@ import random
 import struct
 import threading
 import time
+import zlib
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -71,7 +80,78 @@ class SendResult:
 
 
 Send = Callable[[bytes, float], SendResult]
-_HEADER = struct.Struct(">Q")  # span count, ahead of the payload in a stored batch
+#: A stored batch: magic and format version, signal (ASCII, NUL-padded), items, payload bytes, then a CRC-32
+#: of all that and the payload; the payload follows.
+_MAGIC = b"FTQ\x01"
+_HEADER = struct.Struct(">4s8sQQ")
+_CRC = struct.Struct(">I")
+_PREFIX = _HEADER.size + _CRC.size
+CORRUPT_DIR = "corrupt"
+
+
+class DamagedBatch(Exception):
+    """A stored batch that cannot be trusted; ``items`` is what its header claims when that is plausible."""
+
+    def __init__(self, reason: str, detail: str, items: int = 0) -> None:
+        super().__init__(detail)
+        self.reason, self.detail, self.items = reason, detail, items
+
+
+def encode_batch(payload: bytes, items: int, signal: str) -> bytes:
+    head = _HEADER.pack(_MAGIC, signal.encode("ascii"), items, len(payload))
+    return head + _CRC.pack(zlib.crc32(payload, zlib.crc32(head))) + payload
+
+
+def read_batch(path: str, signal: str, *, header_only: bool = False) -> tuple[int, bytes]:
+    """(items, payload) of a stored batch after every check; raises ``DamagedBatch`` (``OSError`` when unreadable).
+    ``header_only`` reads just the header (the count, for tests and tools: not verified against the payload)."""
+    if os.path.isdir(path):
+        raise DamagedBatch("not_a_file", "a directory where a batch file should be")
+    with open(path, "rb") as f:
+        head = f.read(_PREFIX)
+        if len(head) < _PREFIX:
+            raise DamagedBatch("truncated", f"{len(head)} bytes, shorter than a batch header")
+        magic, stored_signal, items, length = _HEADER.unpack_from(head)
+        if magic != _MAGIC:
+            if signal == "traces" and not header_only:
+                return _legacy_batch(head + f.read())
+            raise DamagedBatch("unknown_format", f"unknown header {magic!r}")
+        if items > length:  # every item takes at least a byte: a count above the payload is made up
+            raise DamagedBatch("bad_header", f"header claims {items} items in {length} bytes")
+        stored_signal = stored_signal.rstrip(b"\0").decode("ascii", errors="replace")
+        if stored_signal != signal:
+            raise DamagedBatch("wrong_signal", f"a {stored_signal} batch ({items} items) in a {signal} queue")
+        if header_only:
+            return items, b""
+        size = os.fstat(f.fileno()).st_size - _PREFIX  # never read what the header claims before checking it
+        if size != length:  # a count is only believed (and counted as lost) if the bytes there could hold it
+            raise DamagedBatch("truncated" if size < length else "bad_header",
+                               f"payload of {size} bytes, the header says {length}",
+                               items if size < length and items <= size else 0)
+        payload = f.read(length)
+    if len(payload) != length:  # shrunk while being read
+        raise DamagedBatch("truncated", f"payload of {len(payload)} bytes, the header says {length}", items)
+    if zlib.crc32(payload, zlib.crc32(head[:_HEADER.size])) != _CRC.unpack_from(head, _HEADER.size)[0]:
+        raise DamagedBatch("checksum", "checksum mismatch", items)
+    return items, payload
+
+
+def _legacy_batch(data: bytes) -> tuple[int, bytes]:
+    """A batch stored before the checked format (a span count, then the request): kept across an upgrade
+    only when the request parses and holds exactly the spans its count claims."""
+    from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
+
+    (claimed,) = struct.unpack_from(">Q", data)
+    payload = data[8:]
+    try:
+        request = ExportTraceServiceRequest.FromString(payload)
+    except Exception:  # protobuf's DecodeError, or whatever a damaged buffer makes the parser raise
+        raise DamagedBatch("unknown_format", "neither this format nor a parsable older one") from None
+    spans = sum(len(ss.spans) for rs in request.resource_spans for ss in rs.scope_spans)
+    if spans != claimed or not spans:
+        raise DamagedBatch("unknown_format", f"an older-format header claims {claimed} spans, the request holds "
+                           f"{spans}")
+    return spans, payload
 
 
 @dataclass(slots=True, eq=False)
@@ -79,14 +159,17 @@ class _Item:
     spans: int
     payload: bytes | None  # None: still on disk only
     path: str | None = None
+    attempt_ends: float = 0.0  # monotonic time by which the attempt under way has its answer (its timeout)
 
 
 class SendingQueue:
     def __init__(self, exporter_id: str, send: Send, queue: QueueSettings, retry: RetrySettings,
                  self_metrics: SelfMetrics, timeout_s: float, storage_dir: str | None = None, *,
-                 counts_delivery: bool = True) -> None:
-        """``counts_delivery=False``: the sender counts what it delivered itself (Azure Monitor's accounting)."""
+                 counts_delivery: bool = True, signal: str = "traces") -> None:
+        """``counts_delivery=False``: the sender counts what it delivered itself (Azure Monitor's accounting).
+        ``signal`` is written in each stored batch, so a queue never sends another signal's files."""
         self._id = exporter_id
+        self._signal = signal
         self._counts_delivery = counts_delivery
         self._send = send
         self._queue_settings = queue
@@ -108,20 +191,47 @@ class SendingQueue:
 
     def _recover(self) -> None:
         assert self._dir is not None
-        names = sorted(n for n in os.listdir(self._dir) if n.endswith(".batch") and n.split(".")[0].isdigit())
+        names = sorted(os.listdir(self._dir))
+        unfinished = [n for n in names if n.endswith(".batch.tmp")]
+        for name in unfinished:  # a crash or a full disk mid-write: never acknowledged, never complete
+            self._damaged(os.path.join(self._dir, name), DamagedBatch("unfinished", "half-written"), remove=True)
         for name in names:
+            if not (name.endswith(".batch") and name.split(".")[0].isdigit()):
+                continue
             path = os.path.join(self._dir, name)
+            self._seq = max(self._seq, int(name.split(".")[0]) + 1)  # damaged ones too: names stay unique in corrupt/
             try:
-                with open(path, "rb") as f:
-                    (spans,) = _HEADER.unpack(f.read(_HEADER.size))
-            except (OSError, struct.error):
-                logger.warning("exporter %s: unreadable stored batch %s skipped", self._id, path)
+                spans, _ = read_batch(path, self._signal)
+            except DamagedBatch as damaged:
+                self._damaged(path, damaged)
+                continue
+            except OSError as error:
+                self._damaged(path, DamagedBatch("unreadable", error.strerror or str(error)))
                 continue
             self._items.append(_Item(spans, None, path))
-            self._seq = max(self._seq, int(name.split(".")[0]) + 1)
-        if names:
+        if self._items:
             logger.info("exporter %s: %d stored batch(es) (%d spans) recovered from %s", self._id, len(self._items),
                         sum(i.spans for i in self._items), self._dir)
+
+    def _damaged(self, path: str, damaged: DamagedBatch, *, remove: bool = False) -> None:
+        """Count a stored batch that cannot be trusted; move it to ``corrupt/`` (or remove an unfinished one)."""
+        assert self._dir is not None
+        self._self.add("flowtel.exporter.queue.damaged_files", 1, self._id, damaged.reason)
+        if damaged.items:
+            self._self.add("otelcol.exporter.send_failed.spans", damaged.items, self._id, "damaged_file")
+            self._self.dropped("queue_file_damaged", damaged.items)
+        try:
+            if remove:
+                os.remove(path)
+            else:
+                aside = os.path.join(self._dir, CORRUPT_DIR)
+                os.makedirs(aside, mode=0o700, exist_ok=True)
+                os.replace(path, os.path.join(aside, os.path.basename(path)))
+            where = "removed" if remove else f"moved to {CORRUPT_DIR}/"
+        except OSError as error:
+            where = f"left in place ({error.strerror})"
+        logger.warning("exporter %s: stored batch %s cannot be trusted (%s: %s; %d item(s) lost); %s", self._id,
+                       path, damaged.reason, damaged.detail, damaged.items, where)
 
     def start(self) -> None:
         for n in range(max(1, self._queue_settings.num_consumers)):
@@ -156,12 +266,16 @@ class SendingQueue:
         path = os.path.join(self._dir, f"{self._seq:020d}.batch")
         self._seq += 1
         tmp = path + ".tmp"
-        with open(tmp, "wb") as f:
-            f.write(_HEADER.pack(spans))
-            f.write(payload)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
+        try:
+            with open(tmp, "wb") as f:
+                f.write(encode_batch(payload, spans, self._signal))
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
+        except OSError:
+            with contextlib.suppress(OSError):  # a full disk leaves no half-written file behind
+                os.remove(tmp)
+            raise
         return path
 
     def _take(self) -> _Item | None:
@@ -197,8 +311,10 @@ class SendingQueue:
         payload = item.payload
         if payload is None and item.path is not None:
             try:
-                with open(item.path, "rb") as f:
-                    payload = f.read()[_HEADER.size:]
+                _, payload = read_batch(item.path, self._signal)
+            except DamagedBatch as damaged:  # changed on disk since it was recovered
+                self._give_up(item, f"stored batch {damaged.reason}: {damaged.detail}", "damaged_file")
+                return
             except OSError as error:
                 self._give_up(item, f"storage_read: {error.strerror}", "storage_error")
                 return
@@ -206,6 +322,7 @@ class SendingQueue:
         started = time.monotonic()
         interval = self._retry.initial_interval
         while True:
+            item.attempt_ends = time.monotonic() + self._timeout_s
             result = self._attempt(payload)
             if result.ok:
                 if self._counts_delivery:
@@ -260,13 +377,20 @@ class SendingQueue:
     def size(self) -> int:
         return len(self._items)
 
+    @property
+    def holding(self) -> int:
+        """Batches this queue holds in memory or on disk: queued, being sent or waiting to be retried."""
+        return len(self._items) + len(self._in_flight)
+
     def shutdown(self, deadline: float) -> None:
         """Deliver what is queued until ``deadline``; then stop. Stored batches stay on disk, others are counted.
 
         A persistent queue keeps what is left for the next start, so it stops at once: a batch being sent
         finishes its attempt, one waiting to be retried goes back to its file. An in-memory queue keeps
-        sending and retrying until it is empty or the deadline; what is still queued or in flight then
-        is counted as dropped and logged.
+        sending and retrying until it is empty or the deadline; then it starts nothing more, but an attempt
+        already under way is waited for (at most the exporter's ``timeout``, which bounds one attempt), so
+        a batch that arrives is counted as sent, not as lost. What is still queued then is counted as
+        dropped and logged.
         """
         with self._cond:
             if self._dir is None:
@@ -274,22 +398,32 @@ class SendingQueue:
                     self._cond.wait(min(0.1, max(0.0, deadline - time.monotonic())))
             self._stopping.set()
             self._cond.notify_all()
+            if self._dir is None:
+                while self._in_flight:  # a batch waiting to be retried leaves at once, back to the queue
+                    remaining = max(i.attempt_ends for i in self._in_flight) + 0.5 - time.monotonic()
+                    if remaining <= 0:
+                        break
+                    self._cond.wait(min(0.1, remaining))
         end = max(deadline, time.monotonic()) + 0.5  # a consumer interrupted at the deadline needs a moment
         for thread in self._threads:
             thread.join(timeout=max(0.0, end - time.monotonic()))
         with self._cond:
-            # Batches still in flight belong to consumers stuck in an attempt past the deadline.
-            left = [*self._in_flight, *self._items]
+            # Batches still in flight belong to consumers stuck in an attempt past its own timeout.
+            in_flight, queued = list(self._in_flight), list(self._items)
             self._in_flight.clear()
             self._items.clear()
-        if left and self._dir is None:
-            spans = sum(i.spans for i in left)
-            self._self.add("otelcol.exporter.send_failed.spans", spans, self._id, "shutdown")
-            self._self.dropped("shutdown_timeout", spans)
-            logger.warning("exporter %s: %d span(s) still queued at the shutdown deadline were dropped", self._id,
-                           spans)
-        elif left:
-            logger.info("exporter %s: %d batch(es) left in %s for the next start", self._id, len(left), self._dir)
+        if self._dir is not None:
+            if in_flight or queued:
+                logger.info("exporter %s: %d batch(es) left in %s for the next start", self._id,
+                            len(in_flight) + len(queued), self._dir)
+            return
+        for items, what in ((queued, "still queued"), (in_flight, "in flight with no answer")):
+            if items:
+                spans = sum(i.spans for i in items)
+                self._self.add("otelcol.exporter.send_failed.spans", spans, self._id, "shutdown")
+                self._self.dropped("shutdown_timeout", spans)
+                logger.warning("exporter %s: %d span(s) %s at the shutdown deadline were dropped", self._id, spans,
+                               what)
 
 
 def _jitter(interval: float, factor: float) -> float:

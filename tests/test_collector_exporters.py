@@ -18,7 +18,6 @@ import http.server
 import os
 import re
 import socket
-import struct
 import threading
 import time
 from collections.abc import Iterable
@@ -215,11 +214,10 @@ def log_lines(collector: CollectorProcess, pattern: str) -> list[re.Match[str]]:
 
 def stored_spans(directory: Path) -> int:
     """Spans in the batch files a persistent sending queue left in ``directory``."""
-    total = 0
-    for path in directory.rglob("*.batch"):
-        with open(path, "rb") as f:
-            total += struct.unpack(">Q", f.read(8))[0]
-    return total
+    from flowtel.collector import Collector  # noqa: F401  (the exporters import the collector's settings first)
+    from flowtel.exporters.sending_queue import read_batch
+
+    return sum(read_batch(str(path), "traces", header_only=True)[0] for path in directory.rglob("*.batch"))
 
 
 # Persistent queue across a restart.

@@ -4,7 +4,8 @@ Compatible with prompt flow: the W3C ``traceparent`` (and ``baggage``) of the re
 judged make the feedback an INTERNAL span named ``promptflow-feedback`` in that request's
 trace, a child of the span ``traceparent`` names; the body is one ``feedback`` attribute,
 or with ``?flatten=true`` one attribute per top-level key of a JSON object (other values
-JSON-encoded); every baggage entry becomes an attribute; the answer is
+JSON-encoded; integers beyond int64 as their digits and lone surrogates as U+FFFD, since OTLP
+cannot carry them and the span would be lost at export); every baggage entry becomes an attribute; the answer is
 ``{"status": "Feedback received."}``. flowtel adds a span link to the judged span, and the
 pipeline later adds the evaluation event and the correlated request (``processors/correlation``).
 
@@ -78,16 +79,56 @@ class ParsedFeedback:
     parent: SpanContext | None
 
 
+_INT64 = range(-(2**63), 2**63)
+
+
+def _exportable_text(value: str) -> bool:
+    try:
+        value.encode()
+    except UnicodeEncodeError:  # a lone surrogate: JSON allows "\\ud800", UTF-8 (and so OTLP) does not
+        return False
+    return True
+
+
+def _text(value: str) -> str:
+    """``value`` as text UTF-8 can carry: each lone surrogate becomes U+FFFD."""
+    return value if _exportable_text(value) else value.encode("utf-16", "surrogatepass").decode("utf-16", "replace")
+
+
+def _exportable(value: Any) -> bool:
+    """Whether OTLP carries ``value`` (a parsed JSON value) as it is."""
+    if isinstance(value, str):
+        return _exportable_text(value)
+    if isinstance(value, int) and not isinstance(value, bool):
+        return value in _INT64
+    if isinstance(value, list):  # nested lists and maps are JSON-encoded, which carries anything
+        return all(_exportable(v) for v in value if not isinstance(v, (list, dict)))
+    return True
+
+
 def _attribute_value(value: Any) -> Any:
-    """prompt flow's rule: primitives as they are, lists element by element, anything else as JSON."""
+    """prompt flow's rule: primitives as they are, lists element by element, anything else as JSON; and what
+    OTLP cannot carry as is (an integer beyond int64, a lone surrogate) coerced rather than lost at export."""
+    if isinstance(value, str):
+        return _text(value)
+    if isinstance(value, int) and not isinstance(value, bool) and value not in _INT64:
+        return str(value)  # exact, where a double would round it
     if isinstance(value, _PRIMITIVES):
         return value
     if isinstance(value, list) and value and all(isinstance(v, str) for v in value):
+        return [_text(v) for v in value]
+    if isinstance(value, list) and value and all(
+            isinstance(v, float) or (isinstance(v, int) and not isinstance(v, bool) and v in _INT64) for v in value):
         return value
-    if isinstance(value, list) and value and all(isinstance(v, (int, float)) and not isinstance(v, bool)
-                                                 for v in value):
-        return value
-    return json.dumps(value)  # mixed or nested lists are not valid OTel attribute values: keep them as JSON
+    return json.dumps(value)  # nested lists, maps, numbers beyond int64 in a list: as JSON (ASCII, exact)
+
+
+def _flattened(data: dict[Any, Any]) -> dict[str, Any]:
+    """``?flatten=true``: one attribute per top-level key."""
+    if not all(_exportable(k) and _exportable(v) for k, v in data.items()):
+        warn_once("feedback:coerced", "feedback values OTLP cannot carry as they are (integers beyond int64, lone "
+                  "surrogates) are recorded as text: numbers as their digits or JSON, surrogates as U+FFFD")
+    return {_text(str(k)): _attribute_value(v) for k, v in data.items()}
 
 
 def parse_baggage(header: str, limits: FeedbackLimits) -> tuple[dict[str, str], int]:
@@ -130,10 +171,9 @@ def parse_feedback(body: bytes, query_string: str, headers: Mapping[str, str],
     except (ValueError, RecursionError) as error:
         raise FeedbackRefused(400, "malformed", f"body is not JSON: {error}") from None
     flatten = parse_qs(query_string).get("flatten", ["false"])[0].lower() == "true"
-    if flatten and isinstance(data, dict):
-        attributes = {str(k): _attribute_value(v) for k, v in data.items()}
-    else:  # prompt flow falls back to the raw body when the body cannot be flattened
-        attributes = {sc.FEEDBACK_ATTRIBUTE: text}
+    # prompt flow falls back to the raw body when the body cannot be flattened
+    attributes: dict[str, Any] = (_flattened(data) if flatten and isinstance(data, dict)
+                                  else {sc.FEEDBACK_ATTRIBUTE: text})
     baggage, dropped = parse_baggage(headers.get("baggage", ""), limits)
     attributes.update(baggage)
     if dropped:

@@ -46,6 +46,9 @@ _COUNTERS: dict[str, tuple[str, str, tuple[str, ...]]] = {
                                            ("exporter", "reason")),
     "otelcol.exporter.enqueue_failed.spans": ("{span}", "Spans an exporter's full queue could not take",
                                               ("exporter",)),
+    "flowtel.exporter.queue.damaged_files": ("{file}", "Persistent queue files that could not be trusted and were "
+                                             "moved aside (or removed, when unfinished), by reason",
+                                             ("exporter", "reason")),
     "otelcol.exporter.sent.metric_points": ("{datapoint}", "Metric points an exporter delivered", ("exporter",)),
     "otelcol.exporter.send_failed.metric_points": ("{datapoint}", "Metric points an exporter gave up on, by reason",
                                                    ("exporter", "reason")),
@@ -115,6 +118,10 @@ class SelfMetrics:
 
     def register_gauge(self, name: str, gauge: Gauge, labels: Mapping[str, str] | None = None) -> None:
         self._gauges[name][tuple((labels or {}).items())] = gauge
+
+    def gauge_total(self, *names: str) -> float:
+        """Sum of every registered gauge called one of ``names``, across its labels (what the process holds)."""
+        return sum(gauge() for name in names for gauge in list(self._gauges[name].values()))
 
     def dropped(self, reason: str, count: int = 1) -> None:
         self.add("flowtel.spans.dropped", count, reason)

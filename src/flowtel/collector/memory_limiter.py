@@ -4,18 +4,32 @@ Like the upstream processor it checks resident memory every ``check_interval`` a
 while usage is above ``limit_mib - spike_limit_mib``, receivers answer 503 / UNAVAILABLE
 (retryable, so well-behaved OTLP clients back off and resend). Above ``limit_mib`` it
 also asks Python's garbage collector to run.
+
+Resident memory is what the kernel charges (and what a container's OOM killer reads), but
+glibc's allocator keeps freed memory mapped: after a spike of held spans was delivered, RSS
+stayed at its peak and the limiter refused every request for as long as the process lived.
+So while over the soft limit, each check hands free heap memory back to the OS
+(``malloc_trim``, glibc only; ``allocator.py``) before it measures again: intake resumes as
+soon as the data is gone. Where the allocator cannot give all of it back (musl and macOS
+have no such call; fragmentation), the limiter also asks what the collector holds (queued,
+held and export-queued data): once a spike of data is gone, refusing cannot free anything,
+so it takes data again while it holds none (freed memory is reused first), and refuses
+again while the data it took is held. A limit below the idle process's memory still refuses.
 """
 
 from __future__ import annotations
 
 import gc
 import os
+import sys
 import threading
+from collections.abc import Callable
 
 from pydantic import Field, model_validator
 
-from flowtel._log import logger
+from flowtel._log import logger, warn_once
 
+from .allocator import release_free_memory
 from .refusal import Refused
 from .settings import Model, PositiveDuration
 
@@ -76,16 +90,25 @@ def resident_mib() -> float:
     except (OSError, ValueError, IndexError):
         import resource  # macOS and friends: peak, not current, but better than nothing
 
-        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+        return maxrss_mib(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, sys.platform)
+
+
+def maxrss_mib(ru_maxrss: int, platform: str) -> float:
+    """``getrusage``'s peak RSS in MiB: macOS reports it in bytes, Linux and the BSDs in KiB."""
+    return ru_maxrss / (2**20 if platform == "darwin" else 1024)
 
 
 class MemoryLimiter:
-    def __init__(self, processor_id: str, config: MemoryLimiterConfig) -> None:
+    def __init__(self, processor_id: str, config: MemoryLimiterConfig,
+                 holding: Callable[[], float] | None = None) -> None:
+        """``holding``: how much data the collector holds now (any unit; 0 when it holds nothing)."""
         self.id = processor_id
         self._config = config
+        self._holding = holding
         self._limit, spike = config.limits_mib()
         self._soft = self._limit - spike
         self._over = False
+        self._held_while_over = False  # data was held while over the soft limit: a spike, not a low limit
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name=f"flowtel-{processor_id}", daemon=True)
 
@@ -101,12 +124,26 @@ class MemoryLimiter:
         used = resident_mib()
         if used > self._limit:
             gc.collect()
+        if used > self._soft and release_free_memory():
             used = resident_mib()
         over = used > self._soft
-        if over != self._over:
+        if not over:
+            self._held_while_over = False
+        elif self._holding is not None:
+            if self._holding():
+                self._held_while_over = True
+            elif self._held_while_over:  # a spike of data was delivered; what is left is the allocator's
+                warn_once(f"memory-held:{self.id}", "%s: memory %.0f MiB is still above the soft limit %d MiB "
+                          "although the collector holds no data (memory the allocator keeps); accepting data "
+                          "while it holds none", self.id, used, self._soft)
+                over = False
+        if over != self._over and not self._held_while_over:
             logger.warning("%s: memory %.0f MiB is %s the soft limit %d MiB; %s", self.id, used,
                            "above" if over else "back below", self._soft,
                            "refusing data (retryable)" if over else "accepting data again")
+        elif over != self._over:  # taking data only while holding none: it flips at every check, so once
+            warn_once(f"memory-held-refusing:{self.id}", "%s: memory %.0f MiB is above the soft limit %d MiB; "
+                      "refusing data while the collector holds some", self.id, used, self._soft)
         self._over = over
 
     def check(self) -> None:

@@ -9,12 +9,13 @@ OTLP requests and hands them to every exporter, each of which queues on its own.
 from __future__ import annotations
 
 import collections
+import operator
 import threading
 import time
 from collections.abc import Iterator, Sequence
 from typing import Any, Protocol
 
-from flowtel._log import logger
+from flowtel._log import logger, warn_once
 from flowtel.config import FlowtelConfig
 from flowtel.otlp import apply_to_otlp_span, encode_request
 from flowtel.processors.metrics import FlowtelMetrics
@@ -27,6 +28,51 @@ from .memory_limiter import MemoryLimiter
 from .refusal import Refused
 
 DEFAULT_MAX_QUEUE = 20_000
+_SPAN_FRAMING = 6  # a ScopeSpans.spans tag and a length varint of at most 5 bytes
+_GROUP_FRAMING = 12  # the ResourceSpans and ScopeSpans tags and their length varints
+
+
+_SPAN_BYTES = operator.itemgetter(0)
+_GROUP = operator.itemgetter(1)
+
+
+def _group_bytes(group: Any) -> int:
+    """The bytes ``encode_request`` writes around the spans of one resource and scope."""
+    return (len(group.resource_head) + len(group.resource_tail) + len(group.scope_head) + len(group.scope_tail)
+            + _GROUP_FRAMING)
+
+
+def split_batches(ready: list[Any], max_spans: int, max_bytes: int) -> tuple[list[list[Any]], list[int]]:
+    """``ready`` (``(span bytes, group, ...)`` items) cut into export batches of at most ``max_spans`` spans
+    (0: any number) whose encoded request is at most ``max_bytes`` (0: any size); and the sizes of the spans
+    that alone exceed ``max_bytes``, left out. Sizes are upper bounds, so no request can exceed the limit."""
+    if not max_bytes or (
+            len(ready) * _SPAN_FRAMING + sum(map(len, map(_SPAN_BYTES, ready))) + sum(map(_group_bytes, set(map(
+                _GROUP, ready)))) <= max_bytes):  # the usual case, counted at C speed: no request near the limit
+        size = max_spans or len(ready)
+        return [ready[start:start + size] for start in range(0, len(ready), size)], []
+    batches: list[list[Any]] = []
+    too_large: list[int] = []
+    batch: list[Any] = []
+    used = 0
+    groups: set[int] = set()
+    for item in ready:
+        group = item[1]
+        span_cost = len(item[0]) + _SPAN_FRAMING
+        cost = span_cost if id(group) in groups else span_cost + _group_bytes(group)
+        if batch and (used + cost > max_bytes or len(batch) == max_spans):
+            batches.append(batch)
+            batch, used, groups = [], 0, set()
+            cost = span_cost + _group_bytes(group)
+        if cost > max_bytes:  # too large even on its own (cost includes its group's framing here)
+            too_large.append(len(item[0]))
+            continue
+        batch.append(item)
+        groups.add(id(group))
+        used += cost
+    if batch:
+        batches.append(batch)
+    return batches, too_large
 
 
 def _taken(chunks: collections.deque[list[SpanData]]) -> Iterator[SpanData]:
@@ -124,9 +170,13 @@ class TracesPipeline:
     def _emit(self, ready: list[Any]) -> None:
         if not ready:
             return
-        size = self._batch.send_batch_max_size or len(ready)
-        for start in range(0, len(ready), size):
-            chunk = ready[start:start + size]
+        limit = self._batch.send_batch_max_bytes
+        batches, too_large = split_batches(ready, self._batch.send_batch_max_size, limit)
+        if too_large:
+            self._self.dropped("too_large", len(too_large))
+            warn_once(f"too_large:{self.id}", "pipeline %s: a span of %d bytes exceeds batch.send_batch_max_bytes "
+                      "(%d) on its own; dropped and counted (reason too_large)", self.id, max(too_large), limit)
+        for chunk in batches:
             payload = encode_request(chunk)
             for exporter in self._exporters:
                 try:

@@ -113,6 +113,12 @@ class Collector:
     def read_token(self, authenticator: str) -> str:
         return self.config.extensions[authenticator].read_token()  # type: ignore[no-any-return]
 
+    def _holding(self) -> float:
+        """Data the collector holds: queued for a pipeline, held for its trace, in an exporter's queue or being
+        sent (the queue-size gauge counts only what waits)."""
+        return self.self_metrics.gauge_total("queue", "held_spans") + sum(
+            getattr(e, "holding", 0) for e in self.exporters.values())
+
     def _pipeline(self, pipeline_id: str, processors: list[str], exporters: list[str]) -> TracesPipeline:
         limiters: list[MemoryLimiter] = []
         batch = BatchConfig()
@@ -121,7 +127,7 @@ class Collector:
             cfg = self.config.processors[pid]
             if isinstance(cfg, MemoryLimiterConfig):
                 if pid not in self._limiters:
-                    self._limiters[pid] = MemoryLimiter(pid, cfg)
+                    self._limiters[pid] = MemoryLimiter(pid, cfg, self._holding)
                 limiters.append(self._limiters[pid])
             elif isinstance(cfg, BatchConfig):
                 batch = cfg
