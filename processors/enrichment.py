@@ -81,7 +81,11 @@ def enrich(role: SpanRole, capture_content: bool) -> Enrichment | None:
     if not capture_content:
         removed_attrs = _content_keys(attrs)
         if span.events:
-            removed_events = sc.CONTENT_EVENTS.intersection([e.name for e in span.events])
+            names = [e.name for e in span.events]
+            removed_events = sc.CONTENT_EVENTS.intersection(names)
+            chunks = [n for n in names if n.startswith(sc.CONTENT_EVENT_PREFIXES)]
+            if chunks:
+                removed_events = removed_events.union(chunks)
     if added or removed_events or set_error is not None:
         return Enrichment(added, removed_attrs, removed_events, set_error)
     return _removal_only(removed_attrs) if removed_attrs else None

@@ -1,0 +1,142 @@
+"""Conformance: each real producer, in its own venv, through the collector and in-process.
+
+Every producer runs ``app.py``'s workload (two ``qa_flow``, one streamed ``stream_flow``, one
+``fail_flow`` whose model call fails with 500) against the fake LLM; the question and the
+fake model's answer carry a canary. Both hosts must yield the same values, equal to what
+was sent and what the fake model answered, and the canary must appear in no exported byte
+(OTLP at the downstream sink, Application Insights envelopes, Prometheus, logs).
+
+The README's conformance table is ``conformance.render_table()``; ``test_readme_table`` keeps
+the two equal, and each producer's test asserts exactly what its row claims.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from conformance import (
+    CANARY,
+    PRODUCERS,
+    QUESTION,
+    REPLY,
+    ROOT,
+    Spec,
+    expected_values,
+    producer_python,
+    render_table,
+)
+
+from collector_proc import CollectorProcess
+from conftest import Scrape, scrape
+from fake_llm import FakeLLMServer
+from ingestion import QUIET, IngestionServer
+from otlp_sink import OTLPSink
+
+CONFIG = """
+receivers:
+  otlp: {protocols: {http: {endpoint: "127.0.0.1:0"}}}
+processors:
+  flowtel: {}
+  batch: {timeout: 50ms}
+exporters:
+  prometheus: {endpoint: "127.0.0.1:0"}
+  otlp/sink: {endpoint: "%(sink)s", tls: {insecure: true}}
+  azuremonitor:
+    connection_string: "%(connection)s"
+    metric_export_interval: 1s
+service:
+  pipelines:
+    traces: {receivers: [otlp], processors: [flowtel, batch], exporters: [prometheus, otlp/sink, azuremonitor]}
+"""
+APP = Path(__file__).with_name("app.py")
+
+
+def _python(spec: Spec) -> str:
+    python = producer_python(spec)
+    if python is None:
+        if os.environ.get("CI"):
+            pytest.fail(f"{spec.venv} venv missing: .ci/install builds it (.ci/producer-venvs)")
+        pytest.skip(f"{spec.venv} venv missing: run bash .ci/producer-venvs")
+    return python
+
+
+def _run_app(spec: Spec, host: str, base_url: str, env: dict[str, str], result: Path | None = None) -> str:
+    args = [_python(spec), str(APP), spec.name, base_url, QUESTION, host] + ([str(result)] if result else [])
+    full_env = {**os.environ, **QUIET, **spec.env, **env, "PYTHONPATH": str(ROOT / "examples")}
+    done = subprocess.run(args, env=full_env, capture_output=True, text=True, timeout=240)
+    output = done.stdout + done.stderr
+    assert done.returncode == 0, output
+    return output
+
+
+def _exported_bytes(sink: OTLPSink, ingestion: IngestionServer) -> bytes:
+    with sink.lock:
+        otlp = b"".join(r.SerializeToString() for r in sink.requests)
+    return otlp + json.dumps(ingestion.rows()).encode()
+
+
+def _check(spec: Spec, m: Scrape, exported: bytes, logs: str) -> None:
+    for (name, labels), value in expected_values(spec).items():
+        assert m.value(name, **labels) == value, (spec.name, name, labels, m.find(name))
+    assert m.value("flow_request_total") == 4, m.series("flow_request_total")
+    assert not m.find("rpc_request_total", flow=""), m.find("rpc_request_total", flow="")  # all inside flows
+    assert CANARY.encode() not in exported
+    assert CANARY not in logs
+
+
+@pytest.mark.parametrize("spec", PRODUCERS, ids=[p.name for p in PRODUCERS])
+def test_through_the_collector(spec: Spec, tmp_path: Path) -> None:
+    with FakeLLMServer(reply=REPLY) as llm, OTLPSink() as sink, IngestionServer() as ingestion:
+        collector = CollectorProcess(CONFIG % {"sink": sink.endpoint, "connection": ingestion.connection_string},
+                                     tmp_path, env=QUIET).start()
+        try:
+            endpoint = collector.http["otlp"]
+            logs = _run_app(spec, "collector", llm.base_url, {
+                "OTEL_EXPORTER_OTLP_ENDPOINT": endpoint, "OTEL_EXPORTER_OTLP_PROTOCOL": "http/protobuf",
+                "TRACELOOP_BASE_URL": endpoint})
+            url = collector.prometheus["prometheus"]
+            m = collector.wait_for(lambda: (s := scrape(url)).value("flow_request_total") >= 4 and s)
+            collector.wait_for(lambda: len(sink.spans()) >= m.value("flowtel_spans_processed_total"))
+            collector.wait_for(lambda: len(ingestion.span_rows()) >= len(sink.spans()))
+            m = scrape(url)
+            _check(spec, m, _exported_bytes(sink, ingestion) + _raw(url), logs + collector.log)
+        finally:
+            assert collector.stop() == 0
+
+
+@pytest.mark.parametrize("spec", PRODUCERS, ids=[p.name for p in PRODUCERS])
+def test_in_process(spec: Spec, tmp_path: Path) -> None:
+    with FakeLLMServer(reply=REPLY) as llm, OTLPSink() as sink, IngestionServer() as ingestion:
+        result = tmp_path / "scrape.txt"
+        logs = _run_app(spec, "inprocess", llm.base_url, {
+            "OTEL_EXPORTER_OTLP_ENDPOINT": f"http://{sink.endpoint}", "OTEL_EXPORTER_OTLP_PROTOCOL": "grpc",
+            "APPLICATIONINSIGHTS_CONNECTION_STRING": ingestion.connection_string,
+            "TRACELOOP_BASE_URL": f"http://{sink.endpoint}"}, result)
+        body = result.read_bytes()
+        from prometheus_client.parser import text_string_to_metric_families
+
+        m = Scrape([s for f in text_string_to_metric_families(body.decode()) for s in f.samples])
+        assert ingestion.wait_for(lambda: len(ingestion.span_rows()) >= len(sink.spans()) > 0, 30)
+        _check(spec, m, _exported_bytes(sink, ingestion) + body, logs)
+
+
+def _raw(url: str) -> bytes:
+    import urllib.request
+
+    with urllib.request.urlopen(url, timeout=10) as response:
+        return response.read()  # type: ignore[no-any-return]
+
+
+def test_readme_table() -> None:
+    readme = (ROOT / "README.md").read_text()
+    table = render_table()
+    assert table in readme, "README's conformance table differs from tests/producers/conformance.py:\n" + table
+
+
+if __name__ == "__main__":
+    sys.stdout.write(render_table())
