@@ -68,8 +68,8 @@ def is_workflow_span(span: SpanData) -> bool:
     ml_type = attrs.get(sc.ML_SPAN_TYPE)
     if ml_type is not None:
         return plain(ml_type) in _ML_WORKFLOW_TYPES
-    # OpenLIT's @openlit.trace marks its spans with nothing but the function's arguments.
-    return sc.OL_FUNCTION_ARGS in attrs and genai_operation(span) is None
+    # OpenLIT's @openlit.trace marks its spans with no kind, only by their instrumentation scope.
+    return span.scope_name == sc.OL_TRACE_SCOPE and genai_operation(span) is None
 
 
 def flow_name(span: SpanData) -> str:

@@ -36,6 +36,10 @@ SYSTEM = "Answer briefly"
 class Producer:
     """How one producer marks flows and nodes and instruments the OpenAI client."""
 
+    #: prompt flow streams by returning the generator (its spans then end when the stream is consumed);
+    #: the others' apps consume the stream inside the node and return text.
+    returns_streams = False
+
     def setup(self, host: str) -> None:
         raise NotImplementedError
 
@@ -178,6 +182,8 @@ class OpenAIV2(Producer):
 
 
 class Promptflow(Producer):
+    returns_streams = True
+
     def setup(self, host: str) -> None:
         from promptflow.tracing import trace
         from promptflow.tracing._integrations._openai_injector import inject_openai_api
@@ -228,10 +234,11 @@ def workload(p: Producer, llm: openai.OpenAI, question: str) -> None:
         return llm.chat.completions.create(model=model, messages=messages).choices[0].message.content or ""
 
     @p.node("answer_stream")
-    def answer_stream(q: str) -> str:
+    def answer_stream(q: str) -> Any:
         stream = llm.chat.completions.create(model="gpt-4o-mini", messages=messages, stream=True,
                                              stream_options={"include_usage": True})
-        return "".join(c.choices[0].delta.content or "" for c in stream if c.choices)
+        text = (c.choices[0].delta.content or "" for c in stream if c.choices)
+        return text if p.returns_streams else "".join(text)
 
     @p.flow("qa_flow")
     def qa_flow(q: str) -> str:
@@ -239,7 +246,7 @@ def workload(p: Producer, llm: openai.OpenAI, question: str) -> None:
         return answer(q)
 
     @p.flow("stream_flow")
-    def stream_flow(q: str) -> str:
+    def stream_flow(q: str) -> Any:
         return answer_stream(q)
 
     @p.flow("fail_flow")
@@ -248,7 +255,7 @@ def workload(p: Producer, llm: openai.OpenAI, question: str) -> None:
 
     for _ in range(2):
         qa_flow(question)
-    stream_flow(question)
+    "".join(stream_flow(question))
     with contextlib.suppress(openai.InternalServerError):
         fail_flow(question)
 

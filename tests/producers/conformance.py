@@ -30,14 +30,20 @@ class Spec:
     content: str  # content-carrying fields the canary went through (all removed)
     env: dict[str, str] = field(default_factory=dict)
     flow_exception: str = "InternalServerError"  # exception label of the failed flow
-    notes: str = ""
+    streaming_seen: bool = True  # whether anything in the spans says the streamed call streamed
+    first_chunk_hosts: tuple[str, ...] = ("collector", "inprocess")
+    embedding_provider: str = "openai"  # gen_ai.provider.name of the embedding calls
+    gaps: str = ""  # what flowtel cannot get right for this producer, and why
 
 
 PRODUCERS: tuple[Spec, ...] = (
     Spec("mlflow", "MLflow", "mlflow-tracing 3.17.2", "mlflow", "`@mlflow.trace` (`UNKNOWN` span type)",
          "`@mlflow.trace(span_type=\"CHAIN\")`", "Completions", "`mlflow.chunk.item.0` event",
          "`mlflow.spanInputs` / `spanOutputs`, `mlflow.chunk.item.N` events",
-         env={"MLFLOW_ENABLE_ASYNC_TRACE_LOGGING": "false", "MLFLOW_EXPERIMENT_ID": "0"}),
+         env={"MLFLOW_ENABLE_ASYNC_TRACE_LOGGING": "false", "MLFLOW_EXPERIMENT_ID": "0"},
+         embedding_provider="",
+         gaps="embedding calls name no provider (`mlflow.message.format` is on chat spans only): "
+              "`gen_ai.provider.name=\"\"` for them"),
     Spec("openlit", "OpenLIT", "openlit 1.44.0", "openlit", "`@openlit.trace` (outermost)", "`@openlit.trace`",
          "chat gpt-4o-mini", "TTFT attribute (`gen_ai.server.time_to_first_token`)",
          "`function.args` / `function.kwargs` / `gen_ai.input/output.messages`, content log events",
@@ -55,13 +61,16 @@ PRODUCERS: tuple[Spec, ...] = (
          env={"TRACELOOP_TELEMETRY": "false", "TRACELOOP_TRACE_CONTENT": "true"}),
     Spec("openai-v2", "openai-v2", "opentelemetry-instrumentation-openai-v2 2.4b0", None,
          "app span, `gen_ai.operation.name=invoke_workflow`", "app span", "chat gpt-4o-mini", "",
-         "`gen_ai.input/output.messages`, message events",
+         "`gen_ai.input/output.messages`, message events", streaming_seen=False,
+         gaps="a streamed call carries nothing that says so: `streaming=\"False\"`, `default` latency",
          # The producer records content (so the canary is sent); flowtel's own switch stays off.
          env={"OTEL_SEMCONV_STABILITY_OPT_IN": "gen_ai_latest_experimental",
               "OTEL_INSTRUMENTATION_GENAI_CAPTURE_MESSAGE_CONTENT": "SPAN_AND_EVENT",
               "FLOWTEL_CAPTURE_CONTENT": "false"}),
     Spec("promptflow", "promptflow-tracing (flex flow)", "promptflow-tracing 1.18", None, "outermost `@trace`",
-         "`@trace`", "openai_chat", "", "`inputs` / `output`, `llm.generated_message`, payload events"),
+         "`@trace`", "openai_chat", "`flowtel.first_chunk` event (in-process)",
+         "`inputs` / `output`, `llm.generated_message`, payload events", first_chunk_hosts=("inprocess",),
+         gaps="prompt flow sends no first-chunk signal: through the collector, `lastbyte` only"),
 )
 
 
@@ -78,19 +87,22 @@ def producer_python(spec: Spec) -> str | None:
 Labels = tuple[tuple[str, str], ...]
 
 
-def expected_values(spec: Spec) -> dict[tuple[str, dict[str, str]], float]:  # type: ignore[type-arg]
-    """(metric, labels) -> value every host must show for this producer's workload."""
+def expected_values(spec: Spec, host: str) -> dict[tuple[str, dict[str, str]], float]:  # type: ignore[type-arg]
+    """(metric, labels) -> value the host must show for this producer's workload."""
+    streamed = "True" if spec.streaming_seen else "False"
+    first = 1 if spec.first_chunk and host in spec.first_chunk_hosts and spec.streaming_seen else 0
     chat, embed = {"llm_engine": "gpt-4o-mini"}, {"llm_engine": "text-embedding-3-small"}
     genai_chat = {"gen_ai_operation_name": "chat", "gen_ai_provider_name": "openai",
                   "gen_ai_request_model": "gpt-4o-mini"}
-    genai_embed = {"gen_ai_operation_name": "embeddings", "gen_ai_provider_name": "openai",
+    genai_embed = {"gen_ai_operation_name": "embeddings", "gen_ai_provider_name": spec.embedding_provider,
                    "gen_ai_request_model": "text-embedding-3-small"}
     rows: list[tuple[str, dict[str, str], float]] = [
         ("flow_request_total", {"flow": "qa_flow", "response_code": "200", "exception": "", "streaming": "False"}, 2),
-        ("flow_request_total", {"flow": "stream_flow", "response_code": "200", "streaming": "True"}, 1),
+        ("flow_request_total", {"flow": "stream_flow", "response_code": "200", "streaming": streamed}, 1),
         ("flow_request_total", {"flow": "fail_flow", "response_code": "500", "streaming": "False"}, 1),
         ("flow_latency_count", {"flow": "qa_flow", "response_type": "default"}, 2),
-        ("flow_latency_count", {"flow": "stream_flow", "response_type": "lastbyte"}, 1),
+        ("flow_latency_count", {"flow": "stream_flow", "response_type": "lastbyte" if spec.streaming_seen
+                                else "default"}, 1),
         ("node_request_total", {"flow": "qa_flow", "node": "retrieve", "run_status": "Completed"}, 2),
         ("node_request_total", {"flow": "qa_flow", "node": "answer", "run_status": "Completed"}, 2),
         ("node_request_total", {"flow": "stream_flow", "node": "answer_stream", "run_status": "Completed"}, 1),
@@ -116,8 +128,8 @@ def expected_values(spec: Spec) -> dict[tuple[str, dict[str, str]], float]:  # t
         ("gen_ai_client_token_usage_sum", {**genai_embed, "gen_ai_token_type": "input"}, 2 * EMBED_IN),
         ("rpc_request_total", {"flow": "qa_flow", "node": "answer", "api_call": spec.chat_call, "exception": ""}, 2),
         ("flow_request_total", {"flow": "fail_flow", "exception": spec.flow_exception}, 1),
-        ("flow_latency_count", {"flow": "stream_flow", "response_type": "firstbyte"}, 1 if spec.first_chunk else 0),
-        ("flow_streaming_response_duration_count", {"flow": "stream_flow"}, 1 if spec.first_chunk else 0),
+        ("flow_latency_count", {"flow": "stream_flow", "response_type": "firstbyte"}, first),
+        ("flow_streaming_response_duration_count", {"flow": "stream_flow"}, first),
     ]
     return {(name, _frozen(labels)): value for name, labels, value in rows}  # type: ignore[misc]
 
@@ -131,7 +143,8 @@ class _frozen(dict):  # type: ignore[type-arg]
 
 def render_table() -> str:
     head = ("| producer (pinned) | flow | node | chat call (`api_call`) | `firstbyte` from | content removed "
-            "(canary checked) |\n|---|---|---|---|---|---|\n")
+            "(canary checked) | not right, and why |\n|---|---|---|---|---|---|---|\n")
     rows = [f"| {s.title} ({s.package}) | {s.flow_marker} | {s.node_marker} | `{s.chat_call}` | "
-            f"{s.first_chunk or 'none sent: `lastbyte` only'} | {s.content} |\n" for s in PRODUCERS]
+            f"{s.first_chunk or 'none sent: `lastbyte` only'} | {s.content} | {s.gaps or '-'} |\n"
+            for s in PRODUCERS]
     return head + "".join(rows)

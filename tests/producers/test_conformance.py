@@ -80,8 +80,8 @@ def _exported_bytes(sink: OTLPSink, ingestion: IngestionServer) -> bytes:
     return otlp + json.dumps(ingestion.rows()).encode()
 
 
-def _check(spec: Spec, m: Scrape, exported: bytes, logs: str) -> None:
-    for (name, labels), value in expected_values(spec).items():
+def _check(spec: Spec, host: str, m: Scrape, exported: bytes, logs: str) -> None:
+    for (name, labels), value in expected_values(spec, host).items():
         assert m.value(name, **labels) == value, (spec.name, name, labels, m.find(name))
     assert m.value("flow_request_total") == 4, m.series("flow_request_total")
     assert not m.find("rpc_request_total", flow=""), m.find("rpc_request_total", flow="")  # all inside flows
@@ -104,7 +104,7 @@ def test_through_the_collector(spec: Spec, tmp_path: Path) -> None:
             collector.wait_for(lambda: len(sink.spans()) >= m.value("flowtel_spans_processed_total"))
             collector.wait_for(lambda: len(ingestion.span_rows()) >= len(sink.spans()))
             m = scrape(url)
-            _check(spec, m, _exported_bytes(sink, ingestion) + _raw(url), logs + collector.log)
+            _check(spec, "collector", m, _exported_bytes(sink, ingestion) + _raw(url), logs + collector.log)
         finally:
             assert collector.stop() == 0
 
@@ -122,7 +122,7 @@ def test_in_process(spec: Spec, tmp_path: Path) -> None:
 
         m = Scrape([s for f in text_string_to_metric_families(body.decode()) for s in f.samples])
         assert ingestion.wait_for(lambda: len(ingestion.span_rows()) >= len(sink.spans()) > 0, 30)
-        _check(spec, m, _exported_bytes(sink, ingestion) + body, logs)
+        _check(spec, "inprocess", m, _exported_bytes(sink, ingestion) + body, logs)
 
 
 def _raw(url: str) -> bytes:
