@@ -73,7 +73,7 @@ TL_IS_STREAMING = "llm.is_streaming"
 TL_IS_STREAMING_GENAI = "gen_ai.is_streaming"
 
 # OpenLIT.
-OL_TRACE_SCOPE = "openlit"  # the instrumentation scope of @openlit.trace spans (its LLM spans: openlit.instrumentation.*)
+OL_TRACE_SCOPE = "openlit"  # scope of @openlit.trace spans (its LLM spans: openlit.instrumentation.*)
 OL_FUNCTION_ARGS = "function.args"  # on @openlit.trace spans that returned (not on failed ones)
 OL_FUNCTION_KWARGS = "function.kwargs"
 OL_REQUEST_STREAM = "gen_ai.request.stream"
