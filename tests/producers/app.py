@@ -61,6 +61,14 @@ class MLflow(Producer):
             # endpoint implies one), and that path calls MlflowClient, absent from the tracing SDK: every span
             # then fails to end. A traces endpoint keeps MLflow on its OTLP span export alone.
             os.environ["OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"] = base.rstrip("/") + "/v1/traces"
+        if host == "inprocess":
+            # MLflow keeps a tracer provider of its own unless told to use the global one (flowtel's). Without
+            # an OTLP endpoint it also writes each trace to its tracking store: a local one, beside the point here.
+            import tempfile
+
+            os.environ["MLFLOW_USE_DEFAULT_TRACER_PROVIDER"] = "false"
+            os.environ.setdefault("MLFLOW_TRACKING_URI", "file://" + tempfile.mkdtemp(prefix="mlruns-"))
+            os.environ.setdefault("MLFLOW_ALLOW_FILE_STORE", "true")
         import mlflow
 
         self.mlflow = mlflow
