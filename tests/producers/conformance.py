@@ -50,7 +50,9 @@ PRODUCERS: tuple[Spec, ...] = (
     Spec("openlit", "OpenLIT", "openlit 1.44.0", "openlit", "`@openlit.trace` (outermost)", "`@openlit.trace`",
          "chat gpt-4o-mini", "TTFT attribute (`gen_ai.server.time_to_first_token`)",
          "`function.args` / `function.kwargs` / `gen_ai.input/output.messages`, content log events",
-         env={"OPENLIT_DISABLE_METRICS": "true"}),
+         env={"OPENLIT_DISABLE_METRICS": "true"},
+         gaps="its content log events leave through its own logger provider, not through flowtel: the collector "
+              "refuses them (traces only); in-process, turn them off (`disable_events=True`)"),
     Spec("openinference", "OpenInference", "openinference-instrumentation-openai 0.1.66", "openinference",
          "`chain` span (outermost)", "`chain` span", "ChatCompletion", "`First Token Stream Event`",
          "`input.value` / `output.value`, `llm.*_messages.*`, `embedding.embeddings.N.embedding.text` / `.vector`"),
@@ -156,3 +158,18 @@ def render_table() -> str:
             f"{s.first_chunk or 'none sent: `lastbyte` only'} | {s.content} | {s.gaps or '-'} |\n"
             for s in PRODUCERS]
     return head + "".join(rows)
+
+
+def write_readme_table(readme: Path = ROOT / "README.md") -> None:
+    """Replace the conformance table in the README with ``render_table()`` (run this file to do it)."""
+    lines = readme.read_text().splitlines(keepends=True)
+    start = next(i for i, line in enumerate(lines) if line.startswith("| producer (pinned) |"))
+    end = start
+    while end < len(lines) and lines[end].startswith("|"):
+        end += 1
+    lines[start:end] = [render_table()]
+    readme.write_text("".join(lines))
+
+
+if __name__ == "__main__":
+    write_readme_table()
