@@ -57,9 +57,9 @@ class MLflow(Producer):
     def setup(self, host: str) -> None:
         base = os.environ.pop("OTEL_EXPORTER_OTLP_ENDPOINT", None)
         if host == "collector" and base:
-            # Traces only: mlflow-tracing 3.17.2 also exports metrics when it sees a metrics endpoint (the base
-            # endpoint implies one), and that path calls MlflowClient, absent from the tracing SDK: every span
-            # then fails to end. A traces endpoint keeps MLflow on its OTLP span export alone.
+            # Traces only: MLflow also exports metrics when it sees a metrics endpoint (the base endpoint implies
+            # one), and flowtel's collector takes traces only. (With the mlflow-tracing SDK alone that metrics path
+            # even calls MlflowClient, which it lacks, and every span fails to end.)
             os.environ["OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"] = base.rstrip("/") + "/v1/traces"
         if host == "inprocess":
             # MLflow keeps a tracer provider of its own unless told to use the global one (flowtel's). Without
@@ -67,8 +67,7 @@ class MLflow(Producer):
             import tempfile
 
             os.environ["MLFLOW_USE_DEFAULT_TRACER_PROVIDER"] = "false"
-            os.environ.setdefault("MLFLOW_TRACKING_URI", "file://" + tempfile.mkdtemp(prefix="mlruns-"))
-            os.environ.setdefault("MLFLOW_ALLOW_FILE_STORE", "true")
+            os.environ.setdefault("MLFLOW_TRACKING_URI", "sqlite:///" + tempfile.mkdtemp(prefix="mlruns-") + "/mlflow.db")
         import mlflow
 
         self.mlflow = mlflow
@@ -78,20 +77,21 @@ class MLflow(Producer):
         return self.mlflow.trace(name=name)  # no span_type: MLflow's default UNKNOWN, what most apps send
 
     def node(self, name: str) -> Decorator:
+        if name == "retrieve":  # one node through the context-manager API, the others decorated
+            def decorate(fn: Callable[..., Any]) -> Callable[..., Any]:
+                def run(*args: Any, **kwargs: Any) -> Any:
+                    with self.mlflow.start_span(name=name, span_type="CHAIN"):
+                        return fn(*args, **kwargs)
+                return run
+            return decorate
         return self.mlflow.trace(name=name, span_type="CHAIN")
 
     def shutdown(self) -> None:
-        from mlflow.tracing.provider import _get_tracer  # noqa: F401  (import proves the provider exists)
+        from mlflow.tracing.provider import provider
 
-        self.mlflow.flush_trace_async_logging() if hasattr(self.mlflow, "flush_trace_async_logging") else None
-        from opentelemetry import trace
-
-        provider = trace.get_tracer_provider()
-        if hasattr(provider, "force_flush"):
-            provider.force_flush()
-        from mlflow.tracing.provider import provider as ml_provider
-
-        ml_provider.get().force_flush() if hasattr(ml_provider.get(), "force_flush") else None
+        tracer_provider = provider.get()  # MLflow's own one unless it shares the global one
+        if hasattr(tracer_provider, "force_flush"):
+            tracer_provider.force_flush()
 
 
 class OpenLIT(Producer):

@@ -40,13 +40,14 @@ class Spec:
 
 
 PRODUCERS: tuple[Spec, ...] = (
-    Spec("mlflow", "MLflow", "mlflow-tracing 3.17.2", "mlflow", "`@mlflow.trace` (`UNKNOWN` span type)",
-         "`@mlflow.trace(span_type=\"CHAIN\")`", "Completions", "`mlflow.chunk.item.0` event",
+    Spec("mlflow", "MLflow", "mlflow 3.17.2", "mlflow", "`@mlflow.trace` (`UNKNOWN` span type)",
+         "`mlflow.start_span` / `@mlflow.trace` (`CHAIN`)", "Completions", "`mlflow.chunk.item.0` event",
          "`mlflow.spanInputs` / `spanOutputs`, `mlflow.chunk.item.N` events",
          env={"MLFLOW_ENABLE_ASYNC_TRACE_LOGGING": "false", "MLFLOW_EXPERIMENT_ID": "0"},
          embedding_provider="",
          gaps="embedding calls name no provider (`mlflow.message.format` is on chat spans only): "
-              "`gen_ai.provider.name=\"\"` for them"),
+              "`gen_ai.provider.name=\"\"` for them; in-process MLflow also writes every trace, content "
+              "included, to its own tracking store (its local store, not an export)"),
     Spec("openlit", "OpenLIT", "openlit 1.44.0", "openlit", "`@openlit.trace` (outermost)", "`@openlit.trace`",
          "chat gpt-4o-mini", "TTFT attribute (`gen_ai.server.time_to_first_token`)",
          "`function.args` / `function.kwargs` / `gen_ai.input/output.messages`, content log events",
