@@ -103,9 +103,9 @@ class Deriver:
         code = str(status) if status is not None else ("500" if failed else "200")
         exception = _exception(flow) or ("unknown" if failed else "")
         streaming = is_streaming(flow) or is_streaming(request)
-        own_first = first_chunk_ns(flow)
-        below_streamed, below_first = _stream_facts(r)
-        if not is_pf_span(flow):
+        below_first: int | None = None
+        if streaming or not is_pf_span(flow):  # the walk below is only needed then (most traces are neither)
+            below_streamed, below_first = _stream_facts(r)
             streaming = streaming or below_streamed
         flag = "True" if streaming else "False"
         out.append((c.FLOW_REQUEST, 1, (r.flow, code, exception, flag), res, None))
@@ -117,6 +117,7 @@ class Deriver:
             out.append((c.FLOW_LATENCY, total_ms, (r.flow, code, flag, "default"), res, ex))
             return record
         out.append((c.FLOW_LATENCY, total_ms, (r.flow, code, flag, "lastbyte"), res, ex))
+        own_first = first_chunk_ns(flow)
         first = own_first if own_first is not None else below_first  # what the flow handed on, else below
         if first is None:
             warn_once(f"nofirstchunk:{r.flow}", "streamed flow %s has no first-chunk event; its firstbyte latency "
