@@ -67,7 +67,8 @@ class MLflow(Producer):
             import tempfile
 
             os.environ["MLFLOW_USE_DEFAULT_TRACER_PROVIDER"] = "false"
-            os.environ.setdefault("MLFLOW_TRACKING_URI", "sqlite:///" + tempfile.mkdtemp(prefix="mlruns-") + "/mlflow.db")
+            store = tempfile.mkdtemp(prefix="mlruns-")
+            os.environ.setdefault("MLFLOW_TRACKING_URI", f"sqlite:///{store}/mlflow.db")
         import mlflow
 
         self.mlflow = mlflow

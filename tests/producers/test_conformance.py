@@ -30,6 +30,8 @@ from conformance import (
     render_table,
 )
 
+from flowtel.otlp import decode_attributes
+
 from collector_proc import CollectorProcess
 from conftest import Scrape, scrape
 from fake_llm import FakeLLMServer
@@ -94,6 +96,35 @@ def _check(spec: Spec, host: str, m: Scrape, exported: bytes, logs: str) -> None
     assert CANARY not in logs
 
 
+#: What each producer documents as its first-chunk signal (an independent list: flowtel's is in semconv).
+FIRST_CHUNK_EVENTS = ("First Token Stream Event", "gen_ai.content.completion.chunk", "mlflow.chunk.item.0")
+
+
+def _check_stream_timing(spec: Spec, m: Scrape, sink: OTLPSink) -> None:
+    """lastbyte = the end of the streamed request's last span; firstbyte = its earliest first-chunk signal, both
+    from the request's start, as the spans that left the collector say."""
+    spans = [span for span, _ in sink.spans()]
+    root = next(s for s in spans if not s.parent_span_id and s.name.startswith("stream_flow"))
+    trace = [s for s in spans if s.trace_id == root.trace_id]
+    last_ms = (max(s.end_time_unix_nano for s in trace) - root.start_time_unix_nano) / 1e6
+    kind = "lastbyte" if spec.streaming_seen else "default"
+    assert _value(m, "flow_latency_sum", {"flow": "stream_flow", "response_type": kind}) == pytest.approx(last_ms)
+    if not _value(m, "flow_latency_count", {"flow": "stream_flow", "response_type": "firstbyte"}):
+        return
+    signals = [e.time_unix_nano for s in trace for e in s.events if e.name in FIRST_CHUNK_EVENTS]
+    for s in trace:  # OpenLIT: seconds from the streamed call's start
+        attrs = decode_attributes(s.attributes)
+        if attrs.get("gen_ai.request.stream") is True and "gen_ai.server.time_to_first_token" in attrs:
+            signals.append(s.start_time_unix_nano + int(attrs["gen_ai.server.time_to_first_token"] * 1e9))
+    first_ms = _value(m, "flow_latency_sum", {"flow": "stream_flow", "response_type": "firstbyte"})
+    if signals:
+        assert first_ms == pytest.approx((min(signals) - root.start_time_unix_nano) / 1e6, abs=1e-3)
+    else:  # MLflow's chunk events carry the answer: removed on the way out, so only their order can be checked
+        assert 0 < first_ms < last_ms
+    assert _value(m, "flow_streaming_response_duration_sum", {"flow": "stream_flow"}) == \
+        pytest.approx(last_ms - first_ms, abs=1e-3)
+
+
 @pytest.mark.parametrize("spec", PRODUCERS, ids=[p.name for p in PRODUCERS])
 def test_through_the_collector(spec: Spec, tmp_path: Path) -> None:
     with FakeLLMServer(reply=REPLY) as llm, OTLPSink() as sink, IngestionServer() as ingestion:
@@ -110,6 +141,7 @@ def test_through_the_collector(spec: Spec, tmp_path: Path) -> None:
             collector.wait_for(lambda: len(ingestion.span_rows()) >= len(sink.spans()))
             m = scrape(url)
             _check(spec, "collector", m, _exported_bytes(sink, ingestion) + _raw(url), logs + collector.log)
+            _check_stream_timing(spec, m, sink)
         finally:
             assert collector.stop() == 0
 
