@@ -52,6 +52,9 @@ class Producer:
     def shutdown(self) -> None:
         pass
 
+    def extra_flows(self, question: str) -> None:
+        """Flows only this producer's API can make (conformance.Spec.extra_flows says what they yield)."""
+
 
 class MLflow(Producer):
     def setup(self, host: str) -> None:
@@ -86,6 +89,15 @@ class MLflow(Producer):
                 return run
             return decorate
         return self.mlflow.trace(name=name, span_type="CHAIN")
+
+    def extra_flows(self, question: str) -> None:
+        # The client API: a trace and its spans started and ended by id, with no context involved.
+        client = self.mlflow.MlflowClient()
+        root = client.start_trace(name="client_flow", inputs={"q": question})
+        node = client.start_span(name="lookup", trace_id=root.trace_id, parent_id=root.span_id, span_type="CHAIN",
+                                 inputs={"q": question})
+        client.end_span(trace_id=node.trace_id, span_id=node.span_id, outputs={"found": question})
+        client.end_trace(trace_id=root.trace_id, outputs={"answer": question})
 
     def shutdown(self) -> None:
         from mlflow.tracing.provider import provider
@@ -297,6 +309,7 @@ def main(argv: list[str]) -> None:
     with scope:
         producer.setup(host)
         workload(producer, llm, question)
+        producer.extra_flows(question)
         producer.shutdown()
         if host == "collector":
             from opentelemetry import trace

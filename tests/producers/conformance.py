@@ -37,13 +37,16 @@ class Spec:
     #: twice); the values are the instrumentation's, with its labels.
     own_genai_metrics: bool = False
     gaps: str = ""  # what flowtel cannot get right for this producer, and why
+    extra_flows: tuple[tuple[str, str], ...] = ()  # (flow, node) app.py's Producer.extra_flows runs once each
 
 
 PRODUCERS: tuple[Spec, ...] = (
-    Spec("mlflow", "MLflow", "mlflow 3.17.2", "mlflow", "`@mlflow.trace` (`UNKNOWN` span type)",
+    Spec("mlflow", "MLflow", "mlflow 3.17.2", "mlflow",
+         "`@mlflow.trace` (`UNKNOWN` span type), `MlflowClient.start_trace`",
          "`mlflow.start_span` / `@mlflow.trace` (`CHAIN`)", "Completions", "`mlflow.chunk.item.0` event",
          "`mlflow.spanInputs` / `spanOutputs`, `mlflow.chunk.item.N` events",
          env={"MLFLOW_ENABLE_ASYNC_TRACE_LOGGING": "false", "MLFLOW_EXPERIMENT_ID": "0"},
+         extra_flows=(("client_flow", "lookup"),),  # MlflowClient.start_trace / start_span
          embedding_provider="",
          gaps="embedding calls name no provider (`mlflow.message.format` is on chat spans only): "
               "`gen_ai.provider.name=\"\"` for them; in-process MLflow also writes every trace, content "
@@ -139,6 +142,9 @@ def expected_values(spec: Spec, host: str) -> dict[tuple[str, dict[str, str]], f
         ("flow_latency_count", {"flow": "stream_flow", "response_type": "firstbyte"}, first),
         ("flow_streaming_response_duration_count", {"flow": "stream_flow"}, first),
     ]
+    for flow, node in spec.extra_flows:
+        rows.append(("flow_request_total", {"flow": flow, "response_code": "200", "streaming": "False"}, 1))
+        rows.append(("node_request_total", {"flow": flow, "node": node, "run_status": "Completed"}, 1))
     if host == "inprocess" and spec.own_genai_metrics:
         rows = [row for row in rows if not row[0].startswith("gen_ai_")]
         rows.append(("gen_ai_client_operation_duration_seconds_count", {}, 3 + 2 + 1))  # each call once

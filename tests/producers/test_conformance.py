@@ -90,7 +90,7 @@ def _value(m: Scrape, name: str, labels: dict[str, str]) -> float:
 def _check(spec: Spec, host: str, m: Scrape, exported: bytes, logs: str) -> None:
     for (name, labels), value in expected_values(spec, host).items():
         assert _value(m, name, labels) == value, (spec.name, name, labels, m.find(name))
-    assert m.value("flow_request_total") == 4, m.series("flow_request_total")
+    assert m.value("flow_request_total") == 4 + len(spec.extra_flows), m.series("flow_request_total")
     assert not m.find("rpc_request_total", flow=""), m.find("rpc_request_total", flow="")  # all inside flows
     assert CANARY.encode() not in exported
     assert CANARY not in logs
@@ -136,7 +136,8 @@ def test_through_the_collector(spec: Spec, tmp_path: Path) -> None:
                 "OTEL_EXPORTER_OTLP_ENDPOINT": endpoint, "OTEL_EXPORTER_OTLP_PROTOCOL": "http/protobuf",
                 "TRACELOOP_BASE_URL": endpoint})
             url = collector.prometheus["prometheus"]
-            m = collector.wait_for(lambda: (s := scrape(url)).value("flow_request_total") >= 4 and s)
+            flows = 4 + len(spec.extra_flows)
+            m = collector.wait_for(lambda: (s := scrape(url)).value("flow_request_total") >= flows and s)
             collector.wait_for(lambda: len(sink.spans()) >= m.value("flowtel_spans_processed_total"))
             collector.wait_for(lambda: len(ingestion.span_rows()) >= len(sink.spans()))
             m = scrape(url)
