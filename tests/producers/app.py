@@ -165,12 +165,9 @@ class Traceloop(Producer):
         # Offline: no API key, the OTLP/HTTP endpoint in TRACELOOP_BASE_URL, its telemetry off (set by the test).
         kwargs: dict[str, Any] = {"app_name": "conformance", "disable_batch": True}
         if host == "inprocess":
-            from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
-
-            # flowtel's processor is already on the global provider; the exporter Traceloop insists on
-            # goes nowhere flowtel does not already send.
+            # Traceloop reuses the global provider, where flowtel's processor already is; it insists on an
+            # exporter or processor of its own, so it gets one that sends nothing (no second, raw export).
             kwargs["processor"] = _NoopProcessor()
-            del OTLPSpanExporter
         TL.init(**kwargs)
 
     def flow(self, name: str) -> Decorator:

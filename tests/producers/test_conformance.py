@@ -100,6 +100,22 @@ def _check(spec: Spec, host: str, m: Scrape, exported: bytes, logs: str) -> None
 FIRST_CHUNK_EVENTS = ("First Token Stream Event", "gen_ai.content.completion.chunk", "mlflow.chunk.item.0")
 
 
+#: Content keys the producers were seen to send (besides the canary check, which misses vectors and numbers).
+CONTENT_KEYS = ("function.args", "function.kwargs", "mlflow.spanInputs", "mlflow.spanOutputs", "input.value",
+                "output.value", "traceloop.entity.input", "traceloop.entity.output", "gen_ai.input.messages",
+                "gen_ai.output.messages", "gen_ai.system_instructions", "inputs", "output")
+CONTENT_KEY_PREFIXES = ("embedding.embeddings.", "llm.input_messages.", "llm.output_messages.", "gen_ai.prompt.",
+                        "gen_ai.completion.")
+
+
+def _check_no_content_keys(sink: OTLPSink) -> None:
+    for span, _ in sink.spans():
+        keys = {kv.key for kv in span.attributes}
+        assert not keys.intersection(CONTENT_KEYS), (span.name, keys.intersection(CONTENT_KEYS))
+        assert not [k for k in keys if k.startswith(CONTENT_KEY_PREFIXES)], (span.name, keys)
+        assert not [e.name for e in span.events if e.name.startswith("mlflow.chunk.item.")], span.name
+
+
 def _check_stream_timing(spec: Spec, m: Scrape, sink: OTLPSink) -> None:
     """lastbyte = the end of the streamed request's last span; firstbyte = its earliest first-chunk signal, both
     from the request's start, as the spans that left the collector say."""
@@ -143,6 +159,7 @@ def test_through_the_collector(spec: Spec, tmp_path: Path) -> None:
             m = scrape(url)
             _check(spec, "collector", m, _exported_bytes(sink, ingestion) + _raw(url), logs + collector.log)
             _check_stream_timing(spec, m, sink)
+            _check_no_content_keys(sink)
         finally:
             assert collector.stop() == 0
 
@@ -162,6 +179,7 @@ def test_in_process(spec: Spec, tmp_path: Path) -> None:
         m = Scrape([s for f in text_string_to_metric_families(body.decode()) for s in f.samples])
         assert ingestion.wait_for(lambda: len(ingestion.span_rows()) >= len(sink.spans()) > 0, 30)
         _check(spec, "inprocess", m, _exported_bytes(sink, ingestion) + body, logs)
+        _check_no_content_keys(sink)
 
 
 def _raw(url: str) -> bytes:
