@@ -66,12 +66,9 @@ class MLflow(Producer):
             os.environ["OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"] = base.rstrip("/") + "/v1/traces"
         if host == "inprocess":
             # MLflow keeps a tracer provider of its own unless told to use the global one (flowtel's). Without
-            # an OTLP endpoint it also writes each trace to its tracking store: a local one, beside the point here.
-            import tempfile
-
+            # an OTLP endpoint it also writes each trace to its tracking store: a local one (in the working
+            # directory the test gives the app), beside the point here.
             os.environ["MLFLOW_USE_DEFAULT_TRACER_PROVIDER"] = "false"
-            store = tempfile.mkdtemp(prefix="mlruns-")
-            os.environ.setdefault("MLFLOW_TRACKING_URI", f"sqlite:///{store}/mlflow.db")
         import mlflow
 
         self.mlflow = mlflow

@@ -66,10 +66,12 @@ def _python(spec: Spec) -> str:
     return python
 
 
-def _run_app(spec: Spec, host: str, base_url: str, env: dict[str, str], result: Path | None = None) -> str:
+def _run_app(spec: Spec, host: str, base_url: str, env: dict[str, str], cwd: Path, result: Path | None = None) -> str:
+    """Run the app; in ``cwd``, where what a producer writes locally (MLflow's sqlite store) goes."""
     args = [_python(spec), str(APP), spec.name, base_url, QUESTION, host] + ([str(result)] if result else [])
-    full_env = {**os.environ, **QUIET, **spec.env, **env, "PYTHONPATH": str(ROOT / "examples")}
-    done = subprocess.run(args, env=full_env, capture_output=True, text=True, timeout=240)
+    full_env = {**os.environ, **QUIET, **spec.env, **env, "PYTHONPATH": str(ROOT / "examples"),
+                "MLFLOW_TRACKING_URI": f"sqlite:///{cwd}/mlflow.db"}
+    done = subprocess.run(args, env=full_env, capture_output=True, text=True, timeout=240, cwd=cwd)
     output = done.stdout + done.stderr
     assert done.returncode == 0, output
     return output
@@ -150,7 +152,7 @@ def test_through_the_collector(spec: Spec, tmp_path: Path) -> None:
             endpoint = collector.http["otlp"]
             logs = _run_app(spec, "collector", llm.base_url, {
                 "OTEL_EXPORTER_OTLP_ENDPOINT": endpoint, "OTEL_EXPORTER_OTLP_PROTOCOL": "http/protobuf",
-                "TRACELOOP_BASE_URL": endpoint})
+                "TRACELOOP_BASE_URL": endpoint}, tmp_path)
             url = collector.prometheus["prometheus"]
             flows = 4 + len(spec.extra_flows)
             m = collector.wait_for(lambda: (s := scrape(url)).value("flow_request_total") >= flows and s)
@@ -172,7 +174,7 @@ def test_in_process(spec: Spec, tmp_path: Path) -> None:
             "OTEL_EXPORTER_OTLP_ENDPOINT": f"http://{sink.endpoint}", "OTEL_EXPORTER_OTLP_PROTOCOL": "grpc",
             "OTEL_METRICS_EXPORTER": "prometheus",  # the sink takes traces only
             "APPLICATIONINSIGHTS_CONNECTION_STRING": ingestion.connection_string,
-            "TRACELOOP_BASE_URL": f"http://{sink.endpoint}"}, result)
+            "TRACELOOP_BASE_URL": f"http://{sink.endpoint}"}, tmp_path, result)
         body = result.read_bytes()
         from prometheus_client.parser import text_string_to_metric_families
 
