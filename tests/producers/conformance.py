@@ -53,7 +53,7 @@ PRODUCERS: tuple[Spec, ...] = (
               "included, to its own tracking store (its local store, not an export)"),
     Spec("openlit", "OpenLIT", "openlit 1.44.0", "openlit", "`@openlit.trace` (outermost)", "`@openlit.trace`",
          "chat gpt-4o-mini", "TTFT attribute (`gen_ai.server.time_to_first_token`)",
-         "`function.args` / `function.kwargs` / `gen_ai.input/output.messages`, content log events",
+         "`function.args` / `function.kwargs` / `gen_ai.input/output.messages` / `gen_ai.system_instructions`",
          env={"OPENLIT_DISABLE_METRICS": "true"},
          gaps="its content log events leave through its own logger provider, not through flowtel: the collector "
               "refuses them (traces only); in-process, turn them off (`disable_events=True`)"),
@@ -66,11 +66,11 @@ PRODUCERS: tuple[Spec, ...] = (
          env={"OPENINFERENCE_ENABLE_GENAI_SEMCONV": "true"}),
     Spec("traceloop", "OpenLLMetry", "traceloop-sdk 0.62.4", "traceloop", "`@workflow`", "`@task`",
          "openai.chat", "`gen_ai.content.completion.chunk` event",
-         "`traceloop.entity.input` / `output`, `gen_ai.prompt.*` / `gen_ai.completion.*`",
+         "`traceloop.entity.input` / `output`, `gen_ai.input/output.messages`",
          env={"TRACELOOP_TELEMETRY": "false", "TRACELOOP_TRACE_CONTENT": "true"}),
     Spec("openai-v2", "openai-v2", "opentelemetry-instrumentation-openai-v2 2.4b0", None,
          "app span, `gen_ai.operation.name=invoke_workflow`", "app span", "chat gpt-4o-mini", "",
-         "`gen_ai.input/output.messages`, message events", streaming_seen=False, own_genai_metrics=True,
+         "`gen_ai.input/output.messages`", streaming_seen=False, own_genai_metrics=True,
          gaps="a streamed call carries nothing that says so: `streaming=\"False\"`, `default` latency; "
               "in-process the `gen_ai.client.*` metrics are openai-v2's own (embeddings labelled `gen_ai.system`, "
               "errors `<class '...'>`), not recorded again by flowtel",
