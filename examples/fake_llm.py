@@ -10,6 +10,11 @@ all messages, completion tokens = words in the reply.
 A model name starting with ``fail-`` makes the server answer with that HTTP
 status (``fail-500`` -> 500, ``fail-429`` -> 429) and an OpenAI error body.
 
+Bodies carry the fields api.openai.com sends besides the essentials
+(``usage.prompt_tokens_details`` / ``completion_tokens_details``, ``service_tier``,
+``system_fingerprint``): some instrumentations (OpenLIT) lose a call's usage without them.
+``reply`` sets the answer text (tests put a canary in it to follow content).
+
 Run it standalone: ``python examples/fake_llm.py --port 8000``.
 """
 
@@ -33,6 +38,13 @@ def _words(value: Any) -> int:
     if isinstance(value, dict):
         return _words(value.get("content", ""))
     return 0
+
+
+def _usage(prompt: int, completion: int) -> dict[str, Any]:
+    return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion,
+            "prompt_tokens_details": {"cached_tokens": 0, "audio_tokens": 0},
+            "completion_tokens_details": {"reasoning_tokens": 0, "audio_tokens": 0,
+                                          "accepted_prediction_tokens": 0, "rejected_prediction_tokens": 0}}
 
 
 class _Handler(BaseHTTPRequestHandler):
@@ -62,6 +74,7 @@ class _Handler(BaseHTTPRequestHandler):
             self._json(status, {"error": {"message": f"fake failure {status}", "type": "server_error",
                                           "code": str(status)}})
             return
+        reply = self.server.reply
         if self.path.endswith("/chat/completions"):
             prompt = _words(request.get("messages", []))
             if request.get("stream"):
@@ -70,12 +83,12 @@ class _Handler(BaseHTTPRequestHandler):
                 self._json(200, self._chat_body(model, prompt))
         elif self.path.endswith("/completions"):
             prompt = _words(request.get("prompt", ""))
-            completion = _words(REPLY)
+            completion = _words(reply)
             self._json(200, {
                 "id": "cmpl-fake", "object": "text_completion", "created": int(time.time()), "model": model,
-                "choices": [{"index": 0, "text": REPLY, "finish_reason": "stop", "logprobs": None}],
-                "usage": {"prompt_tokens": prompt, "completion_tokens": completion,
-                          "total_tokens": prompt + completion},
+                "system_fingerprint": "fp_fake",
+                "choices": [{"index": 0, "text": reply, "finish_reason": "stop", "logprobs": None}],
+                "usage": _usage(prompt, completion),
             })
         elif self.path.endswith("/embeddings"):
             inputs = request.get("input", "")
@@ -84,19 +97,19 @@ class _Handler(BaseHTTPRequestHandler):
             self._json(200, {
                 "object": "list", "model": model,
                 "data": [{"object": "embedding", "index": i, "embedding": [0.1, 0.2, 0.3]} for i in range(len(items))],
-                "usage": {"prompt_tokens": prompt, "total_tokens": prompt},
+                "usage": {"prompt_tokens": prompt, "total_tokens": prompt},  # what api.openai.com sends for embeddings
             })
         else:
             self._json(404, {"error": {"message": f"no route {self.path}", "type": "invalid_request_error"}})
 
     def _chat_body(self, model: str, prompt: int) -> dict[str, Any]:
-        completion = _words(REPLY)
+        reply = self.server.reply
         return {
             "id": "chatcmpl-fake", "object": "chat.completion", "created": int(time.time()), "model": model,
-            "system_fingerprint": "fp_fake",
-            "choices": [{"index": 0, "finish_reason": "stop",
-                         "message": {"role": "assistant", "content": REPLY}}],
-            "usage": {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion},
+            "system_fingerprint": "fp_fake", "service_tier": "default",
+            "choices": [{"index": 0, "finish_reason": "stop", "logprobs": None,
+                         "message": {"role": "assistant", "content": reply, "refusal": None}}],
+            "usage": _usage(prompt, _words(reply)),
         }
 
     def _stream_chat(self, model: str, prompt: int, request: dict[str, Any]) -> None:
@@ -105,9 +118,9 @@ class _Handler(BaseHTTPRequestHandler):
         self.send_header("Connection", "close")
         self.end_headers()
         self.close_connection = True
-        words = REPLY.split()
+        words = self.server.reply.split()
         base = {"id": "chatcmpl-fake", "object": "chat.completion.chunk", "created": int(time.time()),
-                "model": model}
+                "model": model, "system_fingerprint": "fp_fake", "service_tier": "default"}
         for i, word in enumerate(words):
             delta: dict[str, Any] = {"content": (" " if i else "") + word}
             if i == 0:
@@ -120,8 +133,7 @@ class _Handler(BaseHTTPRequestHandler):
         last = {**base, "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]}
         self.wfile.write(f"data: {json.dumps(last)}\n\n".encode())
         if (request.get("stream_options") or {}).get("include_usage"):
-            usage = {**base, "choices": [], "usage": {"prompt_tokens": prompt, "completion_tokens": len(words),
-                                                       "total_tokens": prompt + len(words)}}
+            usage = {**base, "choices": [], "usage": _usage(prompt, len(words))}
             self.wfile.write(f"data: {json.dumps(usage)}\n\n".encode())
         self.wfile.write(b"data: [DONE]\n\n")
         self.wfile.flush()
@@ -133,8 +145,9 @@ class FakeLLMServer(ThreadingHTTPServer):
     daemon_threads = True
 
     def __init__(self, host: str = "127.0.0.1", port: int = 0, delay_s: float = 0.0,
-                 chunk_delay_s: float = 0.0) -> None:
+                 chunk_delay_s: float = 0.0, reply: str = REPLY) -> None:
         super().__init__((host, port), _Handler)
+        self.reply = reply
         self.delay_s = delay_s
         self.chunk_delay_s = chunk_delay_s
         self.requests: list[tuple[str, dict[str, Any]]] = []

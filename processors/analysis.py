@@ -5,10 +5,10 @@ This is the rule set the README documents under "How flowtel reads a trace":
 * A **flow** is a prompt flow ``Flow`` span (DAG flows), otherwise the outermost prompt
   flow ``Function`` span (flex flows: plain ``@trace`` functions), otherwise the outermost
   GenAI workflow / agent span (``invoke_workflow`` / ``invoke_agent``, OpenLLMetry
-  ``workflow``, OpenInference ``AGENT`` / ``CHAIN``, MLflow ``AGENT`` / ``CHAIN``). LLM,
-  embedding and retrieval calls are never flows.
-* A **node** is a direct child of a flow, named by its ``node_name`` attribute (DAG flows) or
-  its span name (flex flows).
+  ``workflow``, OpenInference ``AGENT`` / ``CHAIN``, MLflow ``AGENT`` / ``CHAIN`` / ``UNKNOWN``,
+  OpenLIT ``@openlit.trace``). LLM, embedding and retrieval calls are never flows.
+* A **node** is a direct child of a flow, named by its ``node_name`` attribute (DAG flows),
+  OpenLLMetry's ``traceloop.entity.name``, or its span name.
 * A **remote call** is any span below a node; its ``api_call`` name is the path of span
   names from just below the node, joined by ``_`` (prompt flow's naming). A GenAI client
   call outside any flow is a remote call with empty flow and node.
@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from flowtel import semconv as sc
 from flowtel.spans import KIND_CLIENT, KIND_SERVER, STATUS_ERROR, SpanData
 
-from .vocabulary import genai_operation, token_usage
+from .vocabulary import genai_operation, plain, token_usage
 
 ROLE_NONE, ROLE_FLOW, ROLE_NODE, ROLE_RPC = "", "flow", "node", "rpc"
 
@@ -36,8 +36,10 @@ _NEVER_FLOW_PF_TYPES = frozenset({"LLM", "Embedding", "Retrieval"})
 _WORKFLOW_KINDS = {
     sc.TL_SPAN_KIND: frozenset({"workflow", "agent"}),
     sc.OI_SPAN_KIND: frozenset({"AGENT", "CHAIN"}),
-    sc.ML_SPAN_TYPE: frozenset({"AGENT", "CHAIN"}),
 }
+#: MLflow's span types (JSON-encoded on the wire) that can start a flow: UNKNOWN is what `@mlflow.trace`
+#: gives a function without a span_type, i.e. most apps' entry points.
+_ML_WORKFLOW_TYPES = frozenset({"AGENT", "CHAIN", "UNKNOWN"})
 
 
 @dataclass(slots=True)
@@ -61,7 +63,13 @@ def is_workflow_span(span: SpanData) -> bool:
     attrs = span.attributes
     if attrs.get(sc.OPERATION_NAME) in sc.WORKFLOW_OPERATIONS:
         return True
-    return any(attrs.get(key) in kinds for key, kinds in _WORKFLOW_KINDS.items())
+    if any(attrs.get(key) in kinds for key, kinds in _WORKFLOW_KINDS.items()):
+        return True
+    ml_type = attrs.get(sc.ML_SPAN_TYPE)
+    if ml_type is not None:
+        return plain(ml_type) in _ML_WORKFLOW_TYPES
+    # OpenLIT's @openlit.trace marks its spans with no kind, only by their instrumentation scope.
+    return span.scope_name == sc.OL_TRACE_SCOPE and genai_operation(span) is None
 
 
 def flow_name(span: SpanData) -> str:
@@ -132,7 +140,7 @@ def _assign(r: SpanRole, parent: SpanRole | None, request: SpanData | None) -> N
     r.flow, r.flow_span = parent.flow, parent.flow_span
     if parent.role == ROLE_FLOW:
         # prompt flow stamps node_name on every span inside a node, so it names the node but does not make one.
-        node_name = span.attributes.get(sc.PF_NODE_NAME)
+        node_name = span.attributes.get(sc.PF_NODE_NAME) or span.attributes.get(sc.TL_ENTITY_NAME)
         r.role, r.node = ROLE_NODE, node_name if isinstance(node_name, str) and node_name else span.name
         return
     r.role, r.node = ROLE_RPC, parent.node

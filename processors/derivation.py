@@ -1,8 +1,9 @@
 """Turn an analysed local trace into the eight standard metrics and the GenAI client metrics.
 
 Everything comes from spans: a flow span (or the SERVER span it answers) is one request,
-its duration the latency; a streamed flow's first byte is the earliest first-chunk event
-(``semconv.FIRST_CHUNK_EVENTS``) inside it and its last byte the end of the request.
+its duration the latency; a streamed flow's first byte is its own first-chunk signal, else the
+earliest one inside it (``vocabulary.first_chunk_ns``), and its last byte the end of the request.
+Outside prompt flow a flow is streamed when a model call inside it streamed.
 """
 
 from __future__ import annotations
@@ -15,11 +16,12 @@ from flowtel._log import warn_once
 from flowtel.spans import KIND_SERVER, SpanData
 
 from . import catalog as c
-from .analysis import ROLE_FLOW, ROLE_NODE, ROLE_RPC, SpanRole, is_failed
+from .analysis import ROLE_FLOW, ROLE_NODE, ROLE_RPC, SpanRole, is_failed, is_pf_span
 from .correlation import RequestRecord
 from .metrics import FlowtelMetrics, Measurement
 from .vocabulary import (
     exception_type,
+    first_chunk_ns,
     genai_operation,
     http_status,
     is_streaming,
@@ -38,25 +40,22 @@ def _exception(span: SpanData) -> str:
     return short_error_name(error) if error else "unknown"
 
 
-def _first_event_ns(span: SpanData) -> int | None:
-    times = [e.timestamp for e in span.events if e.name in sc.FIRST_CHUNK_EVENTS]
-    return min(times) if times else None
-
-
-def _first_chunk_ns(flow: SpanRole) -> int | None:
-    """The flow's own first-chunk event (what it handed to the server), else the earliest one below it."""
-    own = _first_event_ns(flow.span)
-    if own is not None:
-        return own
-    first: int | None = None
+def _stream_facts(flow: SpanRole) -> tuple[bool, int | None]:
+    """(whether a model call below the flow streamed, the earliest first chunk below it): outside prompt flow
+    nothing marks a flow as streamed, so a flow that relays a streamed call is a streamed request."""
+    streamed, first = False, None
     stack = list(flow.children)
     while stack:
         cur = stack.pop()
-        for event in cur.span.events:
-            if event.name in sc.FIRST_CHUNK_EVENTS and (first is None or event.timestamp < first):
-                first = event.timestamp
+        span = cur.span
+        if span.events or cur.is_llm_call:  # first-chunk signals sit on events or on the model call itself
+            at = first_chunk_ns(span)
+            if at is not None and (first is None or at < first):
+                first = at
+        if cur.is_llm_call and not streamed:
+            streamed = is_streaming(span)
         stack.extend(cur.children)
-    return first
+    return streamed or first is not None, first
 
 
 class Deriver:
@@ -104,6 +103,10 @@ class Deriver:
         code = str(status) if status is not None else ("500" if failed else "200")
         exception = _exception(flow) or ("unknown" if failed else "")
         streaming = is_streaming(flow) or is_streaming(request)
+        below_first: int | None = None
+        if streaming or not is_pf_span(flow):  # the walk below is only needed then (most traces are neither)
+            below_streamed, below_first = _stream_facts(r)
+            streaming = streaming or below_streamed
         flag = "True" if streaming else "False"
         out.append((c.FLOW_REQUEST, 1, (r.flow, code, exception, flag), res, None))
         end_ns = max(flow.end_ns, request.end_ns)
@@ -114,7 +117,8 @@ class Deriver:
             out.append((c.FLOW_LATENCY, total_ms, (r.flow, code, flag, "default"), res, ex))
             return record
         out.append((c.FLOW_LATENCY, total_ms, (r.flow, code, flag, "lastbyte"), res, ex))
-        first = _first_chunk_ns(r)
+        own_first = first_chunk_ns(flow)
+        first = own_first if own_first is not None else below_first  # what the flow handed on, else below
         if first is None:
             warn_once(f"nofirstchunk:{r.flow}", "streamed flow %s has no first-chunk event; its firstbyte latency "
                       "and streaming duration are not recorded (see README, Streaming)", r.flow)
@@ -151,7 +155,7 @@ class Deriver:
             out.append((c.TOKEN_CONSUMPTION, usage[1], (r.flow, r.node, engine, "completion_tokens"), res, None))
         if span.scope_name in self._skip:
             return usage, engine
-        error = exception_type(span) if is_failed(span) else None
+        error = _exception(span) or None
         base = (genai_operation(span) or "", provider(span) or "", req_model or "", resp_model or "",
                 str(span.attributes.get(sc.SERVER_ADDRESS, "")))
         out.append((c.GENAI_OPERATION_DURATION, span.duration_ms / 1000, (*base, error or ""), res,

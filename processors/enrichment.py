@@ -46,6 +46,13 @@ def _content_keys(attrs: Mapping[str, Any]) -> frozenset[str]:
     return content
 
 
+def content_event_names(names: list[str]) -> frozenset[str]:
+    """Which of these event names carry content: the known ones and the numbered ones (MLflow's chunks)."""
+    found = sc.CONTENT_EVENTS.intersection(names)
+    numbered = [n for n in names if n.startswith(sc.CONTENT_EVENT_PREFIXES)]
+    return found.union(numbered) if numbered else found
+
+
 def enrich(role: SpanRole, capture_content: bool) -> Enrichment | None:
     """What to change on the role's span; None when nothing."""
     span = role.span
@@ -81,7 +88,7 @@ def enrich(role: SpanRole, capture_content: bool) -> Enrichment | None:
     if not capture_content:
         removed_attrs = _content_keys(attrs)
         if span.events:
-            removed_events = sc.CONTENT_EVENTS.intersection([e.name for e in span.events])
+            removed_events = content_event_names([e.name for e in span.events])
     if added or removed_events or set_error is not None:
         return Enrichment(added, removed_attrs, removed_events, set_error)
     return _removal_only(removed_attrs) if removed_attrs else None

@@ -155,8 +155,11 @@ def token_usage(span: SpanData) -> tuple[int | None, int | None] | None:
     """(input, output) tokens of a model call, from whichever vocabulary the span speaks."""
     # Most spans carry no usage key at all: one C-level pass over their keys rules them out.
     usage = None if _ANY_USAGE_KEY.isdisjoint(span.attributes) else _stated_usage(span)
-    if usage is None and is_pf_model_call(span):
-        usage = _pf_streamed_usage(span)
+    if usage is None:
+        if is_pf_model_call(span):
+            usage = _pf_streamed_usage(span)
+        elif is_ml_model_call(span):
+            usage = _ml_response_usage(span)
     return usage
 
 
@@ -189,6 +192,35 @@ def _pf_streamed_usage(span: SpanData) -> tuple[int | None, int | None] | None:
     return None
 
 
+def is_ml_model_call(span: SpanData) -> bool:
+    value = span.attributes.get(sc.ML_SPAN_TYPE)
+    return value is not None and plain(value) in sc.ML_MODEL_SPAN_TYPES
+
+
+def _ml_response_usage(span: SpanData) -> tuple[int | None, int | None] | None:
+    """MLflow states no usage for embedding calls; the provider's response it keeps as output has it."""
+    output = _json_attr(span, sc.ML_SPAN_OUTPUTS)
+    usage = output.get("usage") if isinstance(output, dict) else None
+    if not isinstance(usage, dict):
+        return None
+    i, o = _as_int(usage.get("prompt_tokens")), _as_int(usage.get("completion_tokens"))
+    return (i, o) if i is not None or o is not None else None
+
+
+def _model_argument(span: SpanData) -> str | None:
+    """The `model` the caller passed, where only the call's arguments say it (a failed call has no response):
+    MLflow's span inputs, OpenInference's invocation parameters."""
+    if is_ml_model_call(span):
+        parsed = _json_attr(span, sc.ML_SPAN_INPUTS)
+    else:
+        attrs = span.attributes
+        key = sc.OI_INVOCATION_PARAMETERS if sc.OI_INVOCATION_PARAMETERS in attrs else \
+            sc.OI_EMBEDDING_INVOCATION_PARAMETERS
+        parsed = _json_attr(span, key) if key in attrs else None
+    model = parsed.get("model") if isinstance(parsed, dict) else None
+    return model if isinstance(model, str) and model else None
+
+
 @_memoized
 def request_model(span: SpanData) -> str | None:
     attrs = span.attributes
@@ -201,11 +233,11 @@ def request_model(span: SpanData) -> str | None:
             candidate = inputs.get(key)
             if isinstance(candidate, str) and candidate:
                 return candidate
-    for key in (sc.ML_MODEL, sc.OI_MODEL_NAME):
+    for key in (sc.ML_MODEL, sc.OI_MODEL_NAME, sc.OI_EMBEDDING_MODEL_NAME):
         candidate = plain(attrs.get(key))
         if isinstance(candidate, str) and candidate:
             return candidate
-    return None
+    return _model_argument(span)
 
 
 def response_model(span: SpanData) -> str | None:
@@ -220,10 +252,16 @@ def response_model(span: SpanData) -> str | None:
 @_memoized
 def provider(span: SpanData) -> str | None:
     attrs = span.attributes
-    for key in (sc.PROVIDER_NAME, sc.SYSTEM, sc.OI_PROVIDER, sc.ML_PROVIDER):
+    for key in (sc.PROVIDER_NAME, sc.SYSTEM, sc.OI_PROVIDER, sc.OI_SYSTEM, sc.ML_PROVIDER):
         value = plain(attrs.get(key))
         if isinstance(value, str) and value:
-            return value.lower() if key == sc.OI_PROVIDER else value
+            return value.lower() if key in (sc.OI_PROVIDER, sc.OI_SYSTEM) else value
+    if is_ml_model_call(span):
+        # mlflow.<library>.autolog() names the client library it wrapped; for the provider libraries
+        # (openai, anthropic, ...) that is the provider.
+        value = plain(attrs.get(sc.ML_MESSAGE_FORMAT))
+        if isinstance(value, str) and value:
+            return value
     if is_pf_model_call(span) and str(attrs.get(sc.PF_FUNCTION, "")).startswith("openai."):
         inputs = pf_inputs(span)
         return "azure.ai.openai" if "azure_deployment" in inputs or "deployment_name" in inputs else "openai"
@@ -268,10 +306,34 @@ def response_details(span: SpanData) -> tuple[str | None, tuple[str, ...]]:
 
 
 def is_streaming(span: SpanData) -> bool:
+    """Whether the span's output was streamed, in any vocabulary's words."""
     attrs = span.attributes
-    if attrs.get(sc.PF_OUTPUT_TYPE) == "iterated" or attrs.get(sc.TL_IS_STREAMING) is True:
+    if (attrs.get(sc.PF_OUTPUT_TYPE) == "iterated" or attrs.get(sc.TL_IS_STREAMING) is True
+            or attrs.get(sc.TL_IS_STREAMING_GENAI) is True or attrs.get(sc.OL_REQUEST_STREAM) is True):
         return True
-    return bool(is_pf_model_call(span) and pf_inputs(span).get("stream") is True)
+    if is_pf_model_call(span):
+        return pf_inputs(span).get("stream") is True
+    if is_ml_model_call(span):
+        return plain(attrs.get(sc.ML_STREAM)) in (True, "true")
+    if sc.OI_INVOCATION_PARAMETERS in attrs:
+        parameters = _json_attr(span, sc.OI_INVOCATION_PARAMETERS)
+        return isinstance(parameters, dict) and parameters.get("stream") is True
+    return False
+
+
+def first_chunk_ns(span: SpanData) -> int | None:
+    """When the span's first streamed chunk arrived: the earliest first-chunk event, else OpenLIT's
+    time-to-first-token (seconds from the span's start; OpenLIT also sets it on whole answers, so only
+    for streamed calls)."""
+    first: int | None = None
+    for event in span.events:
+        if event.name in sc.FIRST_CHUNK_EVENTS and (first is None or event.timestamp < first):
+            first = event.timestamp
+    if first is None and sc.OL_TIME_TO_FIRST_TOKEN in span.attributes and is_streaming(span):
+        ttft = span.attributes[sc.OL_TIME_TO_FIRST_TOKEN]
+        if isinstance(ttft, (int, float)) and not isinstance(ttft, bool) and ttft >= 0:
+            first = span.start_ns + int(ttft * 1e9)
+    return first
 
 
 def exception_type(span: SpanData) -> str | None:

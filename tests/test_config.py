@@ -134,7 +134,16 @@ def test_capture_content_bad_bool(raw: str) -> None:
     var = "OTEL_INSTRUMENTATION_GENAI_CAPTURE_MESSAGE_CONTENT"
     with pytest.raises(ConfigError) as info:
         FlowtelConfig.from_env({var: raw})
-    assert str(info.value) == f"environment: {var}: expected true or false, got {raw!r}"
+    assert str(info.value) == (f"environment: {var}: expected true, false, NO_CONTENT, SPAN_ONLY, EVENT_ONLY or "
+                               f"SPAN_AND_EVENT, got {raw!r}")
+
+
+@pytest.mark.parametrize(("raw", "expected"), [("NO_CONTENT", False), ("SPAN_ONLY", True), ("event_only", True),
+                                               ("SPAN_AND_EVENT", True)])
+def test_capture_content_util_genai_modes(raw: str, expected: bool) -> None:
+    # opentelemetry-util-genai (openai-v2) reads these values from the same variable
+    var = "OTEL_INSTRUMENTATION_GENAI_CAPTURE_MESSAGE_CONTENT"
+    assert FlowtelConfig.from_env({var: raw}).capture_content is expected
 
 
 def test_flowtel_capture_content_overrides_otel_variable() -> None:

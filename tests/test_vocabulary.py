@@ -250,3 +250,53 @@ def test_http_status_prefers_new_name() -> None:
     assert v.http_status(span({"http.response.status_code": 503, "http.status_code": 200}, kind=KIND_CLIENT)) == 503
     assert v.http_status(span({"http.status_code": 404})) == 404
     assert v.http_status(span({"http.status_code": "404"})) is None
+
+
+# --- what the real producers send (tests/producers/ runs them; these pin the edge cases) --------------------
+
+
+def test_mlflow_embedding_usage_from_its_response_and_not_elsewhere() -> None:
+    output = json.dumps({"data": [], "usage": {"prompt_tokens": 4, "total_tokens": 4}})
+    assert v.token_usage(span({"mlflow.spanType": '"EMBEDDING"', "mlflow.spanOutputs": output})) == (4, None)
+    # a plain function's output is the app's, not a provider response: never read for usage
+    assert v.token_usage(span({"mlflow.spanType": '"CHAIN"', "mlflow.spanOutputs": output})) is None
+    assert v.token_usage(span({"mlflow.spanType": '"EMBEDDING"', "mlflow.spanOutputs": "[1, 2]"})) is None
+
+
+def test_failed_call_model_from_its_arguments() -> None:
+    failed_ml = span({"mlflow.spanType": '"CHAT_MODEL"', "mlflow.spanInputs": '{"model": "fail-500", "messages": []}'})
+    assert v.request_model(failed_ml) == "fail-500"
+    failed_oi = span({"openinference.span.kind": "LLM", "llm.invocation_parameters": '{"model": "fail-500"}'})
+    assert v.request_model(failed_oi) == "fail-500"
+    embedding_oi = span({"openinference.span.kind": "EMBEDDING", "embedding.model_name": "text-embedding-3-small"})
+    assert v.request_model(embedding_oi) == "text-embedding-3-small"
+    assert v.request_model(span({"mlflow.spanType": '"CHAIN"', "mlflow.spanInputs": '{"model": "x"}'})) is None
+
+
+def test_provider_openinference_system_and_mlflow_message_format() -> None:
+    assert v.provider(span({"llm.system": "OpenAI"})) == "openai"
+    assert v.provider(span({"mlflow.spanType": '"CHAT_MODEL"', "mlflow.message.format": '"openai"'})) == "openai"
+    assert v.provider(span({"mlflow.spanType": '"CHAIN"', "mlflow.message.format": '"openai"'})) is None
+
+
+@pytest.mark.parametrize(("attributes", "expected"), [
+    ({"gen_ai.is_streaming": True}, True),
+    ({"gen_ai.is_streaming": False}, False),
+    ({"gen_ai.request.stream": True}, True),
+    ({"mlflow.spanType": '"CHAT_MODEL"', "stream": "true"}, True),
+    ({"mlflow.spanType": '"CHAT_MODEL"'}, False),
+    ({"llm.invocation_parameters": '{"model": "m", "stream": true}'}, True),
+    ({"llm.invocation_parameters": '{"model": "m"}'}, False),
+], ids=["openllmetry", "openllmetry-not", "openlit", "mlflow", "mlflow-not", "openinference", "openinference-not"])
+def test_is_streaming_each_vocabulary(attributes: dict[str, Any], expected: bool) -> None:
+    assert v.is_streaming(span(attributes)) is expected
+
+
+def test_first_chunk_openlit_ttft_only_on_streamed_calls() -> None:
+    streamed = span({"gen_ai.request.stream": True, "gen_ai.server.time_to_first_token": 0.25})
+    streamed.start_ns = 1_000_000_000
+    assert v.first_chunk_ns(streamed) == 1_250_000_000
+    # OpenLIT sets it on whole answers too, where it is the time to the whole answer
+    assert v.first_chunk_ns(span({"gen_ai.request.stream": False, "gen_ai.server.time_to_first_token": 0.25})) is None
+    bad = span({"gen_ai.request.stream": True, "gen_ai.server.time_to_first_token": -1.0})
+    assert v.first_chunk_ns(bad) is None

@@ -94,7 +94,8 @@ class FlowtelConfig:
             values["resource_dimensions"] = _pairs("environment", "FLOWTEL_METRICS_RESOURCE_DIMENSIONS",
                                                    env["FLOWTEL_METRICS_RESOURCE_DIMENSIONS"])
         _maybe(values, sources, env, "FLOWTEL_METRICS_CARDINALITY_LIMIT", "cardinality_limit", _int)
-        _maybe(values, sources, env, "OTEL_INSTRUMENTATION_GENAI_CAPTURE_MESSAGE_CONTENT", "capture_content", _bool)
+        _maybe(values, sources, env, "OTEL_INSTRUMENTATION_GENAI_CAPTURE_MESSAGE_CONTENT", "capture_content",
+               _capture_mode)
         _maybe(values, sources, env, "FLOWTEL_CAPTURE_CONTENT", "capture_content", _bool)
         _maybe(values, sources, env, "FLOWTEL_TRACE_TIMEOUT", "trace_timeout_s", _float)
         _maybe(values, sources, env, "FLOWTEL_MAX_HELD_SPANS", "max_held_spans", _int)
@@ -151,6 +152,21 @@ def _bool(source: str, key: str, raw: str) -> bool:
     if raw.lower() in _FALSE:
         return False
     raise ConfigError(source, key, "true or false", raw)
+
+
+#: opentelemetry-util-genai's values for OTEL_INSTRUMENTATION_GENAI_CAPTURE_MESSAGE_CONTENT (openai-v2 reads them).
+_CAPTURE_MODES = {"no_content": False, "span_only": True, "event_only": True, "span_and_event": True}
+
+
+def _capture_mode(source: str, key: str, raw: str) -> bool:
+    mode = _CAPTURE_MODES.get(raw.lower())
+    if mode is not None:
+        return mode
+    try:
+        return _bool(source, key, raw)
+    except ConfigError:
+        raise ConfigError(source, key, "true, false, NO_CONTENT, SPAN_ONLY, EVENT_ONLY or SPAN_AND_EVENT",
+                          raw) from None
 
 
 def _json_str_map(source: str, key: str, raw: str) -> dict[str, str]:

@@ -60,6 +60,9 @@ OI_PROVIDER = "llm.provider"
 OI_TOKENS_PROMPT = "llm.token_count.prompt"
 OI_TOKENS_COMPLETION = "llm.token_count.completion"
 OI_INVOCATION_PARAMETERS = "llm.invocation_parameters"
+OI_SYSTEM = "llm.system"  # the provider, as OpenInference names it without its GenAI flag
+OI_EMBEDDING_MODEL_NAME = "embedding.model_name"
+OI_EMBEDDING_INVOCATION_PARAMETERS = "embedding.invocation_parameters"
 
 # OpenLLMetry (traceloop).
 TL_SPAN_KIND = "traceloop.span.kind"
@@ -67,12 +70,27 @@ TL_WORKFLOW_NAME = "traceloop.workflow.name"
 TL_ENTITY_NAME = "traceloop.entity.name"
 TL_REQUEST_TYPE = "llm.request.type"
 TL_IS_STREAMING = "llm.is_streaming"
+TL_IS_STREAMING_GENAI = "gen_ai.is_streaming"
+
+# OpenLIT.
+OL_TRACE_SCOPE = "openlit"  # scope of @openlit.trace spans (its LLM spans: openlit.instrumentation.*)
+OL_FUNCTION_ARGS = "function.args"  # on @openlit.trace spans that returned (not on failed ones)
+OL_FUNCTION_KWARGS = "function.kwargs"
+OL_REQUEST_STREAM = "gen_ai.request.stream"
+OL_TIME_TO_FIRST_TOKEN = "gen_ai.server.time_to_first_token"  # seconds from the call's start
 
 # MLflow 3.
 ML_SPAN_TYPE = "mlflow.spanType"
 ML_TOKEN_USAGE = "mlflow.chat.tokenUsage"
 ML_MODEL = "mlflow.llm.model"
 ML_PROVIDER = "mlflow.llm.provider"
+ML_MESSAGE_FORMAT = "mlflow.message.format"  # the client library the autolog wrapped: "openai", ...
+ML_SPAN_INPUTS = "mlflow.spanInputs"
+ML_SPAN_OUTPUTS = "mlflow.spanOutputs"
+ML_STREAM = "stream"  # the call's own `stream` argument, which MLflow's autolog copies onto the span
+ML_MODEL_SPAN_TYPES = frozenset({"CHAT_MODEL", "LLM", "EMBEDDING"})
+ML_CHUNK_EVENT_PREFIX = "mlflow.chunk.item."
+ML_FIRST_CHUNK_EVENT = "mlflow.chunk.item.0"
 
 # HTTP server spans (request root of a served flow).
 HTTP_STATUS_CODE = "http.response.status_code"
@@ -86,9 +104,10 @@ CONTENT_ATTRIBUTES = frozenset({
     PF_INPUTS, PF_OUTPUT, PF_GENERATED_MESSAGE, "prompt.template", "prompt.variables", "embedding.embeddings",
     INPUT_MESSAGES, OUTPUT_MESSAGES, SYSTEM_INSTRUCTIONS,
     "input.value", "output.value", "traceloop.entity.input", "traceloop.entity.output",
-    "mlflow.spanInputs", "mlflow.spanOutputs",
+    "mlflow.spanInputs", "mlflow.spanOutputs", OL_FUNCTION_ARGS, OL_FUNCTION_KWARGS,
 })
-CONTENT_ATTRIBUTE_PREFIXES = ("gen_ai.prompt.", "gen_ai.completion.", "llm.input_messages.", "llm.output_messages.")
+CONTENT_ATTRIBUTE_PREFIXES = ("gen_ai.prompt.", "gen_ai.completion.", "llm.input_messages.", "llm.output_messages.",
+                              "embedding.embeddings.")  # OpenInference: embedding input text and vectors
 CONTENT_EVENTS = frozenset({
     "promptflow.function.inputs", "promptflow.function.output", "promptflow.llm.generated_message",
     "promptflow.embedding.embeddings", "promptflow.prompt.template",
@@ -96,9 +115,12 @@ CONTENT_EVENTS = frozenset({
     "gen_ai.user.message", "gen_ai.system.message", "gen_ai.assistant.message", "gen_ai.tool.message",
     "gen_ai.choice",
 })
+#: Events named with a running number: MLflow's streamed chunks (``mlflow.chunk.item.N``) carry the answer text.
+CONTENT_EVENT_PREFIXES = (ML_CHUNK_EVENT_PREFIX,)
 
 # Events that mark the first streamed chunk (first byte of a streamed answer).
-FIRST_CHUNK_EVENTS = frozenset({"flowtel.first_chunk", "First Token Stream Event", "llm.content.completion.chunk"})
+FIRST_CHUNK_EVENTS = frozenset({"flowtel.first_chunk", "First Token Stream Event", "llm.content.completion.chunk",
+                                "gen_ai.content.completion.chunk", ML_FIRST_CHUNK_EVENT})
 
 # Evaluations and user feedback (GenAI semantic conventions; prompt flow's /feedback span).
 EVALUATION_RESULT_EVENT = "gen_ai.evaluation.result"
