@@ -1,0 +1,88 @@
+"""The README's main-job command on a fresh clone: ``bash scripts/collector`` with no ``.venv``.
+
+It must set up only what the collector needs (runtime dependencies: no test tools, no helm, no
+system packages), show its progress, reach "ready", and on the next start reuse the ``.venv``
+without running pip again. The clone is of the committed tree (``git clone`` of this checkout),
+so the test sees what a user or CI would check out. Its cost is one venv build from the pip
+cache (about 20 s here); the run prints the times it measured.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+TEST_ONLY = ("pytest", "ruff", "promptflow", "openai", "kubernetes_validate")
+
+
+def _user_env() -> dict[str, str]:
+    """A shell as a user has it: no virtual environment active, PYTHON unset."""
+    venv_bin = str(Path(sys.executable).parent)
+    path = os.pathsep.join(p for p in os.environ.get("PATH", "").split(os.pathsep) if p != venv_bin)
+    env = {k: v for k, v in os.environ.items() if k not in ("VIRTUAL_ENV", "PYTHON", "PYTHONPATH")}
+    return {**env, "PATH": path}
+
+
+def _start_until_ready(clone: Path, config: Path, timeout: float = 300) -> tuple[str, float]:
+    """Run the main-job command until the collector says it is ready; its output and the seconds that took."""
+    started = time.monotonic()
+    proc = subprocess.Popen(["bash", "scripts/collector", "--config", str(config)], cwd=clone, env=_user_env(),
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    lines: list[str] = []
+    threading.Thread(target=lambda: lines.extend(proc.stdout), daemon=True).start()  # type: ignore[arg-type]
+    try:
+        while "flowtel collector ready" not in "".join(lines):
+            if proc.poll() is not None:
+                time.sleep(0.2)
+                raise AssertionError(f"exited {proc.returncode} before ready:\n{''.join(lines)}")
+            if time.monotonic() - started > timeout:
+                raise AssertionError(f"not ready within {timeout}s:\n{''.join(lines)}")
+            time.sleep(0.1)
+        elapsed = time.monotonic() - started
+    finally:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+        code = proc.wait(60)
+    assert code == 0, "".join(lines)
+    return "".join(lines), elapsed
+
+
+@pytest.mark.skipif(shutil.which("git") is None, reason="needs git to clone the checkout")
+def test_main_job_on_a_fresh_clone_installs_only_the_runtime(tmp_path: Path) -> None:
+    clone = tmp_path / "flowtel"
+    subprocess.run(["git", "clone", "--quiet", str(ROOT), str(clone)], check=True, timeout=120)
+    assert not (clone / ".venv").exists()
+    text = (clone / "collector-config" / "default.yaml").read_text()
+    config = tmp_path / "ports.yaml"  # the shipped default, every port 0: the machine may be running one already
+    config.write_text(re.sub(r"\$\{env:FLOWTEL_LISTEN_HOST:-localhost\}:\d+", "127.0.0.1:0", text))
+
+    first, first_s = _start_until_ready(clone, config)
+    assert "flowtel setup: creating .venv with " in first
+    assert "flowtel setup: installing flowtel into .venv (pip's progress follows)" in first
+    assert re.search(r"^Successfully installed .*\bflowtel-", first, re.MULTILINE)  # pip's own progress is shown
+    assert "flowtel install:" not in first  # the test set-up (.ci/install: helm, checkov, apt) never ran
+    assert "deprecated" not in first.lower()  # the build backend's license warning is gone
+    assert "Traceback" not in first
+
+    venv_python = clone / ".venv" / "bin" / "python"
+    probe = ("import importlib.util, sys; "
+             "print(' '.join(m for m in sys.argv[1:] if importlib.util.find_spec(m)))")
+    present = subprocess.run([str(venv_python), "-c", probe, *TEST_ONLY], capture_output=True, text=True,
+                             check=True).stdout.split()
+    assert present == [], f"test tools in the main job's venv: {present}"
+    assert not (clone / ".tools").exists()
+
+    again, again_s = _start_until_ready(clone, config)
+    assert "flowtel setup" not in again and "pip" not in again  # the venv is reused, pip is not run
+    print(f"\nfresh clone to ready: {first_s:.1f} s (venv build included); second start: {again_s:.1f} s")
+    assert again_s < first_s

@@ -1,0 +1,241 @@
+"""Every command the README shows still runs.
+
+The README's ``bash`` blocks are parsed; each command must have a runner below (a new command
+without one fails ``test_every_readme_command_has_a_runner``). Runners run the command as written,
+in a shell, with bounded time; only what must differ on a shared machine is moved: ports (a config
+with port 0 everywhere, ``OTEL_EXPORTER_PROMETHEUS_PORT``), ``my.yaml`` / ``app.py`` (written to a
+temporary directory) and installs (``pip install .`` goes to a temporary target). Long-running
+commands are stopped once they say they are ready. ``bash .ci/run`` is the one exception: it is
+the command that runs this test, so it is only checked for syntax and for running the install,
+ruff and pytest.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shlex
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+README = ROOT / "README.md"
+VENV_BIN = Path(sys.executable).parent
+
+
+def readme_commands() -> list[str]:
+    """Each command line of the README's bash blocks, without its trailing comment."""
+    text = README.read_text()
+    commands = []
+    for block in re.findall(r"```bash\n(.*?)```", text, re.DOTALL):
+        for line in block.splitlines():
+            command = re.sub(r"\s+#.*$", "", line).strip()
+            if command and not command.startswith("#"):
+                commands.append(command)
+    return commands
+
+
+def _env(**extra: str) -> dict[str, str]:
+    """The user's environment with the venv's tools first on PATH (`flowtel`, `python`, `opentelemetry-instrument`)."""
+    return {**os.environ, "PATH": f"{VENV_BIN}{os.pathsep}{os.environ.get('PATH', '')}", **extra}
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _moved_default(tmp_path: Path) -> Path:
+    """The shipped default config with every port 0 (the log says where each landed)."""
+    text = (ROOT / "collector-config" / "default.yaml").read_text()
+    moved, count = re.subn(r"\$\{env:FLOWTEL_LISTEN_HOST:-localhost\}:\d+", "127.0.0.1:0", text)
+    assert count == 5
+    path = tmp_path / "my.yaml"
+    path.write_text(moved)
+    return path
+
+
+def _run(command: str, cwd: Path, env: dict[str, str], timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(["bash", "-c", command], cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
+
+
+class Running:
+    """A long-running command, stopped (SIGINT, as Ctrl-C) once its output matches ``ready``."""
+
+    def __init__(self, command: str, cwd: Path, env: dict[str, str]) -> None:
+        # exec: the signal goes to the command itself, not to a shell around it
+        self.proc = subprocess.Popen(["bash", "-c", f"exec {command}"], cwd=cwd, env=env, text=True,
+                                     stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+        self.lines: list[str] = []
+        threading.Thread(target=lambda: self.lines.extend(self.proc.stdout), daemon=True).start()  # type: ignore
+
+    @property
+    def output(self) -> str:
+        return "".join(self.lines)
+
+    def wait_for(self, ready: str, timeout: float = 180) -> None:
+        deadline = time.monotonic() + timeout
+        while not re.search(ready, self.output):
+            if self.proc.poll() is not None:
+                time.sleep(0.2)  # let the reader thread take the last lines
+                if re.search(ready, self.output):
+                    return
+                raise AssertionError(f"exited {self.proc.returncode} before {ready!r}:\n{self.output}")
+            if time.monotonic() > deadline:
+                raise AssertionError(f"no {ready!r} within {timeout}s:\n{self.output}")
+            time.sleep(0.1)
+
+    def stop(self) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGINT)
+        try:
+            return self.proc.wait(60)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait(10)
+            raise AssertionError(f"did not stop on Ctrl-C:\n{self.output}") from None
+
+
+def _collector(command: str, tmp_path: Path) -> None:
+    config = _moved_default(tmp_path)
+    # the embedded default's ports are fixed: the same file with port 0 everywhere stands in for it
+    command = command.replace("my.yaml", str(config)) if "--config" in command else f"{command} --config {config}"
+    cwd = ROOT if command.startswith("bash scripts/") else tmp_path
+    running = Running(command, cwd, _env())
+    try:
+        running.wait_for(r"flowtel collector ready")
+        assert re.search(r"OTLP/HTTP listening on http://127\.0\.0\.1:\d+/v1/traces", running.output)
+    finally:
+        code = running.stop()
+    assert code == 0, running.output
+    assert "Traceback" not in running.output
+
+
+def _ci_run(command: str, tmp_path: Path) -> None:
+    script = ROOT / ".ci" / "run"
+    assert subprocess.run(["bash", "-n", str(script)], capture_output=True).returncode == 0
+    steps = [line for line in script.read_text().splitlines() if line and not line.startswith("#")]
+    assert steps[-3:] == ["bash .ci/install", ".venv/bin/ruff check .", ".venv/bin/python -m pytest"], steps
+
+
+def _quickstart(commands: list[str], tmp_path: Path) -> None:
+    start, *curls = commands
+    port = _free_port()
+    running = Running(start, ROOT, _env(OTEL_EXPORTER_PROMETHEUS_PORT=str(port)))
+    try:
+        running.wait_for(r"metrics stay at http://127\.0\.0\.1:\d+/metrics until Ctrl-C")
+        outputs = []
+        for curl in curls:
+            result = _run(curl.replace(":9464", f":{port}"), tmp_path, _env())
+            assert result.returncode == 0, (curl, result.stdout, result.stderr)
+            outputs.append(result.stdout)
+        assert "flow_request_total{" in outputs[0] and "node_latency_bucket{" in outputs[0]
+        assert "trace_id=" in outputs[1]
+    finally:
+        code = running.stop()
+    assert code == 0, running.output
+
+
+def _pip_install(command: str, tmp_path: Path) -> None:
+    target = tmp_path / "site"
+    # into a temporary target, not over the test venv's editable install; dependencies are the venv's
+    result = _run(f"{command} --no-deps --quiet --target {shlex.quote(str(target))}", ROOT, _env(), timeout=300)
+    assert result.returncode == 0, result.stdout + result.stderr
+    for installed in ("flowtel/cli.py", "flowtel/collector/default.yaml", "flowtel/processors/analysis.py",
+                      "flowtel/exporters/prometheus.py"):
+        assert (target / installed).is_file(), installed
+
+
+APP = '''
+import os, urllib.request
+from opentelemetry import trace
+
+with trace.get_tracer("app").start_as_current_span("chat gpt-4o-mini", kind=trace.SpanKind.CLIENT, attributes={
+        "gen_ai.operation.name": "chat", "gen_ai.provider.name": "openai", "gen_ai.request.model": "gpt-4o-mini",
+        "gen_ai.usage.input_tokens": 7, "gen_ai.usage.output_tokens": 3}):
+    pass
+trace.get_tracer_provider().force_flush()
+port = os.environ["OTEL_EXPORTER_PROMETHEUS_PORT"]
+print(urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10).read().decode())
+'''
+
+
+def _zero_code(command: str, tmp_path: Path) -> None:
+    (tmp_path / "app.py").write_text(APP)
+    result = _run(command, tmp_path, _env(OTEL_EXPORTER_PROMETHEUS_PORT=str(_free_port()), OTEL_SERVICE_NAME="app"))
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert re.search(r'^token_consumption_total\{.*llm_engine="gpt-4o-mini".*token_type="prompt_tokens"\} 7\.0$',
+                     result.stdout, re.MULTILINE), result.stdout
+
+
+def _validate(command: str, tmp_path: Path) -> None:
+    config = _moved_default(tmp_path)
+    result = _run(command, tmp_path, _env())
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert result.stdout == f"{config.name}: valid (pipelines: traces)\n"
+
+
+def _help(command: str, tmp_path: Path) -> None:
+    result = _run(command, tmp_path, _env())
+    assert result.returncode == 0, result.stderr
+    assert "receivers.otlp.protocols.grpc.endpoint" in result.stdout and "FLOWTEL_LISTEN_HOST" in result.stdout
+
+
+def _export(command: str, tmp_path: Path) -> None:
+    name = command.split()[1].split("=")[0]
+    result = _run(f'{command} && printf %s "${name}"', tmp_path, _env())
+    assert result.returncode == 0 and result.stdout.startswith("InstrumentationKey="), result
+
+
+RUNNERS: dict[str, Callable[[str, Path], None]] = {
+    "bash scripts/collector": _collector,
+    "bash .ci/run": _ci_run,
+    "pip install .": _pip_install,
+    "opentelemetry-instrument python app.py": _zero_code,
+    "flowtel collector": _collector,
+    "flowtel collector --config my.yaml": _collector,
+    "flowtel validate my.yaml": _validate,
+    "flowtel collector --help": _help,
+}
+QUICKSTART = [
+    "bash scripts/quickstart --requests 20",
+    "curl -s 127.0.0.1:9464/metrics | grep -E '^(flow|node|rpc|token)_'",
+    "curl -s -H 'Accept: application/openmetrics-text' 127.0.0.1:9464/metrics | grep 'flow_latency_bucket.*trace_id'",
+]
+
+
+def _is_export(command: str) -> bool:
+    return command.startswith("export APPLICATIONINSIGHTS_CONNECTION_STRING=")
+
+
+def test_every_readme_command_has_a_runner() -> None:
+    commands = readme_commands()
+    assert len(commands) >= len(RUNNERS) + len(QUICKSTART)
+    unknown = [c for c in commands if c not in RUNNERS and c not in QUICKSTART and not _is_export(c)]
+    assert unknown == [], f"README commands with no runner in {__file__}: {unknown}"
+    missing = [c for c in [*RUNNERS, *QUICKSTART] if c not in commands]
+    assert missing == [], f"runners for commands the README no longer shows: {missing}"
+
+
+@pytest.mark.parametrize("command", sorted(RUNNERS))
+def test_readme_command_runs(command: str, tmp_path: Path) -> None:
+    RUNNERS[command](command, tmp_path)
+
+
+def test_readme_quickstart_then_curl(tmp_path: Path) -> None:
+    _quickstart(QUICKSTART, tmp_path)
+
+
+def test_readme_export_line(tmp_path: Path) -> None:
+    exports = [c for c in readme_commands() if _is_export(c)]
+    assert len(exports) == 1
+    _export(exports[0], tmp_path)
