@@ -17,6 +17,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -33,8 +34,10 @@ def _user_env() -> dict[str, str]:
     return {**env, "PATH": path}
 
 
-def _start_until_ready(clone: Path, config: Path, timeout: float = 300) -> tuple[str, float]:
-    """Run the main-job command until the collector says it is ready; its output and the seconds that took."""
+def _start_until_ready(clone: Path, config: Path, timeout: float = 300,
+                       meanwhile: tuple[str, Callable[[], None]] | None = None) -> tuple[str, float]:
+    """Run the main-job command until the collector says it is ready; its output and the seconds that took.
+    ``meanwhile``: (a line to wait for, what to do once it is printed), e.g. start a second terminal's command."""
     started = time.monotonic()
     proc = subprocess.Popen(["bash", "scripts/collector", "--config", str(config)], cwd=clone, env=_user_env(),
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
@@ -42,6 +45,9 @@ def _start_until_ready(clone: Path, config: Path, timeout: float = 300) -> tuple
     threading.Thread(target=lambda: lines.extend(proc.stdout), daemon=True).start()  # type: ignore[arg-type]
     try:
         while "flowtel collector ready" not in "".join(lines):
+            if meanwhile is not None and meanwhile[0] in "".join(lines):
+                meanwhile[1]()
+                meanwhile = None
             if proc.poll() is not None:
                 time.sleep(0.2)
                 raise AssertionError(f"exited {proc.returncode} before ready:\n{''.join(lines)}")
@@ -66,8 +72,24 @@ def test_main_job_on_a_fresh_clone_installs_only_the_runtime(tmp_path: Path) -> 
     config = tmp_path / "ports.yaml"  # the shipped default, every port 0: the machine may be running one already
     config.write_text(re.sub(r"\$\{env:FLOWTEL_LISTEN_HOST:-localhost\}:\d+", "127.0.0.1:0", text))
 
-    first, first_s = _start_until_ready(clone, config)
+    # a .venv left by a Python below 3.10 (here a stand-in that reports 3.9) is replaced, with a word why
+    (clone / ".venv" / "bin").mkdir(parents=True)
+    (clone / ".venv" / "bin" / "python").write_text("#!/bin/sh\necho 3.9.18\nexit 1\n")
+    (clone / ".venv" / "bin" / "python").chmod(0o755)
+    second_terminal: list[subprocess.CompletedProcess[str]] = []
+
+    def start_second_terminal() -> None:
+        """While the first install runs, the same set-up from another terminal waits for it, then finds it done."""
+        second_terminal.append(subprocess.run(["bash", "scripts/setup"], cwd=clone, env=_user_env(),
+                                              capture_output=True, text=True, timeout=300))
+
+    first, first_s = _start_until_ready(clone, config,
+                                        meanwhile=("flowtel setup: creating .venv", start_second_terminal))
+    assert "flowtel setup: replacing .venv: its Python is 3.9.18, flowtel needs 3.10 or newer" in first
     assert "flowtel setup: creating .venv with " in first
+    [waited] = second_terminal
+    assert waited.returncode == 0, waited.stderr
+    assert waited.stderr == "flowtel setup: another setup is running in this directory; waiting for it to finish...\n"
     assert "flowtel setup: installing flowtel into .venv (pip's progress follows)" in first
     assert re.search(r"^Successfully installed .*\bflowtel-", first, re.MULTILINE)  # pip's own progress is shown
     assert "flowtel install:" not in first  # the test set-up (.ci/install: helm, checkov, apt) never ran
