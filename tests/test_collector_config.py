@@ -823,3 +823,20 @@ def test_in_process_prometheus_port_taken_names_the_variable() -> None:
         f"cannot listen on 127.0.0.1:{port} for flowtel's Prometheus endpoint: the port is already in use (another "
         "flowtel, or another program?); set OTEL_EXPORTER_PROMETHEUS_PORT to another port (0 picks a free one), or "
         "leave prometheus out of OTEL_METRICS_EXPORTER")
+
+
+def test_a_taken_port_in_the_embedded_default_says_how_to_move_it() -> None:
+    from flowtel._listen import PortInUse
+    from flowtel.collector import Collector
+
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        config = load_config(text=_collector_config(port, "1s"), env={}, name=cli.DEFAULT_CONFIG)
+        with pytest.raises(PortInUse) as info:
+            Collector(config)
+    assert str(info.value) == (
+        f"cannot listen on 127.0.0.1:{port} for OTLP/HTTP: the port is already in use (another flowtel, or another "
+        "program?); it is receivers.otlp.protocols.http.endpoint in the embedded default config: copy "
+        "collector-config/default.yaml, change that port and run `flowtel collector --config FILE`")
