@@ -467,11 +467,11 @@ def test_collector_that_cannot_bind_says_so_without_a_traceback(runs: Runs) -> N
     result = runs["busy-port"]
     assert result.returncode == 1
     path = runs.dir / "busy-port.yaml"
-    # One line: the address, what it was for and the config key that moves it; no traceback, and no raw line
-    # of grpc's C core (it is never asked to bind a port that is taken).
+    # One line: the address and the config key that moves it; no traceback, and no raw line of grpc's C core
+    # (every port is checked before anything binds).
     assert result.stderr.splitlines() == [
-        f"flowtel: cannot start: cannot listen on 127.0.0.1:{runs.busy_port} for OTLP/gRPC: the port is already in "
-        f"use (another flowtel, or another program?); change receivers.otlp.protocols.grpc.endpoint in {path}"]
+        f"flowtel: cannot start: cannot listen on 127.0.0.1:{runs.busy_port} (receivers.otlp.protocols.grpc.endpoint "
+        f"in {path}): the port is already in use (another flowtel, or another program?); set another port there"]
     assert "listening on" not in result.stderr + result.stdout
 
 
@@ -797,10 +797,11 @@ def test_version_and_help_say_what_each_command_does(capsys: pytest.CaptureFixtu
 
 def test_validate_takes_the_file_as_an_argument_or_with_config(capsys: pytest.CaptureFixture[str]) -> None:
     path = str(CONFIG_DIR / "default.yaml")
+    valid = f"{path}: valid (pipelines: {', '.join(load_config(path).service.pipelines)})\n"
     assert cli.main(["validate", path]) == 0
-    assert capsys.readouterr().out == f"{path}: valid (pipelines: traces)\n"
+    assert capsys.readouterr().out == valid
     assert cli.main(["validate", "--config", path]) == 0
-    assert capsys.readouterr().out == f"{path}: valid (pipelines: traces)\n"
+    assert capsys.readouterr().out == valid
     assert cli.main(["validate", path, "--config", "other.yaml"]) == 2
     assert capsys.readouterr().err == f"flowtel validate: two files given ({path} and --config other.yaml); give one\n"
 
@@ -820,14 +821,13 @@ def test_in_process_prometheus_port_taken_names_the_variable() -> None:
             with pytest.raises(PortInUse) as info:
                 flowtel.configure(set_global=False)
     assert str(info.value) == (
-        f"cannot listen on 127.0.0.1:{port} for flowtel's Prometheus endpoint: the port is already in use (another "
+        f"cannot listen on 127.0.0.1:{port} (flowtel's Prometheus endpoint): the port is already in use (another "
         "flowtel, or another program?); set OTEL_EXPORTER_PROMETHEUS_PORT to another port (0 picks a free one), or "
         "leave prometheus out of OTEL_METRICS_EXPORTER")
 
 
 def test_a_taken_port_in_the_embedded_default_says_how_to_move_it() -> None:
     from flowtel._listen import PortInUse
-    from flowtel.collector import Collector
 
     with socket.socket() as busy:
         busy.bind(("127.0.0.1", 0))
@@ -835,8 +835,23 @@ def test_a_taken_port_in_the_embedded_default_says_how_to_move_it() -> None:
         port = busy.getsockname()[1]
         config = load_config(text=_collector_config(port, "1s"), env={}, name=cli.DEFAULT_CONFIG)
         with pytest.raises(PortInUse) as info:
-            Collector(config)
+            cli._check_ports(config)
     assert str(info.value) == (
-        f"cannot listen on 127.0.0.1:{port} for OTLP/HTTP: the port is already in use (another flowtel, or another "
-        "program?); it is receivers.otlp.protocols.http.endpoint in the embedded default config: copy "
+        f"cannot listen on 127.0.0.1:{port} (receivers.otlp.protocols.http.endpoint of the embedded default config): "
+        "the port is already in use (another flowtel, or another program?); to move it, copy "
         "collector-config/default.yaml, change that port and run `flowtel collector --config FILE`")
+
+
+def test_the_ports_checked_are_those_the_collector_listens_on() -> None:
+    config = load_config(str(CONFIG_DIR / "default.yaml"), env={})
+    assert list(cli._listening_endpoints(config)) == [
+        ("extensions.health_check.endpoint", "localhost:13133"),
+        ("receivers.otlp.protocols.grpc.endpoint", "localhost:4317"),
+        ("receivers.otlp.protocols.http.endpoint", "localhost:4318"),
+        ("receivers.feedback.endpoint", "localhost:8080"),
+        ("exporters.prometheus.endpoint", "localhost:9464")]
+    # a forwarding exporter's endpoint (exporters.otlp.endpoint) is where it sends, not a port it takes
+    forward = load_config(str(CONFIG_DIR / "forward-otlp.yaml"), env={})
+    assert [key for key, _ in cli._listening_endpoints(forward)] == [
+        "extensions.health_check.endpoint", "receivers.otlp.protocols.grpc.endpoint",
+        "receivers.otlp.protocols.http.endpoint", "exporters.prometheus.endpoint"]

@@ -149,7 +149,7 @@ def test_quickstart_with_its_port_taken_names_the_port_and_the_variable() -> Non
                                 capture_output=True, text=True)
     assert result.returncode == 1
     assert result.stderr.splitlines()[-1] == (
-        f"quickstart: cannot listen on 127.0.0.1:{port} for flowtel's Prometheus endpoint: the port is already in "
+        f"quickstart: cannot listen on 127.0.0.1:{port} (flowtel's Prometheus endpoint): the port is already in "
         "use (another flowtel, or another program?); set OTEL_EXPORTER_PROMETHEUS_PORT to another port (0 picks a "
         "free one), or leave prometheus out of OTEL_METRICS_EXPORTER")
     assert "Traceback" not in result.stderr

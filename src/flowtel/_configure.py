@@ -173,12 +173,11 @@ def configure(
                     " and ".join(s for s, on in (("traces", azure_traces), ("metrics", azure_metrics)) if on),
                     azure.ingestion_endpoint)
     prometheus_reader = PrometheusMetricReader() if want_prometheus else None
-    endpoint = None
+    # Bound before any provider is made global or any worker starts, so a taken port leaves nothing behind.
+    endpoint = _prometheus_endpoint(prometheus_reader, prometheus) if prometheus_reader is not None else None
     if prometheus_reader is not None:
         prometheus_reader.add_producer(flowtel_metrics)
         readers.append(prometheus_reader)
-        # Bound before any provider is made global or any worker starts, so a taken port leaves nothing behind.
-        endpoint = _prometheus_endpoint(prometheus_reader, prometheus)
     meter_provider = MeterProvider(resource=resource, metric_readers=readers)
     self_metrics.bind(meter_provider)
     processor = FlowtelSpanProcessor(span_processors, metrics=flowtel_metrics, self_metrics=self_metrics,
@@ -195,19 +194,6 @@ def configure(
         _instrument_promptflow()
     return Flowtel(config, tracer_provider, meter_provider, processor, endpoint, exporters, pushed, self_metrics,
                    azure)
-
-
-def _prometheus_endpoint(reader: PrometheusMetricReader,
-                         requested: PrometheusSettings | bool | None) -> PrometheusEndpoint:
-    settings = requested if isinstance(requested, PrometheusSettings) else PrometheusSettings.from_env()
-    try:
-        return PrometheusEndpoint(reader, settings)
-    except OSError as error:
-        if not in_use(error):
-            raise
-        move = ("set OTEL_EXPORTER_PROMETHEUS_PORT to another port (0 picks a free one), or leave prometheus out of "
-                "OTEL_METRICS_EXPORTER" if settings is not requested else "pass PrometheusSettings with another port")
-        raise PortInUse(f"{settings.host}:{settings.port}", "flowtel's Prometheus endpoint", move) from None
 
 
 def _azure_monitor(env: Mapping[str, str], requested: AzureMonitorSettings | bool | None, trace_names: list[str],
@@ -263,3 +249,16 @@ def _instrument_promptflow() -> None:
     from flowtel.instrumentation import PromptflowStreamingInstrumentor
 
     PromptflowStreamingInstrumentor().instrument()
+
+
+def _prometheus_endpoint(reader: PrometheusMetricReader,
+                         requested: PrometheusSettings | bool | None) -> PrometheusEndpoint:
+    settings = requested if isinstance(requested, PrometheusSettings) else PrometheusSettings.from_env()
+    try:
+        return PrometheusEndpoint(reader, settings)
+    except OSError as error:
+        if not in_use(error):
+            raise
+        move = ("set OTEL_EXPORTER_PROMETHEUS_PORT to another port (0 picks a free one), or leave prometheus out of "
+                "OTEL_METRICS_EXPORTER" if settings is not requested else "pass PrometheusSettings with another port")
+        raise PortInUse(f"{settings.host}:{settings.port}", "flowtel's Prometheus endpoint", move) from None

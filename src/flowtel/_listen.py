@@ -1,4 +1,8 @@
-"""Say which port is taken and what moves it, instead of a bare ``[Errno 98] Address already in use``."""
+"""Say which port is taken and what moves it, instead of a bare ``[Errno 98] Address already in use``.
+
+The collector checks every port its config listens on before it binds any (``flowtel collector``),
+so the message names the config key, and grpcio never prints its own raw error line.
+"""
 
 from __future__ import annotations
 
@@ -10,7 +14,7 @@ class PortInUse(OSError):
     """A listener's port is already taken; ``str()`` names the address and the setting that moves it."""
 
     def __init__(self, address: str, what: str, move: str) -> None:
-        super().__init__(errno.EADDRINUSE, f"cannot listen on {address} for {what}: the port is already in use "
+        super().__init__(errno.EADDRINUSE, f"cannot listen on {address} ({what}): the port is already in use "
                                            f"(another flowtel, or another program?); {move}")
         self.address = address
 
@@ -23,8 +27,8 @@ def in_use(error: BaseException) -> bool:
 
 
 def ensure_free(host: str, port: int) -> None:
-    """Raise ``OSError(EADDRINUSE)`` if something listens on ``host:port``: checked before grpcio binds,
-    which only returns port 0 and prints a raw C-core error line of its own."""
+    """Raise ``OSError(EADDRINUSE)`` if something listens on ``host:port``. grpcio, told to bind a taken
+    port, only returns port 0 and prints a raw C-core error line of its own."""
     if port == 0:
         return
     try:

@@ -11,10 +11,16 @@ import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from importlib import resources
+from typing import Any
+
+from pydantic import BaseModel
 
 from flowtel import __version__
+from flowtel._listen import PortInUse, ensure_free, in_use
 from flowtel.collector import Collector, ConfigFileError, load_config
+from flowtel.collector.config import component_type
 from flowtel.collector.service import configure_logging
+from flowtel.collector.settings import split_endpoint
 
 DEFAULT_CONFIG = "<embedded default>"
 
@@ -111,6 +117,11 @@ def _collector(args: argparse.Namespace) -> int:
     except ConfigFileError as error:
         print(f"flowtel: invalid configuration:\n{error}", file=sys.stderr)
         return 2
+    try:
+        _check_ports(config)
+    except PortInUse as error:
+        print(f"flowtel: cannot start: {error}", file=sys.stderr)
+        return 1
     configure_logging(config.service.telemetry.logs.level)
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -125,6 +136,45 @@ def _collector(args: argparse.Namespace) -> int:
         pass
     collector.shutdown()
     return 0
+
+
+def _check_ports(config: Any) -> None:
+    """Before anything binds: a taken port is named with the config key that moves it (binding first would only
+    say "address already in use", and grpcio would print a raw error line of its own)."""
+    for key, endpoint in _listening_endpoints(config):
+        host, port = split_endpoint(endpoint)
+        try:
+            ensure_free(host, port)
+        except OSError as error:
+            if not in_use(error):
+                raise
+            if config.file == DEFAULT_CONFIG:
+                raise PortInUse(endpoint, f"{key} of the embedded default config", "to move it, copy "
+                                "collector-config/default.yaml, change that port and run `flowtel collector --config "
+                                "FILE`") from None
+            raise PortInUse(endpoint, f"{key} in {config.file}", "set another port there") from None
+
+
+def _listening_endpoints(config: Any) -> Iterator[tuple[str, str]]:
+    """(config key, endpoint) of every server the config starts: the extensions the service lists, the receivers
+    and the prometheus exporters its pipelines use (other exporters' endpoints are where they send to)."""
+    used = {"extensions": set(config.service.extensions),
+            "receivers": {r for p in config.service.pipelines.values() for r in p.receivers},
+            "exporters": {e for p in config.service.pipelines.values() for e in p.exporters
+                          if component_type(e) == "prometheus"}}
+    for section, ids in used.items():
+        for cid, model in getattr(config, section).items():
+            if cid in ids:
+                yield from _endpoints(model, f"{section}.{cid}")
+
+
+def _endpoints(model: BaseModel, key: str) -> Iterator[tuple[str, str]]:
+    for name in type(model).model_fields:
+        value = getattr(model, name)
+        if name == "endpoint" and isinstance(value, str):
+            yield f"{key}.endpoint", value
+        elif isinstance(value, BaseModel):
+            yield from _endpoints(value, f"{key}.{name}")
 
 
 def _tune_gc() -> None:

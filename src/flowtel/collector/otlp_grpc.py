@@ -16,7 +16,6 @@ from google.protobuf.message import DecodeError
 from google.rpc import code_pb2, error_details_pb2, status_pb2
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 
-from flowtel._listen import ensure_free
 from flowtel.otlp import MalformedRequest
 
 from .otlp_receiver import MIB, BearerToken, GRPCServerConfig, Intake
@@ -49,7 +48,6 @@ class GRPCTransport:
         handler = grpc.unary_unary_rpc_method_handler(self._export)
         self._server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(_SERVICE, {"Export": handler}),))
         host, port = split_endpoint(config.endpoint)
-        ensure_free(host, port)
         address = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
         if config.tls is not None:
             tls = config.tls

@@ -13,15 +13,13 @@ import os
 import re
 import threading
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.resources import Resource
 
-from flowtel._listen import PortInUse, in_use
 from flowtel._log import logger
 from flowtel.exporters.debug import DebugExporter, DebugExporterConfig
 from flowtel.exporters.otlp_forward import (
@@ -79,8 +77,7 @@ class Collector:
                     os.makedirs(ext.directory, mode=0o700, exist_ok=True)
                 self._storage[ext_id] = ext.directory
             elif isinstance(ext, HealthCheckConfig):
-                with self._listening_at(f"extensions.{ext_id}.endpoint", ext.endpoint, "health checks"):
-                    self._health[ext_id] = HealthCheck(ext, self.status)
+                self._health[ext_id] = HealthCheck(ext, self.status)
 
         used_exporters = dict.fromkeys(e for p in service.pipelines.values() for e in p.exporters)
         self.exporters: dict[str, Any] = {eid: self._exporter(eid, config.exporters[eid]) for eid in used_exporters}
@@ -100,21 +97,6 @@ class Collector:
         for rid in used_receivers:
             targets = [self.pipelines[pid] for pid, p in service.pipelines.items() if rid in p.receivers]
             self._receivers.extend(self._receiver(rid, config.receivers[rid], targets))
-
-    @contextmanager
-    def _listening_at(self, key: str, endpoint: str, what: str) -> Iterator[None]:
-        """Turn a bare "address already in use" into one naming the port and the config key that moves it."""
-        try:
-            yield
-        except OSError as error:
-            if not in_use(error):
-                raise
-            if self.config.file.startswith("<"):  # the embedded default: no file to edit yet
-                move = (f"it is {key} in the embedded default config: copy collector-config/default.yaml, change "
-                        "that port and run `flowtel collector --config FILE`")
-            else:
-                move = f"change {key} in {self.config.file}"
-            raise PortInUse(endpoint, what, move) from None
 
     def _token(self, auth: Any) -> BearerToken | None:
         return self._tokens[auth.authenticator] if auth is not None else None
@@ -163,21 +145,16 @@ class Collector:
         intake = Intake(rid, pipelines, self.self_metrics)
         if isinstance(cfg, FeedbackReceiverConfig):
             token = self.read_token(cfg.auth.authenticator) if cfg.auth is not None else None
-            with self._listening_at(f"receivers.{rid}.endpoint", cfg.endpoint, "POST /feedback"):
-                feedback = FeedbackReceiver(rid, cfg, intake, token)
+            feedback = FeedbackReceiver(rid, cfg, intake, token)
             self.listening.feedback[rid] = feedback.url + "/feedback"
             return [feedback]
         out: list[Any] = []
         if cfg.protocols.grpc is not None:
-            with self._listening_at(f"receivers.{rid}.protocols.grpc.endpoint", cfg.protocols.grpc.endpoint,
-                                    "OTLP/gRPC"):
-                grpc_transport = GRPCTransport(cfg.protocols.grpc, intake, self._token(cfg.protocols.grpc.auth))
+            grpc_transport = GRPCTransport(cfg.protocols.grpc, intake, self._token(cfg.protocols.grpc.auth))
             self.listening.grpc[rid] = grpc_transport.url
             out.append(grpc_transport)
         if cfg.protocols.http is not None:
-            with self._listening_at(f"receivers.{rid}.protocols.http.endpoint", cfg.protocols.http.endpoint,
-                                    "OTLP/HTTP"):
-                http_transport = HTTPTransport(cfg.protocols.http, intake, self._token(cfg.protocols.http.auth))
+            http_transport = HTTPTransport(cfg.protocols.http, intake, self._token(cfg.protocols.http.auth))
             self.listening.http[rid] = http_transport.url
             out.append(http_transport)
         return out
@@ -186,14 +163,10 @@ class Collector:
         for ext_id, health in self._health.items():
             health.start()
             self.listening.health[ext_id] = health.url
-        for eid, exporter in self.exporters.items():
+        for exporter in self.exporters.values():
+            exporter.start()
             if isinstance(exporter, PrometheusExporter):
-                with self._listening_at(f"exporters.{eid}.endpoint", self.config.exporters[eid].endpoint,
-                                        "Prometheus /metrics"):
-                    exporter.start()
                 self.listening.prometheus[exporter.id] = exporter.url
-            else:
-                exporter.start()
         for limiter in self._limiters.values():
             limiter.start()
         for pipeline in self.pipelines.values():
