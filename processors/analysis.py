@@ -16,12 +16,12 @@ This is the rule set the README documents under "How flowtel reads a trace":
   no usage to report), with no such span below it, so a call wrapped by two instrumentations
   (prompt flow's ``openai_chat`` around openai-v2's ``chat`` span) is counted once, at the
   innermost span.
-* The **request** a flow answers is the local root when that is a SERVER span (its HTTP
-  status is the response code); otherwise the flow span itself.
 * A SERVER local root with a GenAI inference call below it and no flow in its trace (a plain
   OpenTelemetry app: an HTTP server calling a model) is the flow itself, so there is one
   request per SERVER span; its remote calls stay remote calls (node ``""``) and its other
   direct children are nodes.
+* The **request** a flow answers is the local root when that is a SERVER span (its HTTP
+  status is the response code); otherwise the flow span itself.
 """
 
 from __future__ import annotations
