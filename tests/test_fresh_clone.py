@@ -15,12 +15,12 @@ import shutil
 import signal
 import subprocess
 import sys
-import threading
 import time
-from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+
+from collector_proc import ChildProcess
 
 ROOT = Path(__file__).resolve().parents[1]
 TEST_ONLY = ("pytest", "ruff", "promptflow", "openai", "kubernetes_validate")
@@ -34,33 +34,19 @@ def _user_env() -> dict[str, str]:
     return {**env, "PATH": path}
 
 
-def _start_until_ready(clone: Path, config: Path, timeout: float = 300,
-                       meanwhile: tuple[str, Callable[[], None]] | None = None) -> tuple[str, float]:
-    """Run the main-job command until the collector says it is ready; its output and the seconds that took.
-    ``meanwhile``: (a line to wait for, what to do once it is printed), e.g. start a second terminal's command."""
-    started = time.monotonic()
-    proc = subprocess.Popen(["bash", "scripts/collector", "--config", str(config)], cwd=clone, env=_user_env(),
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    lines: list[str] = []
-    threading.Thread(target=lambda: lines.extend(proc.stdout), daemon=True).start()  # type: ignore[arg-type]
+def _main_job(clone: Path, config: Path) -> ChildProcess:
+    return ChildProcess(["bash", "scripts/collector", "--config", str(config)], clone, _user_env())
+
+
+def _until_ready(job: ChildProcess, started: float) -> tuple[str, float]:
+    """Wait for the collector to say it is ready, stop it; its output and the seconds from ``started`` to ready."""
     try:
-        while "flowtel collector ready" not in "".join(lines):
-            if meanwhile is not None and meanwhile[0] in "".join(lines):
-                meanwhile[1]()
-                meanwhile = None
-            if proc.poll() is not None:
-                time.sleep(0.2)
-                raise AssertionError(f"exited {proc.returncode} before ready:\n{''.join(lines)}")
-            if time.monotonic() - started > timeout:
-                raise AssertionError(f"not ready within {timeout}s:\n{''.join(lines)}")
-            time.sleep(0.1)
+        job.wait_for("flowtel collector ready", timeout=300)
         elapsed = time.monotonic() - started
     finally:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-        code = proc.wait(60)
-    assert code == 0, "".join(lines)
-    return "".join(lines), elapsed
+        code = job.stop(signal.SIGTERM)
+    assert code == 0, job.output
+    return job.output, elapsed
 
 
 @pytest.mark.skipif(shutil.which("git") is None, reason="needs git to clone the checkout")
@@ -76,18 +62,18 @@ def test_main_job_on_a_fresh_clone_installs_only_the_runtime(tmp_path: Path) -> 
     (clone / ".venv" / "bin").mkdir(parents=True)
     (clone / ".venv" / "bin" / "python").write_text("#!/bin/sh\necho 3.9.18\nexit 1\n")
     (clone / ".venv" / "bin" / "python").chmod(0o755)
-    second_terminal: list[subprocess.CompletedProcess[str]] = []
-
-    def start_second_terminal() -> None:
-        """While the first install runs, the same set-up from another terminal waits for it, then finds it done."""
-        second_terminal.append(subprocess.run(["bash", "scripts/setup"], cwd=clone, env=_user_env(),
-                                              capture_output=True, text=True, timeout=300))
-
-    first, first_s = _start_until_ready(clone, config,
-                                        meanwhile=("flowtel setup: creating .venv", start_second_terminal))
+    started = time.monotonic()
+    job = _main_job(clone, config)
+    try:
+        job.wait_for("flowtel setup: creating .venv with ", timeout=120)
+        # While the first install runs, the same set-up from a second terminal waits for it, then finds it done.
+        waited = subprocess.run(["bash", "scripts/setup"], cwd=clone, env=_user_env(), capture_output=True, text=True,
+                                timeout=300)
+    except BaseException:
+        job.stop(signal.SIGTERM)
+        raise
+    first, first_s = _until_ready(job, started)
     assert "flowtel setup: replacing .venv: its Python is 3.9.18, flowtel needs 3.10 or newer" in first
-    assert "flowtel setup: creating .venv with " in first
-    [waited] = second_terminal
     assert waited.returncode == 0, waited.stderr
     assert waited.stderr == "flowtel setup: another setup is running in this directory; waiting for it to finish...\n"
     assert "flowtel setup: installing flowtel into .venv (pip's progress follows)" in first
@@ -104,7 +90,7 @@ def test_main_job_on_a_fresh_clone_installs_only_the_runtime(tmp_path: Path) -> 
     assert present == [], f"test tools in the main job's venv: {present}"
     assert not (clone / ".tools").exists()
 
-    again, again_s = _start_until_ready(clone, config)
+    again, again_s = _until_ready(_main_job(clone, config), time.monotonic())
     assert "flowtel setup" not in again and "pip" not in again  # the venv is reused, pip is not run
     print(f"\nfresh clone to ready: {first_s:.1f} s (venv build included); second start: {again_s:.1f} s")
     assert again_s < first_s

@@ -14,17 +14,13 @@ import signal
 import socket
 import subprocess
 import sys
-import threading
-import time
-from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 import pytest
 
 from flowtel.processors.catalog import STANDARD_METRICS, prometheus_name
 
-from collector_proc import CollectorProcess
+from collector_proc import ChildProcess, CollectorProcess
 from conftest import ROOT, Scrape, scrape
 
 QUICKSTART = ROOT / "examples" / "quickstart.py"
@@ -37,53 +33,6 @@ def _metric_names() -> set[str]:
             for m in STANDARD_METRICS}
 
 
-def _wait(predicate: Callable[[], Any], timeout: float = 60, what: str = "") -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.1)
-    raise AssertionError(f"not within {timeout}s: {what}")
-
-
-class Child:
-    """A child process whose combined output is collected line by line."""
-
-    def __init__(self, args: list[str], env: dict[str, str]) -> None:
-        self.proc = subprocess.Popen(args, env={**os.environ, **env}, cwd=ROOT, stdout=subprocess.PIPE,
-                                     stderr=subprocess.STDOUT, text=True)
-        self.lines: list[str] = []
-        threading.Thread(target=self._read, daemon=True).start()
-
-    def _read(self) -> None:
-        assert self.proc.stdout is not None
-        for line in self.proc.stdout:
-            self.lines.append(line)
-
-    @property
-    def output(self) -> str:
-        return "".join(self.lines)
-
-    def wait_for_line(self, pattern: str, timeout: float = 120) -> re.Match[str]:
-        def found() -> re.Match[str] | None:
-            if self.proc.poll() is not None and not re.search(pattern, self.output):
-                raise AssertionError(f"exited {self.proc.returncode} before {pattern!r}:\n{self.output}")
-            return re.search(pattern, self.output)
-
-        return _wait(found, timeout, f"{pattern!r} in:\n{self.output}")  # type: ignore[no-any-return]
-
-    def stop(self, sig: int = signal.SIGINT, timeout: float = 30) -> int:
-        if self.proc.poll() is None:
-            self.proc.send_signal(sig)
-        try:
-            return self.proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait(10)
-            raise AssertionError(f"did not stop on {sig!r}:\n{self.output}") from None
-
-
 def _assert_quickstart_numbers(metrics: Scrape) -> None:
     assert metrics.value("flow_request_total", flow="chat_flow", response_code="500",
                          exception="InternalServerError") == 2
@@ -93,11 +42,11 @@ def _assert_quickstart_numbers(metrics: Scrape) -> None:
 
 
 def test_in_process_quickstart_shows_all_eight_metrics_and_keeps_serving_them() -> None:
-    child = Child([sys.executable, str(QUICKSTART), "--requests", str(REQUESTS), "--interval", "0"],
-                  {"OTEL_EXPORTER_PROMETHEUS_PORT": "0", "OTEL_TRACES_EXPORTER": "none"})
+    child = ChildProcess([sys.executable, str(QUICKSTART), "--requests", str(REQUESTS), "--interval", "0"], ROOT,
+                         {**os.environ, "OTEL_EXPORTER_PROMETHEUS_PORT": "0", "OTEL_TRACES_EXPORTER": "none"})
     try:
-        url = child.wait_for_line(r"metrics at (http://\S+/metrics)").group(1)
-        child.wait_for_line(rf"served {REQUESTS} requests; metrics stay at {re.escape(url)} until Ctrl-C")
+        url = child.wait_for(r"metrics at (http://\S+/metrics)").group(1)
+        child.wait_for(rf"served {REQUESTS} requests; metrics stay at {re.escape(url)} until Ctrl-C")
         assert child.output.count("failed as planned: InternalServerError") == 2
         metrics = scrape(url)
         assert _metric_names() <= {s.name for s in metrics.samples}, sorted({s.name for s in metrics.samples})
@@ -121,9 +70,10 @@ def test_collector_quickstart_shows_all_eight_metrics(tmp_path: Path) -> None:
     collector = CollectorProcess(_default_config_on_free_ports(), tmp_path).start()
     try:
         endpoint = collector.http["otlp"]
-        child = Child([sys.executable, str(QUICKSTART), "--collector", "--requests", str(REQUESTS), "--interval", "0"],
-                      {"OTEL_EXPORTER_OTLP_ENDPOINT": endpoint, "OTEL_METRICS_EXPORTER": "none",
-                       "OTEL_LOGS_EXPORTER": "none"})
+        child = ChildProcess(
+            [sys.executable, str(QUICKSTART), "--collector", "--requests", str(REQUESTS), "--interval", "0"], ROOT,
+            {**os.environ, "OTEL_EXPORTER_OTLP_ENDPOINT": endpoint, "OTEL_METRICS_EXPORTER": "none",
+             "OTEL_LOGS_EXPORTER": "none"})
         assert child.proc.wait(120) == 0, child.output
         assert "the numbers are in the collector" in child.output
         url = collector.prometheus["prometheus"]

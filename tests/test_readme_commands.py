@@ -16,16 +16,15 @@ from __future__ import annotations
 import os
 import re
 import shlex
-import signal
 import socket
 import subprocess
 import sys
-import threading
-import time
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+
+from collector_proc import ChildProcess
 
 ROOT = Path(__file__).resolve().parents[1]
 README = ROOT / "README.md"
@@ -84,41 +83,9 @@ def _run(command: str, cwd: Path, env: dict[str, str], timeout: float = 120) -> 
     return subprocess.run(["bash", "-c", command], cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
 
 
-class Running:
-    """A long-running command, stopped (SIGINT, as Ctrl-C) once its output matches ``ready``."""
-
-    def __init__(self, command: str, cwd: Path, env: dict[str, str]) -> None:
-        # exec: the signal goes to the command itself, not to a shell around it
-        self.proc = subprocess.Popen(["bash", "-c", f"exec {command}"], cwd=cwd, env=env, text=True,
-                                     stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-        self.lines: list[str] = []
-        threading.Thread(target=lambda: self.lines.extend(self.proc.stdout), daemon=True).start()  # type: ignore
-
-    @property
-    def output(self) -> str:
-        return "".join(self.lines)
-
-    def wait_for(self, ready: str, timeout: float = 180) -> None:
-        deadline = time.monotonic() + timeout
-        while not re.search(ready, self.output):
-            if self.proc.poll() is not None:
-                time.sleep(0.2)  # let the reader thread take the last lines
-                if re.search(ready, self.output):
-                    return
-                raise AssertionError(f"exited {self.proc.returncode} before {ready!r}:\n{self.output}")
-            if time.monotonic() > deadline:
-                raise AssertionError(f"no {ready!r} within {timeout}s:\n{self.output}")
-            time.sleep(0.1)
-
-    def stop(self) -> int:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGINT)
-        try:
-            return self.proc.wait(60)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait(10)
-            raise AssertionError(f"did not stop on Ctrl-C:\n{self.output}") from None
+def _running(command: str, cwd: Path, env: dict[str, str]) -> ChildProcess:
+    """A long-running command; ``exec`` so that a signal (Ctrl-C) reaches the command, not a shell around it."""
+    return ChildProcess(["bash", "-c", f"exec {command}"], cwd, env)
 
 
 def _collector(command: str, tmp_path: Path) -> None:
@@ -126,7 +93,7 @@ def _collector(command: str, tmp_path: Path) -> None:
     # the embedded default's ports are fixed: the same file with port 0 everywhere stands in for it
     command = command.replace("my.yaml", str(config)) if "--config" in command else f"{command} --config {config}"
     cwd = ROOT if command.startswith("bash scripts/") else tmp_path
-    running = Running(command, cwd, _env())
+    running = _running(command, cwd, _env())
     try:
         running.wait_for(r"flowtel collector ready")
         assert re.search(r"OTLP/HTTP listening on http://127\.0\.0\.1:\d+/v1/traces", running.output)
@@ -149,7 +116,7 @@ def _ci_run(command: str, tmp_path: Path) -> None:
 def _quickstart(commands: list[str], tmp_path: Path) -> None:
     start, *curls = commands
     port = _free_port()
-    running = Running(start, ROOT, _env(OTEL_EXPORTER_PROMETHEUS_PORT=str(port)))
+    running = _running(start, ROOT, _env(OTEL_EXPORTER_PROMETHEUS_PORT=str(port)))
     try:
         running.wait_for(r"metrics stay at http://127\.0\.0\.1:\d+/metrics until Ctrl-C")
         outputs = []
