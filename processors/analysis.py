@@ -16,6 +16,10 @@ This is the rule set the README documents under "How flowtel reads a trace":
   no usage to report), with no such span below it, so a call wrapped by two instrumentations
   (prompt flow's ``openai_chat`` around openai-v2's ``chat`` span) is counted once, at the
   innermost span.
+* A SERVER local root with a GenAI inference call below it and no flow in its trace (a plain
+  OpenTelemetry app: an HTTP server calling a model) is the flow itself, so there is one
+  request per SERVER span; its remote calls stay remote calls (node ``""``) and its other
+  direct children are nodes.
 * The **request** a flow answers is the local root when that is a SERVER span (its HTTP
   status is the response code); otherwise the flow span itself.
 """
@@ -111,19 +115,48 @@ def analyze(spans: Sequence[SpanData]) -> list[SpanRole]:
             parent.children.append(r)  # type: ignore[union-attr]
     for root in roots:
         request = root.span if root.span.kind == KIND_SERVER else None
-        _walk(root, None, request)
+        if not _walk(root, None, request) and request is not None and _calls_a_model(root):
+            _server_flow(root)
     _mark_llm_calls(roles, by_id)
     return roles
 
 
-def _walk(r: SpanRole, parent: SpanRole | None, request: SpanData | None) -> None:
+def _walk(r: SpanRole, parent: SpanRole | None, request: SpanData | None) -> bool:
+    """Assign roles below ``r``; whether any span became a flow."""
     # Iterative depth-first walk: agent traces can nest deeper than Python's recursion limit.
     stack: list[tuple[SpanRole, SpanRole | None]] = [(r, parent)]
+    found_flow = False
     while stack:
         cur, par = stack.pop()
         _assign(cur, par, request)
+        found_flow = found_flow or cur.role == ROLE_FLOW
         if cur.children:  # most spans are leaves
             stack.extend([(child, cur) for child in reversed(cur.children)])
+    return found_flow
+
+
+def _calls_a_model(root: SpanRole) -> bool:
+    stack = [root]
+    while stack:
+        cur = stack.pop()
+        if cur.role == ROLE_RPC and genai_operation(cur.span) in sc.INFERENCE_OPERATIONS:
+            return True
+        stack.extend(cur.children)
+    return False
+
+
+def _server_flow(root: SpanRole) -> None:
+    """Make a SERVER root with model calls and no flow the flow (one request per SERVER span). Its calls stay
+    remote calls, with node "" (as below a node of that name); its other direct children are nodes."""
+    span = root.span
+    root.role, root.flow, root.flow_span, root.request_span = ROLE_FLOW, flow_name(span), span, span
+    no_node = SpanRole(span, ROLE_NODE, root.flow, flow_span=span)
+    for child in root.children:
+        _walk(child, no_node if _is_remote_call(child.span) else root, span)
+
+
+def _is_remote_call(span: SpanData) -> bool:
+    return span.kind == KIND_CLIENT or genai_operation(span) in sc.INFERENCE_OPERATIONS
 
 
 def _assign(r: SpanRole, parent: SpanRole | None, request: SpanData | None) -> None:
@@ -134,7 +167,7 @@ def _assign(r: SpanRole, parent: SpanRole | None, request: SpanData | None) -> N
         r.request_span = request if request is not None else span
         return
     if parent is None or parent.flow_span is None:
-        if span.kind == KIND_CLIENT or genai_operation(span) in sc.INFERENCE_OPERATIONS:
+        if _is_remote_call(span):
             r.role, r.api_call = ROLE_RPC, span.name
         return
     r.flow, r.flow_span = parent.flow, parent.flow_span

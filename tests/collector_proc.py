@@ -90,3 +90,51 @@ class CollectorProcess:
             if time.monotonic() > deadline:
                 raise AssertionError(f"condition not met within {timeout}s; collector log:\n{self.log}")
             time.sleep(interval)
+
+
+class ChildProcess:
+    """Any command as a user runs it (a script, the quickstart): its output collected line by line, waited on
+    for a line, stopped with a signal."""
+
+    def __init__(self, args: list[str], cwd: Path, env: dict[str, str]) -> None:
+        self.proc = subprocess.Popen(args, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                     text=True)
+        self.lines: list[str] = []
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+
+    def _read(self) -> None:
+        assert self.proc.stdout is not None
+        for line in self.proc.stdout:
+            self.lines.append(line)
+
+    @property
+    def output(self) -> str:
+        return "".join(self.lines)
+
+    def wait_for(self, pattern: str, timeout: float = 180) -> re.Match[str]:
+        """The first match of ``pattern`` in the output; fails if the process exits or time runs out first."""
+        deadline = time.monotonic() + timeout
+        while True:
+            found = re.search(pattern, self.output)
+            if found:
+                return found
+            if self.proc.poll() is not None:
+                self._reader.join(5)  # the last lines
+                found = re.search(pattern, self.output)
+                if found:
+                    return found
+                raise AssertionError(f"exited {self.proc.returncode} before {pattern!r}:\n{self.output}")
+            if time.monotonic() > deadline:
+                raise AssertionError(f"no {pattern!r} within {timeout}s:\n{self.output}")
+            time.sleep(0.1)
+
+    def stop(self, sig: int = signal.SIGINT, timeout: float = 60) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+        try:
+            return self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait(10)
+            raise AssertionError(f"did not stop on {sig!r}:\n{self.output}") from None

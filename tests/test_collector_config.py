@@ -239,11 +239,12 @@ def test_secure_example_without_its_environment_lists_each_gap(runs: Runs) -> No
     secure = CONFIG_DIR / "secure.yaml"
     token, token_file = _line_of(secure, "token: ${env:"), _line_of(secure, "filename: ${env:")
     assert [line for line in lines if "is not set" in line][:3] == [
-        f"{f}:{token}: extensions.bearertokenauth/otlp.token: environment variable FLOWTEL_OTLP_TOKEN is not set; "
-        "it expands to an empty string",
-        f"{f}:{token_file}: extensions.bearertokenauth/scrape.filename: environment variable "
+        f"warning: {f}:{token}: extensions.bearertokenauth/otlp.token: environment variable FLOWTEL_OTLP_TOKEN is "
+        "not set; it expands to an empty string",
+        f"warning: {f}:{token_file}: extensions.bearertokenauth/scrape.filename: environment variable "
         "FLOWTEL_SCRAPE_TOKEN_FILE is not set; it expands to an empty string",
-        f"{f}:{_line_of(secure, 'cert_file: ${env:')}: receivers.otlp.protocols.grpc.tls.cert_file: environment "
+        f"warning: {f}:{_line_of(secure, 'cert_file: ${env:')}: receivers.otlp.protocols.grpc.tls.cert_file: "
+        "environment "
         "variable FLOWTEL_TLS_CERT_FILE is not set; it expands to an empty string"]
     assert len([line for line in lines if "is not set" in line]) == 11  # 3 TLS variables x 3 endpoints, 2 tokens
     empty = "expected a readable file (the path is empty), got ''"
@@ -396,7 +397,34 @@ def test_unterminated_quote_points_at_where_it_starts() -> None:
     text = 'receivers:\n  otlp:\n    protocols:\n      http:\n        endpoint: "localhost:4318\n'
     assert problems(text) == [
         "test.yaml:5: receivers.otlp.protocols.http.endpoint: expected valid YAML, got 'found unexpected end of "
-        "stream (column 1), while scanning a quoted scalar that starts on line 5'"]
+        "stream (line 6, column 1), while scanning a quoted scalar that starts on line 5'"]
+
+
+def test_a_key_without_colon_or_an_unclosed_bracket_is_reported_on_its_own_line() -> None:
+    # YAML only finds these wrong on the next line; the problem names the line where they are written.
+    missing_colon = "receivers:\n  otlp:\n    protocols:\n      grpc:\n        endpoint: x\n      http\nservice: {}\n"
+    assert problems(missing_colon) == [
+        "test.yaml:6: receivers.otlp.protocols: expected valid YAML, got \"could not find expected ':' (line 7, "
+        "column 1), while scanning a simple key that starts on line 6\""]
+    unclosed = "receivers:\n  otlp:\n    protocols: [grpc, http\nservice: {}\n"
+    assert problems(unclosed) == [
+        "test.yaml:3: receivers.otlp.protocols: expected valid YAML, got \"expected ',' or ']', but got ':' (line 4, "
+        "column 8), while parsing a flow sequence that starts on line 3\""]
+
+
+def test_a_mapping_given_twice_is_one_problem_not_one_per_key_inside() -> None:
+    text = ("receivers:\n  otlp:\n    protocols:\n      grpc:\n        endpoint: localhost:4317\n"
+            "      grpc:\n        endpoint: localhost:4319\n"
+            "exporters:\n  debug: {}\n" + PIPELINE)
+    assert problems(text) == [
+        "test.yaml:6: receivers.otlp.protocols.grpc: expected each key once (also set on line 4; the last one "
+        "would silently win)"]
+    # a key repeated inside the second copy is still one
+    assert problems(text.replace("localhost:4319\n", "localhost:4319\n        endpoint: localhost:4320\n")) == [
+        "test.yaml:6: receivers.otlp.protocols.grpc: expected each key once (also set on line 4; the last one "
+        "would silently win)",
+        "test.yaml:8: receivers.otlp.protocols.grpc.endpoint: expected each key once (also set on line 7; the last "
+        "one would silently win)"]
 
 
 def test_unreadable_or_non_mapping_files(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -438,10 +466,12 @@ def test_collector_with_a_broken_config_exits_2_before_listening(runs: Runs, tmp
 def test_collector_that_cannot_bind_says_so_without_a_traceback(runs: Runs) -> None:
     result = runs["busy-port"]
     assert result.returncode == 1
-    last = result.stderr.splitlines()[-1]  # grpc's C core may log a line of its own before it
-    assert last.startswith("flowtel: cannot start: ")
-    assert f"127.0.0.1:{runs.busy_port}" in last
-    assert "Traceback" not in result.stderr
+    path = runs.dir / "busy-port.yaml"
+    # One line: the address and the config key that moves it; no traceback, and no raw line of grpc's C core
+    # (every port is checked before anything binds).
+    assert result.stderr.splitlines() == [
+        f"flowtel: cannot start: cannot listen on 127.0.0.1:{runs.busy_port} (receivers.otlp.protocols.grpc.endpoint "
+        f"in {path}): the port is already in use (another flowtel, or another program?); set another port there"]
     assert "listening on" not in result.stderr + result.stdout
 
 
@@ -624,8 +654,8 @@ def test_unset_variable_warning_reaches_validate_output(runs: Runs) -> None:
     result = runs["unset"]
     assert result.returncode == 1
     assert result.stderr.splitlines() == [
-        f"{path}:4: exporters.debug.verbosity: environment variable FLOWTEL_TEST_VERBOSITY is not set; it expands "
-        "to an empty string",
+        f"warning: {path}:4: exporters.debug.verbosity: environment variable FLOWTEL_TEST_VERBOSITY is not set; it "
+        "expands to an empty string",
         f"{path}:4: exporters.debug.verbosity: expected one of 'basic', 'normal' or 'detailed', got ''",
         "1 problem(s) found"]
 
@@ -733,3 +763,95 @@ def test_memory_limit_as_a_percentage_of_available_memory() -> None:
     total = available_mib()
     assert total > 0
     assert (limit, spike) == (total * 50 // 100, total * 10 // 100)
+
+
+# --- the command line ------------------------------------------------------------------------------------
+
+
+def _help(capsys: pytest.CaptureFixture[str], *argv: str) -> str:
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(list(argv))
+    assert exit_info.value.code == 0
+    return capsys.readouterr().out
+
+
+def test_version_and_help_say_what_each_command_does(capsys: pytest.CaptureFixture[str]) -> None:
+    from flowtel import __version__
+
+    assert _help(capsys, "--version") == f"flowtel {__version__}\n"
+    top = _help(capsys, "--help")
+    assert "``" not in top and ":func:" not in top  # plain text, not reStructuredText
+    assert "  collector   run the collector" in top and "  validate    check a config file" in top
+    run = _help(capsys, "collector", "--help")
+    for port, key in (("4317", "receivers.otlp.protocols.grpc.endpoint"),
+                      ("4318", "receivers.otlp.protocols.http.endpoint"), ("8080", "receivers.feedback.endpoint"),
+                      ("9464", "exporters.prometheus.endpoint"), ("13133", "extensions.health_check.endpoint")):
+        assert re.search(rf"^  {port} +.+ {re.escape(key)}", run, re.MULTILINE), (port, run)
+    # the variables the help names are the ones the embedded default reads, no more, no fewer
+    default = (CONFIG_DIR / "default.yaml").read_text()
+    assert set(re.findall(r"\$\{env:([A-Z_]+)", default)) == set(re.findall(r"^  (FLOWTEL_[A-Z_]+) ", run, re.M))
+    assert "examples:\n  flowtel collector\n" in run
+    check = _help(capsys, "validate", "--help")
+    assert "flowtel validate my.yaml" in check and "warning:" in check
+
+
+def test_validate_takes_the_file_as_an_argument_or_with_config(capsys: pytest.CaptureFixture[str]) -> None:
+    path = str(CONFIG_DIR / "default.yaml")
+    valid = f"{path}: valid (pipelines: {', '.join(load_config(path).service.pipelines)})\n"
+    assert cli.main(["validate", path]) == 0
+    assert capsys.readouterr().out == valid
+    assert cli.main(["validate", "--config", path]) == 0
+    assert capsys.readouterr().out == valid
+    assert cli.main(["validate", path, "--config", "other.yaml"]) == 2
+    assert capsys.readouterr().err == f"flowtel validate: two files given ({path} and --config other.yaml); give one\n"
+
+
+def test_in_process_prometheus_port_taken_names_the_variable() -> None:
+    import flowtel
+    from flowtel._listen import PortInUse
+
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        env = {"OTEL_EXPORTER_PROMETHEUS_PORT": str(port), "OTEL_TRACES_EXPORTER": "none"}
+        with pytest.MonkeyPatch.context() as patch:
+            for key, value in env.items():
+                patch.setenv(key, value)
+            with pytest.raises(PortInUse) as info:
+                flowtel.configure(set_global=False)
+    assert str(info.value) == (
+        f"cannot listen on 127.0.0.1:{port} (flowtel's Prometheus endpoint): the port is already in use (another "
+        "flowtel, or another program?); set OTEL_EXPORTER_PROMETHEUS_PORT to another port (0 picks a free one), or "
+        "leave prometheus out of OTEL_METRICS_EXPORTER")
+
+
+def test_a_taken_port_in_the_embedded_default_says_how_to_move_it() -> None:
+    from flowtel._listen import PortInUse
+
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        config = load_config(text=_collector_config(port, "1s"), env={}, name=cli.DEFAULT_CONFIG)
+        with pytest.raises(PortInUse) as info:
+            cli._check_ports(config)
+    assert str(info.value) == (
+        f"cannot listen on 127.0.0.1:{port} (receivers.otlp.protocols.http.endpoint of the embedded default config): "
+        "the port is already in use (another flowtel, or another program?); to move it, copy "
+        "collector-config/default.yaml, change that port and run `flowtel collector --config FILE`")
+
+
+def test_the_ports_checked_are_those_the_collector_listens_on() -> None:
+    config = load_config(str(CONFIG_DIR / "default.yaml"), env={})
+    assert list(cli._listening_endpoints(config)) == [
+        ("extensions.health_check.endpoint", "localhost:13133"),
+        ("receivers.otlp.protocols.grpc.endpoint", "localhost:4317"),
+        ("receivers.otlp.protocols.http.endpoint", "localhost:4318"),
+        ("receivers.feedback.endpoint", "localhost:8080"),
+        ("exporters.prometheus.endpoint", "localhost:9464")]
+    # a forwarding exporter's endpoint (exporters.otlp.endpoint) is where it sends, not a port it takes
+    forward = load_config(str(CONFIG_DIR / "forward-otlp.yaml"), env={})
+    assert [key for key, _ in cli._listening_endpoints(forward)] == [
+        "extensions.health_check.endpoint", "receivers.otlp.protocols.grpc.endpoint",
+        "receivers.otlp.protocols.http.endpoint", "exporters.prometheus.endpoint"]

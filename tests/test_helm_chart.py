@@ -410,6 +410,34 @@ def test_notes_tell_the_endpoint_to_set() -> None:
     via_gateway = notes("-f", str(CI_VALUES["gateway"]))
     assert f"OTEL_EXPORTER_OTLP_ENDPOINT=http://{RELEASE}-gateway.{NAMESPACE}.svc.cluster.local:4318" in via_gateway
     assert f"http://{RELEASE}.{NAMESPACE}.svc.cluster.local:4318" not in via_gateway
+    # port-forward is for a user's machine; from inside the cluster the Service's name is used
+    assert "from your machine" in direct and f"port-forward svc/{RELEASE} 9464" in direct
+    assert f"curl -s http://{RELEASE}.{NAMESPACE}.svc.cluster.local:9464/metrics" in direct
+    assert "inside the cluster" not in direct
+
+
+def test_notes_warn_about_replicas_without_the_gateway() -> None:
+    def notes(*args: str) -> str:
+        out = run([tool("helm"), "install", RELEASE, str(CHART), "--dry-run=client", "--namespace", NAMESPACE,
+                   *args]).stdout
+        return out[out.index("NOTES:"):]
+
+    warning = "flowtel replicas without the gateway (gateway.enabled=false)"
+    assert warning not in notes()
+    assert f"WARNING: up to 3 {warning}" in notes("--set", "replicaCount=3")
+    assert f"WARNING: up to 10 {warning}" in notes("--set", "autoscaling.enabled=true")  # maxReplicas
+    assert warning not in notes("-f", str(CI_VALUES["gateway"]), "--set", "replicaCount=3")
+
+
+def test_throughput_figures_are_stated_once_in_the_readme() -> None:
+    """The chart's documents point to the README's "Performance" figures instead of repeating them."""
+    spans_per_s = re.compile(r"\b\d{1,3},\d{3}(?: to \d{1,3},\d{3})? spans/s(?! per replica)")
+    for path in (CHART / "README.md", CHART / "values.yaml"):
+        # 10,000 spans/s per replica per CPU is the planning rule, not a measurement
+        stated = [m.group(0) for m in spans_per_s.finditer(path.read_text()) if not m.group(0).startswith("10,000")]
+        assert stated == [], (path, stated)
+    assert "(../../README.md#collector-throughput)" in (CHART / "README.md").read_text()
+    assert "### Collector throughput" in (ROOT / "README.md").read_text()
 
 
 def test_schema_and_required_values_refuse_mistakes() -> None:

@@ -28,6 +28,7 @@ from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter
 
+from flowtel._listen import PortInUse, in_use
 from flowtel._log import logger, warn_once
 from flowtel.config import ConfigError, FlowtelConfig
 from flowtel.exporters import azure_monitor as azmon
@@ -172,6 +173,8 @@ def configure(
                     " and ".join(s for s, on in (("traces", azure_traces), ("metrics", azure_metrics)) if on),
                     azure.ingestion_endpoint)
     prometheus_reader = PrometheusMetricReader() if want_prometheus else None
+    # Bound before any provider is made global or any worker starts, so a taken port leaves nothing behind.
+    endpoint = _prometheus_endpoint(prometheus_reader, prometheus) if prometheus_reader is not None else None
     if prometheus_reader is not None:
         prometheus_reader.add_producer(flowtel_metrics)
         readers.append(prometheus_reader)
@@ -184,10 +187,8 @@ def configure(
         trace.set_tracer_provider(tracer_provider)
         metrics.set_meter_provider(meter_provider)
 
-    endpoint = None
-    if prometheus_reader is not None:
-        settings = prometheus if isinstance(prometheus, PrometheusSettings) else PrometheusSettings.from_env()
-        endpoint = PrometheusEndpoint(prometheus_reader, settings).start()
+    if endpoint is not None:
+        endpoint.start()
         logger.info("flowtel Prometheus endpoint listening on %s", endpoint.url)
     if instrument_promptflow_streaming:
         _instrument_promptflow()
@@ -248,3 +249,16 @@ def _instrument_promptflow() -> None:
     from flowtel.instrumentation import PromptflowStreamingInstrumentor
 
     PromptflowStreamingInstrumentor().instrument()
+
+
+def _prometheus_endpoint(reader: PrometheusMetricReader,
+                         requested: PrometheusSettings | bool | None) -> PrometheusEndpoint:
+    settings = requested if isinstance(requested, PrometheusSettings) else PrometheusSettings.from_env()
+    try:
+        return PrometheusEndpoint(reader, settings)
+    except OSError as error:
+        if not in_use(error):
+            raise
+        move = ("set OTEL_EXPORTER_PROMETHEUS_PORT to another port (0 picks a free one), or leave prometheus out of "
+                "OTEL_METRICS_EXPORTER" if settings is not requested else "pass PrometheusSettings with another port")
+        raise PortInUse(f"{settings.host}:{settings.port}", "flowtel's Prometheus endpoint", move) from None

@@ -163,9 +163,14 @@ def _lines(node: yaml.Node, path: Path, out: dict[Path, int], duplicates: list[t
                 continue  # complex keys and merge keys: nothing to point at
             key = key_node.value
             line = key_node.start_mark.line + 1
+            # a key's line is where the key is written, not where its value starts
             if (*path, key) in out:
                 duplicates.append(((*path, key), out[(*path, key)], line))
-            # a key's line is where the key is written, not where its value starts
+                # The last value replaces the first one whole: its keys are not duplicates of the first's.
+                replaced: dict[Path, int] = {(*path, key): line}
+                _lines(value_node, (*path, key), replaced, duplicates)
+                out.update(replaced)
+                continue
             out[(*path, key)] = line
             _lines(value_node, (*path, key), out, duplicates)
     elif isinstance(node, yaml.SequenceNode):
@@ -174,6 +179,9 @@ def _lines(node: yaml.Node, path: Path, out: dict[Path, int], duplicates: list[t
             _lines(item, (*path, i), out, duplicates)
 
 
+# Scanner/parser contexts whose error is found after the line that is wrong (not block structure,
+# whose context is the enclosing block while the error is on the line reported).
+_UNFINISHED = re.compile(r"while scanning a (simple key|quoted scalar)|while parsing a flow")
 _BLOCK_KEY = re.compile(r"( *)([^\s#'\"{\[\-][^#:]*?|'[^']*'|\"[^\"]*\") *:(?:\s|$)")
 
 
@@ -206,7 +214,12 @@ def parse(text: str, file: str, env: Mapping[str, str] | None = None) -> Documen
             context, context_mark = getattr(error, "context", None), getattr(error, "context_mark", None)
             if context and context_mark is not None:
                 problem += f", {context} that starts on line {context_mark.line + 1}"
-                if mark.line >= len(text.splitlines()):  # the end of the file: point at where it began
+                if mark.line >= len(text.splitlines()) or _UNFINISHED.match(context):
+                    # A key without ':' or an unclosed quote or bracket is only found wrong on a later line
+                    # (or at the end of the file): point at the line where it is written.
+                    if mark.line != context_mark.line:
+                        problem = problem.replace(f"(column {mark.column + 1})",
+                                                  f"(line {mark.line + 1}, column {mark.column + 1})", 1)
                     mark = context_mark
             key = dotted(_enclosing_keys(text, mark.line))
         raise ConfigFileError([Problem(file, key, "valid YAML", problem, mark.line + 1 if mark else None)]) from None
