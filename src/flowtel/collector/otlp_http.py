@@ -37,11 +37,12 @@ class _Reject(Exception):
         self.status, self.reason, self.message, self.headers = status, reason, message, list(headers)
 
 
-#: gzip members one body may hold (real senders write one); and how much compressed input each inflate call
-#: takes, so the copy zlib makes of the input left after a member (``unused_data``) is at most this much:
-#: decompression is linear in the body, where handing zlib the whole rest made it quadratic in the members.
+#: gzip members one body may hold (real senders write one). Each member is inflated from input handed over in
+#: chunks that start small and double, so the copy zlib makes of the input left after a member (``unused_data``)
+#: is at most about twice what the member used: decompression is linear in the body, where handing zlib the
+#: whole rest after each member made it quadratic in the number of members.
 MAX_GZIP_MEMBERS = 4096
-_INFLATE_CHUNK = 16 * 1024
+_FIRST_CHUNK, _MAX_CHUNK = 256, 64 * 1024
 
 
 def _decompress(body: bytes, encoding: str, limit: int) -> bytes:
@@ -65,11 +66,13 @@ def _decompress(body: bytes, encoding: str, limit: int) -> bytes:
             if members > MAX_GZIP_MEMBERS:
                 raise _Reject("400 Bad Request", "malformed", f"more than {MAX_GZIP_MEMBERS} gzip members")
             inflater = zlib.decompressobj(wbits)
+            size = _FIRST_CHUNK
             while not inflater.eof:
                 if pos >= len(body):
                     raise _Reject("400 Bad Request", "malformed", f"truncated {encoding} body")
-                chunk = view[pos:pos + _INFLATE_CHUNK]
+                chunk = view[pos:pos + size]
                 pos += len(chunk)
+                size = min(2 * size, _MAX_CHUNK)
                 out += inflater.decompress(chunk, limit + 1 - len(out))  # never 0 (unbounded): len(out) <= limit
                 if len(out) > limit or inflater.unconsumed_tail:
                     raise too_large
