@@ -12,7 +12,8 @@ Run it with another checkout's interpreter to get the "before" figures from the 
     .venv/bin/python bench/bench_attacks.py --python /path/to/main/.venv/bin/python   # before
 
 Figures are printed, never asserted. The defaults are smaller than the issue's attacks so the "before" run stays
-within a shared machine's memory; the issue's sizes are ``--flows 2000 --depth 2000 --rss-depth 8000 --held 50000 --roots 4000``.
+within a shared machine's memory; the issue's sizes are
+``--flows 2000 --depth 2000 --rss-depth 8000 --held 50000 --roots 4000``.
 """
 
 from __future__ import annotations
@@ -158,6 +159,21 @@ def replay_us_per_span(python: str, batches: int, rounds: int) -> float:
     return float(out.stdout.strip().splitlines()[-1])
 
 
+def replay_instructions_per_span(python: str, batches: int) -> float:
+    """Instructions per span under callgrind (counted, so the machine's noise does not move it): the difference
+    between replays of ``batches`` and ``2 * batches`` requests, which cancels start-up and imports."""
+    counts = []
+    for n in (batches, 2 * batches):
+        code = REPLAY.format(tests=str(ROOT / "tests"), batches=n, rounds=1)
+        with tempfile.TemporaryDirectory() as tmp:
+            out = Path(tmp) / "callgrind.out"
+            subprocess.run(["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}", python, "-c", code],
+                           capture_output=True, text=True, check=True)
+            summary = [line for line in out.read_text().splitlines() if line.startswith(("summary:", "totals:"))]
+            counts.append(int(summary[0].split()[1]))
+    return (counts[1] - counts[0]) / (batches * 64 * 3)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("--python", default=sys.executable, help="interpreter whose flowtel runs the collector")
@@ -173,6 +189,8 @@ def main() -> int:
     parser.add_argument("--timeout", type=float, default=300, help="per attack, s")
     parser.add_argument("--replay-batches", type=int, default=40, help="ordinary workload: 64-trace requests")
     parser.add_argument("--replay-rounds", type=int, default=5)
+    parser.add_argument("--callgrind", type=int, default=0, metavar="BATCHES",
+                        help="also count instructions per span of the ordinary workload under callgrind")
     parser.add_argument("--only", nargs="*", default=["labels", "nested", "roots", "gzip", "replay"])
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
@@ -185,7 +203,7 @@ def main() -> int:
 
     if "labels" in args.only:
         per = 100
-        bodies = [long_flow_names(min(per, args.flows - i), args.name_bytes) for i in range(0, args.flows, per)]
+        bodies = [long_flow_names(min(per, args.flows - i), args.name_bytes, i) for i in range(0, args.flows, per)]
         report(attack("item5_long_flow_names", args.python, bodies, 3 * args.flows, True, args.timeout))
     if "nested" in args.only:
         report(attack("item6_nested_calls", args.python, [nested_calls(args.depth)], args.depth + 2, True,
@@ -204,6 +222,9 @@ def main() -> int:
     if "replay" in args.only:
         report({"attack": "none: ordinary traffic (adapt + process + encode, best of rounds)",
                 "us_per_span": round(replay_us_per_span(args.python, args.replay_batches, args.replay_rounds), 2)})
+    if args.callgrind:
+        report({"attack": "none: ordinary traffic under callgrind",
+                "instructions_per_span": round(replay_instructions_per_span(args.python, args.callgrind))})
     if args.json:
         print(json.dumps(results))
     return 0

@@ -13,10 +13,11 @@ every release says why (``complete``, ``timeout``, ``capacity``, ``late``, ``shu
 A released partial trace is still enriched and exported; derivation does what it can
 with it (spans whose flow is unknown are counted with an empty ``flow``).
 
-Linear in the spans held: each held trace keeps its spans indexed by parent, so a root takes its
-descendants without looking at the trace's other spans (many roots in one trace with many held
-spans, a cheap attack, cost roots x held before). Spans taken early are dropped from the trace's
-arrival-ordered list lazily, once they are half of it.
+Linear in the spans held: the first root of a trace that has held spans indexes them by parent
+(what finding its descendants costs anyway), and the index is kept up to date from then on, so
+later roots of the same trace take their descendants without looking at the trace's other spans
+(many roots in one trace with many held spans, a cheap attack, cost roots x held before). Spans
+taken early are dropped from the trace's arrival-ordered list lazily, once they are half of it.
 """
 
 from __future__ import annotations
@@ -34,7 +35,7 @@ Released = tuple[str, list[SpanData]]
 class _Pending:
     first_seen_ns: int
     spans: list[SpanData] = field(default_factory=list)  # arrival order, including spans already taken
-    by_parent: dict[int, list[SpanData]] = field(default_factory=dict)  # held spans only
+    by_parent: dict[int, list[SpanData]] | None = None  # held spans by parent, once a root asked
     taken: set[int] = field(default_factory=set)  # id() of spans in ``spans`` released by a root
 
     def held(self) -> list[SpanData]:
@@ -84,11 +85,12 @@ class TraceAssembler:
         if pending is None:
             pending = self._pending[trace_id] = _Pending(now_ns)
         pending.spans.append(span)
-        siblings = pending.by_parent.get(span.parent_span_id)
-        if siblings is None:
-            pending.by_parent[span.parent_span_id] = [span]
-        else:
-            siblings.append(span)
+        if pending.by_parent is not None:  # a second request in one trace: keep the index
+            siblings = pending.by_parent.get(span.parent_span_id)
+            if siblings is None:
+                pending.by_parent[span.parent_span_id] = [span]
+            else:
+                siblings.append(span)
         self._held += 1
         if self._held <= self._max_spans:
             return ()
@@ -116,8 +118,17 @@ class TraceAssembler:
         return spans
 
     def _take_descendants(self, trace_id: int, pending: _Pending, root_id: int) -> list[SpanData]:
-        """The root's held descendants, found through the parent index: cost is what is taken."""
+        """The root's held descendants, found through the parent index: cost is what is taken (and, for the
+        trace's first root, building the index)."""
         children = pending.by_parent
+        if children is None:
+            children = pending.by_parent = {}
+            for s in pending.spans:  # no span is taken before the index exists
+                siblings = children.get(s.parent_span_id)
+                if siblings is None:
+                    children[s.parent_span_id] = [s]
+                else:
+                    siblings.append(s)
         taken: list[SpanData] = []
         frontier = [root_id]
         while frontier:

@@ -77,7 +77,6 @@ class Deriver:
         usage: dict[int, list[Any]] = {}
         ignored = 0
         for r in roles:
-            ignored += ignored_token_counts(r.span)
             role = r.role
             if role == ROLE_NODE:
                 self._node(r, out)
@@ -86,6 +85,7 @@ class Deriver:
             elif role == ROLE_FLOW:
                 requests[id(r.span)] = self._flow(r, out)
             if r.is_llm_call:
+                ignored += ignored_token_counts(r.span)
                 tokens, engine = self._llm_call(r, out)
                 if r.flow_span is not None:
                     total = usage.setdefault(id(r.flow_span), [0, 0, "", (False, 0)])

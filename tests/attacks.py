@@ -75,10 +75,11 @@ def flow_trace(flow: str, node: str = "answer", model: str = "gpt-4o-mini", prom
     return [llm, node_span, flow_span]
 
 
-def long_flow_names(flows: int, name_bytes: int) -> bytes:
-    """Item 5: every flow named with ``name_bytes`` distinct bytes; each becomes a label value on eight metrics."""
+def long_flow_names(flows: int, name_bytes: int, first: int = 0) -> bytes:
+    """Item 5: flows ``first`` to ``first + flows - 1``, each named with ``name_bytes`` bytes (distinct in the
+    first few); each name becomes a label value on every flow, node and call metric."""
     spans: list[Span] = []
-    for i in range(flows):
+    for i in range(first, first + flows):
         spans += flow_trace(f"{i:06d}-" + "f" * (name_bytes - 7))
     return request(spans)
 
