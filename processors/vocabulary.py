@@ -62,13 +62,14 @@ def _as_count(value: Any) -> int | None:
     return count if count is not None and count >= 0 else None
 
 
+_IGNORED = "token_counts_ignored"
+
+
 def ignored_token_counts(span: SpanData) -> int:
-    """How many token counts the span states in attributes that are not counts (negative, fractional, not a
-    number): ``token_usage`` ignores them, the deriver counts them."""
-    attrs = span.attributes
-    if _ANY_USAGE_KEY.isdisjoint(attrs):
-        return 0
-    return sum(1 for pair in _USAGE_KEYS for key in pair if key in attrs and _as_count(attrs[key]) is None)
+    """How many of the token counts ``token_usage`` read from the span were not counts (negative, fractional,
+    not a number) and so were ignored; the deriver counts them."""
+    memo = span.memo
+    return memo.get(_IGNORED, 0) if memo else 0
 
 
 def _memo(span: SpanData) -> dict[str, Any]:
@@ -189,7 +190,10 @@ def _stated_usage(span: SpanData) -> tuple[int | None, int | None] | None:
     for in_key, out_key in _USAGE_KEYS:
         if in_key not in attrs and out_key not in attrs:
             continue
-        i, o = _as_count(attrs.get(in_key)), _as_count(attrs.get(out_key))
+        raw_i, raw_o = attrs.get(in_key), attrs.get(out_key)
+        i, o = _as_count(raw_i), _as_count(raw_o)
+        if (i is None and raw_i is not None) or (o is None and raw_o is not None):
+            _memo(span)[_IGNORED] = (i is None and raw_i is not None) + (o is None and raw_o is not None)
         if i is not None or o is not None:
             return i, o
     if sc.ML_TOKEN_USAGE in attrs:
