@@ -28,6 +28,7 @@ from .enrichment import content_removal, enrich
 from .metrics import FlowtelMetrics
 
 Apply = Callable[[SpanData, Enrichment], Any]
+_NOTHING = Enrichment()
 logger = logging.getLogger("flowtel")
 
 
@@ -144,9 +145,9 @@ class TracePipeline:
             if self._config.capture_content:
                 out.append(span.native)
                 continue
-            try:
-                removal = content_removal(span)
-                out.append(span.native if removal is None else self._apply(span, removal))
+            try:  # built from the span as flowtel read it, never the native as it came: a failed apply may
+                # already have taken content out of the adapted attributes, so only the rebuilt span is known clean
+                out.append(self._apply(span, content_removal(span) or _NOTHING))
             except Exception:  # fail closed: a span whose content cannot be removed does not leave
                 self._log_failure("content_removal", 1)
                 self._self.dropped("content_removal_failed")

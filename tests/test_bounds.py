@@ -12,7 +12,6 @@ import json
 import re
 import zlib
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -243,6 +242,23 @@ def test_in_process_host_removes_content_when_flowtel_fails(make_harness: Any,
     assert harness.handle.self_metrics.count("flowtel.processing.errors", stage="analysis") == 2
 
 
+def test_in_process_fallback_is_rebuilt_from_what_flowtel_read(make_harness: Any,
+                                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    """An enrichment that fails after taking content out of flowtel's copy of the attributes: the span that
+    leaves is rebuilt from that copy, not the SDK span as it came (which still holds the content)."""
+    def half_done(role: Any, capture: bool) -> Any:
+        role.span.attributes.pop("inputs", None)
+        raise RuntimeError("failed half way")
+    monkeypatch.setattr(pipeline_module, "enrich", half_done)
+    harness = make_harness()
+    with trace_api.get_tracer("bounds-test").start_as_current_span("flow", attributes={
+            "framework": "promptflow", "span_type": "Flow", "inputs": json.dumps({"q": CANARY})}):
+        pass
+    (span,) = harness.spans()
+    assert "inputs" not in span.attributes and span.attributes["span_type"] == "Flow"
+    assert harness.handle.self_metrics.count("flowtel.processing.errors", stage="enrichment") == 1
+
+
 def test_deep_json_is_not_json_to_flowtel_but_the_span_is_still_read() -> None:
     from flowtel.processors.vocabulary import pf_inputs, token_usage
     span = otlp.adapt(request(flow_trace("f", inputs=deep_json(100_000)))).spans[0]
@@ -331,7 +347,7 @@ def test_negative_and_fractional_token_counts_are_ignored_and_counted(collector:
     collector.accounted(log_from)
 
 
-def test_scrape_after_the_attacks_is_bounded(collector: Collector, tmp_path: Path) -> None:
+def test_scrape_after_the_attacks_is_bounded(collector: Collector) -> None:
     """After every attack above, one scrape stays small: each label value is within the limit."""
     text = collector.scrape_text()
     assert max(len(v.encode()) for v in _label_values(text)) <= LABEL_LIMIT
