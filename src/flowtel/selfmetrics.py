@@ -32,7 +32,8 @@ _COUNTERS: dict[str, tuple[str, str, tuple[str, ...]]] = {
                                   "label_value_max_bytes", ("metric",)),
     "flowtel.token_counts.ignored": ("{value}", "Token counts ignored because they were negative or not integers",
                                      ()),
-    "flowtel.processing.errors": ("{span}", "Spans forwarded unenriched because flowtel's logic failed on them",
+    "flowtel.processing.errors": ("{span}", "Spans flowtel's logic failed on, by stage; they are forwarded without "
+                                  "what that stage adds, their content still removed unless capture is on",
                                   ("stage",)),
     "flowtel.feedback.uncorrelated": ("{feedback}", "Feedback recorded without the request it judges, by reason "
                                       "(no_trace_context: no valid traceparent; not_found: request not seen or "
