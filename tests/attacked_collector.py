@@ -1,5 +1,6 @@
-"""The real collector under attack: one OTLP/HTTP receiver and one feedback receiver feeding the flowtel pipeline,
-forwarding to a recording OTLP sink, and the checks every attack test ends with (nothing lost, still serving)."""
+"""The real collector under attack: one OTLP receiver (HTTP and gRPC) and one feedback receiver feeding the flowtel
+pipeline, forwarding to a recording OTLP sink, and the checks every attack test ends with (nothing lost, still
+serving)."""
 
 from __future__ import annotations
 
@@ -17,7 +18,7 @@ from otlp_sink import OTLPSink
 
 CONFIG = """
 receivers:
-  otlp: {protocols: {http: {endpoint: "127.0.0.1:0"}}}
+  otlp: {protocols: {http: {endpoint: "127.0.0.1:0"}, grpc: {endpoint: "127.0.0.1:0"}}}
   feedback: {endpoint: "127.0.0.1:0"}
 processors:
   flowtel: {trace_timeout: 1s, feedback: {wait: 0s}}

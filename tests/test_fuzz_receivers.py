@@ -1,8 +1,10 @@
-"""Property-based: the real collector's receivers, over loopback, on mutated protobuf, JSON and feedback bodies.
+"""Property-based: the real collector's receivers, over loopback, on mutated protobuf (HTTP and gRPC), JSON and
+feedback bodies.
 
-Every answer is a clear 2xx / 4xx (never a 5xx), nothing leaves a traceback in the collector's log, and no span is
-accepted and then lost: once the fuzzing is over, the spans the receivers accepted (their own metric) are exactly
-the spans the sink received. Bounded examples so CI stays well under a minute.
+Every answer is a clear 2xx / 4xx (never a 5xx; over gRPC never INTERNAL, UNKNOWN or DATA_LOSS), nothing leaves a
+traceback in the collector's log, and no span is accepted and then lost: once the fuzzing is over, the spans the
+receivers accepted (their own metric) are exactly the spans the sink received. Bounded examples so CI stays well
+under a minute.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import json
 from collections.abc import Iterator
 from typing import Any
 
+import grpc
 import pytest
 import requests
 from attacked_collector import Collector, started
@@ -60,6 +63,26 @@ def test_mutated_protobuf_bodies(collector: Collector, data: st.DataObject) -> N
         _answered(collector.post(gzip.compress(body), **{"Content-Encoding": "gzip"}))
     else:
         _answered(collector.post(body))
+
+
+_EXPORT = "/opentelemetry.proto.collector.trace.v1.TraceService/Export"
+_SERVER_FAULTS = (grpc.StatusCode.INTERNAL, grpc.StatusCode.UNKNOWN, grpc.StatusCode.DATA_LOSS)
+
+
+@pytest.fixture(scope="module")
+def grpc_export(collector: Collector) -> Iterator[Any]:
+    with grpc.insecure_channel(collector.proc.grpc["otlp"]) as channel:
+        yield channel.unary_unary(_EXPORT)  # raw bytes in and out: the mutated body goes on the wire as it is
+
+
+@FUZZ
+@given(st.data())
+def test_mutated_grpc_messages(grpc_export: Any, data: st.DataObject) -> None:
+    body = data.draw(mutated(data.draw(otlp_requests())))
+    try:
+        grpc_export(body, timeout=30)
+    except grpc.RpcError as error:
+        assert error.code() not in _SERVER_FAULTS, (error.code(), error.details())
 
 
 def _hex_ids(obj: Any) -> Any:
@@ -117,5 +140,6 @@ def test_fuzzed_collector_lost_nothing_and_still_serves(collector: Collector) ->
     """Runs after the fuzzing above (file order): every accepted span reached the sink, none twice."""
     collector.accounted(0)
     metrics = collector.scrape()
-    for receiver in ("otlp", "feedback"):  # the fuzz did reach the pipeline, not only the parsers
-        assert metrics.value("otelcol_receiver_accepted_spans_total", receiver=receiver) > 0
+    for receiver, transport in (("otlp", "http"), ("otlp", "grpc"), ("feedback", "http")):
+        # the fuzz did reach the pipeline, not only the parsers
+        assert metrics.value("otelcol_receiver_accepted_spans_total", receiver=receiver, transport=transport) > 0
