@@ -10,8 +10,11 @@ This is the rule set the README documents under "How flowtel reads a trace":
 * A **node** is a direct child of a flow, named by its ``node_name`` attribute (DAG flows),
   OpenLLMetry's ``traceloop.entity.name``, or its span name.
 * A **remote call** is any span below a node; its ``api_call`` name is the path of span
-  names from just below the node, joined by ``_`` (prompt flow's naming). A GenAI client
-  call outside any flow is a remote call with empty flow and node.
+  names from just below the node, joined by ``_`` (prompt flow's naming), bounded: at most
+  ``API_CALL_MAX_DEPTH`` names (deeper calls share the name of their ancestor at that depth
+  followed by ``_...``) and ``API_CALL_MAX_CHARS`` characters, so a deeply nested trace costs
+  linear, not quadratic, memory. A GenAI client call outside any flow is a remote call with
+  empty flow and node.
 * An **LLM call** is a span carrying token usage, or a failed inference operation (which has
   no usage to report), with no such span below it, so a call wrapped by two instrumentations
   (prompt flow's ``openai_chat`` around openai-v2's ``chat`` span) is counted once, at the
@@ -35,6 +38,10 @@ from flowtel.spans import KIND_CLIENT, KIND_SERVER, STATUS_ERROR, SpanData
 from .vocabulary import genai_operation, plain, token_usage
 
 ROLE_NONE, ROLE_FLOW, ROLE_NODE, ROLE_RPC = "", "flow", "node", "rpc"
+#: Bounds of a nested call's ``api_call`` path (README "How flowtel reads a trace").
+API_CALL_MAX_DEPTH = 8
+API_CALL_MAX_CHARS = 256
+_DEEPER = "_..."
 
 _NEVER_FLOW_PF_TYPES = frozenset({"LLM", "Embedding", "Retrieval"})
 _WORKFLOW_KINDS = {
@@ -56,6 +63,7 @@ class SpanRole:
     flow_span: SpanData | None = None
     request_span: SpanData | None = None  # for flows: the span whose timing is the request's
     is_llm_call: bool = False
+    depth: int = 0  # remote calls: how many span names make up ``api_call``
     children: list[SpanRole] | tuple[()] = ()  # a list once a child is attached; most spans are leaves
 
 
@@ -177,7 +185,14 @@ def _assign(r: SpanRole, parent: SpanRole | None, request: SpanData | None) -> N
         r.role, r.node = ROLE_NODE, node_name if isinstance(node_name, str) and node_name else span.name
         return
     r.role, r.node = ROLE_RPC, parent.node
-    r.api_call = f"{parent.api_call}_{span.name}" if parent.role == ROLE_RPC else span.name
+    if parent.role != ROLE_RPC:
+        r.api_call, r.depth = span.name, 1
+    elif parent.depth < API_CALL_MAX_DEPTH:
+        r.api_call, r.depth = f"{parent.api_call}_{span.name}"[:API_CALL_MAX_CHARS], parent.depth + 1
+    elif parent.depth == API_CALL_MAX_DEPTH:  # one name for every call below the deepest one kept
+        r.api_call, r.depth = parent.api_call + _DEEPER, parent.depth + 1
+    else:
+        r.api_call, r.depth = parent.api_call, parent.depth
 
 
 def _is_model_call(span: SpanData) -> bool:

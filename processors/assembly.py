@@ -12,6 +12,12 @@ every release says why (``complete``, ``timeout``, ``capacity``, ``late``, ``shu
 
 A released partial trace is still enriched and exported; derivation does what it can
 with it (spans whose flow is unknown are counted with an empty ``flow``).
+
+Linear in the spans held: the first root of a trace that has held spans indexes them by parent
+(what finding its descendants costs anyway), and the index is kept up to date from then on, so
+later roots of the same trace take their descendants without looking at the trace's other spans
+(many roots in one trace with many held spans, a cheap attack, cost roots x held before). Spans
+taken early are dropped from the trace's arrival-ordered list lazily, once they are half of it.
 """
 
 from __future__ import annotations
@@ -28,7 +34,15 @@ Released = tuple[str, list[SpanData]]
 @dataclass(slots=True)
 class _Pending:
     first_seen_ns: int
-    spans: list[SpanData] = field(default_factory=list)
+    spans: list[SpanData] = field(default_factory=list)  # arrival order, including spans already taken
+    by_parent: dict[int, list[SpanData]] | None = None  # held spans by parent, once a root asked
+    taken: set[int] = field(default_factory=set)  # id() of spans in ``spans`` released by a root
+
+    def held(self) -> list[SpanData]:
+        if self.taken:
+            self.spans = [s for s in self.spans if id(s) not in self.taken]
+            self.taken = set()
+        return self.spans
 
 
 class TraceAssembler:
@@ -71,6 +85,12 @@ class TraceAssembler:
         if pending is None:
             pending = self._pending[trace_id] = _Pending(now_ns)
         pending.spans.append(span)
+        if pending.by_parent is not None:  # a second request in one trace: keep the index
+            siblings = pending.by_parent.get(span.parent_span_id)
+            if siblings is None:
+                pending.by_parent[span.parent_span_id] = [span]
+            else:
+                siblings.append(span)
         self._held += 1
         if self._held <= self._max_spans:
             return ()
@@ -92,27 +112,39 @@ class TraceAssembler:
 
     def _pop_oldest(self) -> list[SpanData]:
         trace_id, pending = self._pending.popitem(last=False)
-        self._held -= len(pending.spans)
-        self._mark_released(trace_id, pending.spans)
-        return pending.spans
+        spans = pending.held()
+        self._held -= len(spans)
+        self._mark_released(trace_id, spans)
+        return spans
 
     def _take_descendants(self, trace_id: int, pending: _Pending, root_id: int) -> list[SpanData]:
-        children: dict[int, list[SpanData]] = {}
-        for s in pending.spans:
-            children.setdefault(s.parent_span_id, []).append(s)
+        """The root's held descendants, found through the parent index: cost is what is taken (and, for the
+        trace's first root, building the index)."""
+        children = pending.by_parent
+        if children is None:
+            children = pending.by_parent = {}
+            for s in pending.spans:  # no span is taken before the index exists
+                siblings = children.get(s.parent_span_id)
+                if siblings is None:
+                    children[s.parent_span_id] = [s]
+                else:
+                    siblings.append(s)
         taken: list[SpanData] = []
         frontier = [root_id]
         while frontier:
             for child in children.pop(frontier.pop(), ()):
                 taken.append(child)
                 frontier.append(child.span_id)
-        if len(taken) == len(pending.spans):
+        if not taken:
+            return taken
+        self._held -= len(taken)
+        if not children:
             del self._pending[trace_id]
         else:
             # Another local root of the same trace (a second request in one trace) is still running.
-            kept = {id(s) for s in taken}
-            pending.spans = [s for s in pending.spans if id(s) not in kept]
-        self._held -= len(taken)
+            pending.taken.update([id(s) for s in taken])
+            if 2 * len(pending.taken) > len(pending.spans):
+                pending.held()  # amortised: each compaction removes at least half of the list
         return taken
 
     def _mark_released(self, trace_id: int, spans: list[SpanData]) -> None:

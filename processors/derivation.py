@@ -13,6 +13,7 @@ from typing import Any
 
 from flowtel import semconv as sc
 from flowtel._log import warn_once
+from flowtel.selfmetrics import SelfMetrics
 from flowtel.spans import KIND_SERVER, SpanData
 
 from . import catalog as c
@@ -24,6 +25,7 @@ from .vocabulary import (
     first_chunk_ns,
     genai_operation,
     http_status,
+    ignored_token_counts,
     is_streaming,
     provider,
     request_model,
@@ -59,9 +61,11 @@ def _stream_facts(flow: SpanRole) -> tuple[bool, int | None]:
 
 
 class Deriver:
-    def __init__(self, metrics: FlowtelMetrics, genai_skip_scopes: frozenset[str]) -> None:
+    def __init__(self, metrics: FlowtelMetrics, genai_skip_scopes: frozenset[str],
+                 self_metrics: SelfMetrics | None = None) -> None:
         self._m = metrics
         self._skip = genai_skip_scopes
+        self._self = self_metrics
 
     def derive(self, roles: Iterable[SpanRole]) -> list[RequestRecord]:
         """Record the metrics of a local trace; return what it says about each request (for feedback)."""
@@ -70,6 +74,7 @@ class Deriver:
         # flow span -> [input, output, model, rank]: the model is the one that wrote the answer, i.e. of the
         # last call to finish that produced output (an embedding call also reports input tokens).
         usage: dict[int, list[Any]] = {}
+        ignored = 0
         for r in roles:
             role = r.role
             if role == ROLE_NODE:
@@ -79,6 +84,7 @@ class Deriver:
             elif role == ROLE_FLOW:
                 requests[id(r.span)] = self._flow(r, out)
             if r.is_llm_call:
+                ignored += ignored_token_counts(r.span)
                 tokens, engine = self._llm_call(r, out)
                 if r.flow_span is not None:
                     total = usage.setdefault(id(r.flow_span), [0, 0, "", (False, 0)])
@@ -88,6 +94,10 @@ class Deriver:
                     if rank > total[3]:
                         total[2], total[3] = engine, rank
         self._m.record_all(out)
+        if ignored and self._self is not None:
+            self._self.add("flowtel.token_counts.ignored", ignored)
+            warn_once("tokens:ignored", "spans stated token counts that are negative or not integers; they are "
+                      "ignored and counted in flowtel_token_counts_ignored_total")
         for key, (tokens_in, tokens_out, engine, _) in usage.items():
             record = requests.get(key)
             if record is not None:

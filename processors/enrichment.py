@@ -85,13 +85,29 @@ def enrich(role: SpanRole, capture_content: bool) -> Enrichment | None:
 
     removed_attrs: frozenset[str] = frozenset()
     removed_events: frozenset[str] = frozenset()
-    if not capture_content:
+    if not capture_content:  # as ``_content`` decides, inline: every span passes here
         removed_attrs = _content_keys(attrs)
         if span.events:
             removed_events = content_event_names([e.name for e in span.events])
     if added or removed_events or set_error is not None:
         return Enrichment(added, removed_attrs, removed_events, set_error)
     return _removal_only(removed_attrs) if removed_attrs else None
+
+
+def _content(span: SpanData) -> tuple[frozenset[str], frozenset[str]]:
+    """The span's content attribute keys and content event names: what leaves only when capture is on
+    (``enrich`` decides the same, inline)."""
+    events = content_event_names([e.name for e in span.events]) if span.events else frozenset()
+    return _content_keys(span.attributes), events
+
+
+def content_removal(span: SpanData) -> Enrichment | None:
+    """Only the removal of content, read from the span alone (no analysis): what the pipeline applies when the
+    rest of flowtel's logic failed on the span, so content never leaves because flowtel failed (fail closed)."""
+    keys, events = _content(span)
+    if events:
+        return Enrichment(removed_attributes=keys, removed_events=events)
+    return _removal_only(keys) if keys else None
 
 
 @functools.lru_cache(maxsize=1024)

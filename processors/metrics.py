@@ -12,7 +12,10 @@ cumulative for Prometheus, cumulative or delta for push exporters (the Azure exp
 asks for delta), so every backend sees one set of values.
 
 Past ``cardinality_limit`` label sets, a metric's new label sets fold into one series
-labelled ``otel.metric.overflow=true`` and the folded measurements are counted.
+labelled ``otel.metric.overflow=true`` and the folded measurements are counted. Label values
+longer than ``label_value_max_bytes`` (UTF-8) are cut to it and counted, so a scrape is bounded in
+bytes too, not only in series. The cut is looked at only when a label set is not found, so the
+usual short labels cost nothing more.
 """
 
 from __future__ import annotations
@@ -77,6 +80,7 @@ class FlowtelMetrics:
         self._resource_dims = dict(config.resource_dimensions)
         self._resource_keys = tuple(self._resource_dims.values())
         self._limit = config.cardinality_limit
+        self._max_label_bytes = config.label_value_max_bytes
         self._series: dict[str, dict[tuple[Any, ...], _Series]] = {spec.name: {} for spec in ALL_METRICS}
         self._self = self_metrics
         self._lock = threading.Lock()
@@ -105,7 +109,7 @@ class FlowtelMetrics:
                 key = dims + tuple([str(resource.get(k, "")) for k in resource_keys]) if resource_keys else dims
                 series = tables[spec.name].get(key)
                 if series is None:
-                    series = self._new_series(spec, key, len(dims))
+                    series = self._series_for(spec, key, len(dims))
                 series.value += value  # counters: the running sum; histograms: the sum of values
                 if spec.kind == COUNTER:
                     continue
@@ -120,6 +124,29 @@ class FlowtelMetrics:
                     series.exemplars[index] = (value, now, exemplar[0], exemplar[1])
                 if windowed:
                     self._observe_window(spec.name, key, value)
+
+    def _series_for(self, spec: MetricSpec, key: tuple[Any, ...], n_dims: int) -> _Series:
+        """The series of a label set not found as it is: its values cut to the byte limit, found or new."""
+        cut = self._cut(key)
+        if cut is not key:
+            self._self.labels_cut(spec.name)
+            warn_once(f"labelcut:{spec.name}", "metric %s got label values longer than %d bytes; they are cut to "
+                      "that (label_value_max_bytes) and counted in flowtel_metric_labels_cut_total", spec.name,
+                      self._max_label_bytes)
+            series = self._series[spec.name].get(cut)
+            if series is not None:
+                return series
+        return self._new_series(spec, cut, n_dims)
+
+    def _cut(self, key: tuple[Any, ...]) -> tuple[Any, ...]:
+        """``key`` itself when every value is within the byte limit, else a copy with long values cut (at a
+        character boundary)."""
+        limit = self._max_label_bytes
+        # A str of n characters has at most 4n UTF-8 bytes: most values are ruled out without encoding.
+        if all(not isinstance(v, str) or len(v) * 4 <= limit or len(v.encode()) <= limit for v in key):
+            return key
+        return tuple(v.encode()[:limit].decode(errors="ignore") if isinstance(v, str) and len(v.encode()) > limit
+                     else v for v in key)
 
     def _new_series(self, spec: MetricSpec, key: tuple[Any, ...], n_dims: int) -> _Series:
         table = self._series[spec.name]

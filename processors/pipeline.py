@@ -2,8 +2,11 @@
 
 Hosts feed it ``SpanData`` and get back their native spans, enriched by ``apply`` (the
 in-process host builds a new SDK span, the collector cuts and appends wire bytes). A
-failure in flowtel's own logic never loses a span: the trace goes out unenriched and the
-failure is counted.
+failure in flowtel's own logic never loses a span and never leaks content: the spans it
+failed on go out unenriched but, unless content capture is on, with their content removed
+(a removal that reads the span alone, not the analysis that failed); a span whose content
+cannot be removed either is dropped. Failures are counted (``flowtel_processing_errors_total``
+by stage, drops in ``flowtel_spans_dropped_total``) and logged once per stage.
 """
 
 from __future__ import annotations
@@ -21,10 +24,11 @@ from .analysis import analyze
 from .assembly import Released, TraceAssembler
 from .correlation import FeedbackCorrelator
 from .derivation import Deriver
-from .enrichment import enrich
+from .enrichment import content_removal, enrich
 from .metrics import FlowtelMetrics
 
 Apply = Callable[[SpanData, Enrichment], Any]
+_NOTHING = Enrichment()
 logger = logging.getLogger("flowtel")
 
 
@@ -32,11 +36,12 @@ class TracePipeline:
     def __init__(self, config: FlowtelConfig, metrics: FlowtelMetrics, self_metrics: SelfMetrics,
                  apply: Apply, gauge_labels: dict[str, str] | None = None) -> None:
         self._config = config
-        self._deriver = Deriver(metrics, config.genai_metrics_skip_scopes)
+        self._deriver = Deriver(metrics, config.genai_metrics_skip_scopes, self_metrics)
         self._self = self_metrics
         self._apply = apply
         self._released: dict[str, int] = {}
         self._processed = 0
+        self._logged_failures: set[str] = set()
         self.forget_held()
         self_metrics.register_gauge("held_spans", lambda: self._assembler.held_spans, gauge_labels)
         self_metrics.register_gauge("held_traces", lambda: self._assembler.held_traces, gauge_labels)
@@ -115,25 +120,49 @@ class TracePipeline:
                 self._self.add("flowtel.feedback.uncorrelated", 1, outcome.uncorrelated_reason)
             out.append(self._apply(span, outcome.enrichment))
         except Exception:
-            logger.exception("flowtel failed to correlate a feedback span; forwarding it unenriched")
-            self._self.processing_error("feedback", 1)
-            out.append(span.native)
+            self._failed("feedback", [span], out)
         self._processed += 1
 
     def _finish(self, released: Released, out: list[Any], now_ns: int) -> None:
         reason, spans = released
         self._released[reason] = self._released.get(reason, 0) + 1
-        done: list[Any] = []
+        self._processed += len(spans)
         try:
             roles = analyze(spans)
-            self._feedback.add_requests(self._deriver.derive(roles), now_ns)
-            capture, apply = self._config.capture_content, self._apply
-            for r in roles:
-                enrichment = enrich(r, capture)
-                done.append(r.span.native if enrichment is None else apply(r.span, enrichment))
         except Exception:
-            logger.exception("flowtel failed to process a trace of %d spans; forwarding them unenriched", len(spans))
-            self._self.processing_error("pipeline", len(spans))
-            done = [s.native for s in spans]
-        out.extend(done)
-        self._processed += len(spans)
+            self._failed("analysis", spans, out)
+            return
+        try:
+            self._feedback.add_requests(self._deriver.derive(roles), now_ns)
+        except Exception:  # metrics are lost for this trace; its spans are still enriched below
+            self._log_failure("derivation", len(spans))
+        capture, apply, append = self._config.capture_content, self._apply, out.append
+        for r in roles:
+            try:
+                enrichment = enrich(r, capture)
+                append(r.span.native if enrichment is None else apply(r.span, enrichment))
+            except Exception:
+                self._failed("enrichment", [r.span], out)
+
+    def _failed(self, stage: str, spans: list[SpanData], out: list[Any]) -> None:
+        """Forward spans flowtel's logic failed on as they came, minus their content unless capture is on."""
+        self._log_failure(stage, len(spans))
+        for span in spans:
+            if self._config.capture_content:
+                out.append(span.native)
+                continue
+            try:  # built from the span as flowtel read it, never the native as it came: a failed apply may
+                # already have taken content out of the adapted attributes, so only the rebuilt span is known clean
+                out.append(self._apply(span, content_removal(span) or _NOTHING))
+            except Exception:  # fail closed: a span whose content cannot be removed does not leave
+                self._log_failure("content_removal", 1)
+                self._self.dropped("content_removal_failed")
+                self._processed -= 1
+
+    def _log_failure(self, stage: str, n: int) -> None:
+        self._self.processing_error(stage, n)
+        if stage not in self._logged_failures:  # once per stage: a crafted input must not flood the log
+            self._logged_failures.add(stage)
+            logger.exception("flowtel's %s stage failed on %d span(s); what it would have added is missing, and "
+                             "content is still removed unless capture is on (counted in "
+                             "flowtel_processing_errors_total{stage}, logged once per stage)", stage, n)

@@ -65,10 +65,19 @@ def apply_to_readable_span(data: SpanData, enrichment: Enrichment) -> ReadableSp
                         scope)
 
 
-def _adapted(queue: collections.deque[ReadableSpan], n: int) -> Iterator[SpanData]:
-    """The first ``n`` queued spans, adapted one by one as the pipeline takes them (more may be queued meanwhile)."""
+def _adapted(queue: collections.deque[ReadableSpan], n: int, self_metrics: SelfMetrics) -> Iterator[SpanData]:
+    """The first ``n`` queued spans, adapted one by one as the pipeline takes them (more may be queued meanwhile).
+    A span flowtel cannot even read is dropped and counted (fail closed: its content could not be removed),
+    and the rest of the batch goes on."""
     for _ in range(n):
-        yield from_readable_span(queue.popleft())
+        span = queue.popleft()
+        try:
+            data = from_readable_span(span)
+        except Exception:
+            logger.debug("flowtel cannot read span %r", span, exc_info=True)
+            self_metrics.dropped("unreadable_span")
+            continue
+        yield data
 
 
 class FlowtelSpanProcessor(SpanProcessor):
@@ -129,7 +138,7 @@ class FlowtelSpanProcessor(SpanProcessor):
         with self._lock, self._gc_pause():
             n = len(self._queue)
             try:
-                ready = self._pipeline.process(_adapted(self._queue, n), time.monotonic_ns())
+                ready = self._pipeline.process(_adapted(self._queue, n, self._self), time.monotonic_ns())
             except Exception:  # the pipeline already guards per trace; this guards the worker itself
                 logger.exception("flowtel worker failed on a batch of %d spans", n)
                 self._self.dropped("internal_error", n)

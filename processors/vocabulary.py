@@ -56,6 +56,22 @@ def _as_int(value: Any) -> int | None:
     return None
 
 
+def _as_count(value: Any) -> int | None:
+    """A token count: a non-negative integer (a negative one would make a counter go down), else None."""
+    count = _as_int(value)
+    return count if count is not None and count >= 0 else None
+
+
+_IGNORED = "token_counts_ignored"
+
+
+def ignored_token_counts(span: SpanData) -> int:
+    """How many of the token counts ``token_usage`` read from the span were not counts (negative, fractional,
+    not a number) and so were ignored; the deriver counts them."""
+    memo = span.memo
+    return memo.get(_IGNORED, 0) if memo else 0
+
+
 def _memo(span: SpanData) -> dict[str, Any]:
     if span.memo is None:
         span.memo = {}
@@ -88,11 +104,19 @@ def _memoized(read: Callable[[SpanData], T]) -> Callable[[SpanData], T]:
 _SCAN = json.JSONDecoder().scan_once  # the C scanner behind json.loads, without its three Python frames
 
 
+#: Bounds of the JSON flowtel parses out of attributes: longer values are not parsed (linear, but a parse
+#: holds several times its size in objects), and nesting deeper than the interpreter's recursion limit
+#: (about 1,000 levels) is not JSON to flowtel. Either way the span is still enriched from everything else.
+MAX_JSON_ATTRIBUTE_CHARS = 8 << 20
+
+
 def _parse_json(raw: str) -> Any:
-    """``json.loads`` for a string starting with ``{`` or ``[``; None when it is not JSON."""
+    """``json.loads`` for a string starting with ``{`` or ``[``; None when it is not JSON or past the bounds."""
+    if len(raw) > MAX_JSON_ATTRIBUTE_CHARS:
+        return None
     try:
         value, end = _SCAN(raw, 0)
-    except (StopIteration, ValueError):
+    except (StopIteration, ValueError, RecursionError):
         return None
     return value if end == len(raw) or not raw[end:].strip() else None
 
@@ -169,13 +193,16 @@ def _stated_usage(span: SpanData) -> tuple[int | None, int | None] | None:
     for in_key, out_key in _USAGE_KEYS:
         if in_key not in attrs and out_key not in attrs:
             continue
-        i, o = _as_int(attrs.get(in_key)), _as_int(attrs.get(out_key))
+        raw_i, raw_o = attrs.get(in_key), attrs.get(out_key)
+        i, o = _as_count(raw_i), _as_count(raw_o)
+        if (i is None and raw_i is not None) or (o is None and raw_o is not None):
+            _memo(span)[_IGNORED] = (i is None and raw_i is not None) + (o is None and raw_o is not None)
         if i is not None or o is not None:
             return i, o
     if sc.ML_TOKEN_USAGE in attrs:
         parsed = _json_attr(span, sc.ML_TOKEN_USAGE)
         if isinstance(parsed, dict):
-            i, o = _as_int(parsed.get("input_tokens")), _as_int(parsed.get("output_tokens"))
+            i, o = _as_count(parsed.get("input_tokens")), _as_count(parsed.get("output_tokens"))
             if i is not None or o is not None:
                 return i, o
     return None
@@ -188,7 +215,7 @@ def _pf_streamed_usage(span: SpanData) -> tuple[int | None, int | None] | None:
         for chunk in reversed(output):
             usage = chunk.get("usage") if isinstance(chunk, dict) else None
             if isinstance(usage, dict):
-                return _as_int(usage.get("prompt_tokens")), _as_int(usage.get("completion_tokens"))
+                return _as_count(usage.get("prompt_tokens")), _as_count(usage.get("completion_tokens"))
     return None
 
 

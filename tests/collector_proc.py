@@ -21,7 +21,8 @@ _LISTEN = re.compile(r"(receiver|exporter|extension) (\S+): (OTLP/gRPC|OTLP/HTTP
 
 class CollectorProcess:
     def __init__(self, config_text: str, tmp_path: Path, env: dict[str, str] | None = None,
-                 name: str = "collector.yaml") -> None:
+                 name: str = "collector.yaml", python: str = sys.executable) -> None:
+        self.python = python  # another interpreter runs another checkout's flowtel (benchmarks: before / after)
         self.config_path = tmp_path / name
         self.config_path.write_text(config_text)
         self.env = {**os.environ, **(env or {})}
@@ -37,7 +38,7 @@ class CollectorProcess:
     def start(self, timeout: float = 30) -> CollectorProcess:
         self.lines = []
         self._ready.clear()
-        self.proc = subprocess.Popen([sys.executable, "-m", "flowtel.cli", "collector", "--config",
+        self.proc = subprocess.Popen([self.python, "-m", "flowtel.cli", "collector", "--config",
                                       str(self.config_path)], env=self.env, stdout=subprocess.PIPE,
                                      stderr=subprocess.STDOUT, text=True)
         threading.Thread(target=self._read, daemon=True).start()

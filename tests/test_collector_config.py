@@ -31,8 +31,8 @@ CONFIG_DIR = ROOT / "collector-config"
 EXAMPLES = ("forward-otlp.yaml", "secure.yaml", "ab-deployments.yaml")
 ENDPOINT = "host:port (no scheme), port 0 to 65535, e.g. localhost:4317 or 0.0.0.0:4317"
 DURATION = "a duration such as 5s, 200ms or 1m30s"
-FLOWTEL_KEYS = ("common_dimensions, resource_dimensions, cardinality_limit, capture_content, trace_timeout, "
-                "max_held_spans, max_queue_size, genai_metrics_skip_scopes, feedback")
+FLOWTEL_KEYS = ("common_dimensions, resource_dimensions, cardinality_limit, label_value_max_bytes, capture_content, "
+                "trace_timeout, max_held_spans, max_queue_size, genai_metrics_skip_scopes, feedback")
 SECTIONS = "receivers, processors, exporters, extensions, service"
 
 

@@ -41,6 +41,8 @@ class FlowtelConfig:
     resource_dimensions: Mapping[str, str] = field(default_factory=dict)
     #: Distinct label sets per metric before new ones fold into the ``otel_metric_overflow`` series.
     cardinality_limit: int = 2000
+    #: Longest metric label value in UTF-8 bytes; longer ones are cut (counted in flowtel_metric_labels_cut_total).
+    label_value_max_bytes: int = 256
     #: Keep prompt / completion text in exported spans (OTEL_INSTRUMENTATION_GENAI_CAPTURE_MESSAGE_CONTENT).
     capture_content: bool = False
     #: Longest a trace's spans are held waiting for its local root, in seconds.
@@ -68,7 +70,8 @@ class FlowtelConfig:
     pause_gc: bool = False
 
     def __post_init__(self) -> None:
-        for name, minimum in (("cardinality_limit", 1), ("max_held_spans", 1), ("max_queue_size", 1),
+        for name, minimum in (("cardinality_limit", 1), ("label_value_max_bytes", 1), ("max_held_spans", 1),
+                              ("max_queue_size", 1),
                               ("feedback_max_requests", 1), ("feedback_max_waiting", 1)):
             if getattr(self, name) < minimum:
                 raise ConfigError("FlowtelConfig", name, f"an integer >= {minimum}", getattr(self, name))
@@ -94,6 +97,7 @@ class FlowtelConfig:
             values["resource_dimensions"] = _pairs("environment", "FLOWTEL_METRICS_RESOURCE_DIMENSIONS",
                                                    env["FLOWTEL_METRICS_RESOURCE_DIMENSIONS"])
         _maybe(values, sources, env, "FLOWTEL_METRICS_CARDINALITY_LIMIT", "cardinality_limit", _int)
+        _maybe(values, sources, env, "FLOWTEL_METRICS_LABEL_VALUE_MAX_BYTES", "label_value_max_bytes", _int)
         _maybe(values, sources, env, "OTEL_INSTRUMENTATION_GENAI_CAPTURE_MESSAGE_CONTENT", "capture_content",
                _capture_mode)
         _maybe(values, sources, env, "FLOWTEL_CAPTURE_CONTENT", "capture_content", _bool)

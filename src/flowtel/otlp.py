@@ -146,13 +146,16 @@ def adapt(raw: bytes) -> Adapted:
 
 
 def _resource_spans(raw: bytes, start: int, end: int, out: list[SpanData], problems: list[str]) -> None:
+    """A message field written more than once is one message, merged (as upb reads it): the resource's
+    attributes are those of every occurrence, and every occurrence is forwarded so the receiver merges them
+    the same way. A scalar written twice (schema_url) keeps its last value."""
     resource: dict[str, Any] = {}
     head = tail = b""
     scopes: list[tuple[int, int]] = []
     for tag, field_start, a, b in w.fields(raw, start, end):
         if tag == 0x0A:  # resource
-            head = raw[field_start:b]
-            resource = w.key_values(raw, a, b)
+            head += raw[field_start:b]
+            resource.update(w.key_values(raw, a, b))
         elif tag == 0x12:  # scope_spans
             scopes.append((a, b))
         elif tag == 0x1A:  # schema_url
@@ -169,8 +172,8 @@ def _scope_spans(raw: bytes, start: int, end: int, resource: dict[str, Any], res
     for tag, field_start, a, b in w.fields(raw, start, end):
         if tag == 0x12:
             spans.append((a, b))
-        elif tag == 0x0A:  # scope
-            head = raw[field_start:b]
+        elif tag == 0x0A:  # scope; merged like the resource
+            head += raw[field_start:b]
             for t, _, x, y in w.fields(raw, a, b):
                 if t == 0x0A:
                     scope_name = raw[x:y].decode()

@@ -29,7 +29,12 @@ _COUNTERS: dict[str, tuple[str, str, tuple[str, ...]]] = {
     "flowtel.spans.processed": ("{span}", "Spans enriched and forwarded to exporters", ()),
     "flowtel.traces.released": ("{trace}", "Local traces released for derivation, by reason", ("reason",)),
     "flowtel.metric.overflow": ("{measurement}", "Measurements folded into a metric's overflow series", ("metric",)),
-    "flowtel.processing.errors": ("{span}", "Spans forwarded unenriched because flowtel's logic failed on them",
+    "flowtel.metric.labels.cut": ("{measurement}", "Measurements whose label values were cut to "
+                                  "label_value_max_bytes", ("metric",)),
+    "flowtel.token_counts.ignored": ("{value}", "Token counts ignored because they were negative or not integers",
+                                     ()),
+    "flowtel.processing.errors": ("{span}", "Spans flowtel's logic failed on, by stage; they are forwarded without "
+                                  "what that stage adds, their content still removed unless capture is on",
                                   ("stage",)),
     "flowtel.feedback.uncorrelated": ("{feedback}", "Feedback recorded without the request it judges, by reason "
                                       "(no_trace_context: no valid traceparent; not_found: request not seen or "
@@ -136,6 +141,9 @@ class SelfMetrics:
 
     def metric_overflow(self, metric: str) -> None:
         self.add("flowtel.metric.overflow", 1, metric)
+
+    def labels_cut(self, metric: str) -> None:
+        self.add("flowtel.metric.labels.cut", 1, metric)
 
     def processing_error(self, stage: str, count: int = 1) -> None:
         self.add("flowtel.processing.errors", count, stage)

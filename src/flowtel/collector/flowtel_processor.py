@@ -55,6 +55,8 @@ class FlowtelProcessorConfig(Model):
     #: ``{dimension: resource attribute}`` copied from each span's resource onto its data points.
     resource_dimensions: dict[str, str] = Field(default_factory=dict)
     cardinality_limit: int = Field(_DEFAULTS.cardinality_limit, ge=1)
+    #: Longest metric label value in UTF-8 bytes; longer ones are cut and counted.
+    label_value_max_bytes: int = Field(_DEFAULTS.label_value_max_bytes, ge=1)
     #: Keep prompt / completion text in forwarded spans.
     capture_content: bool = _DEFAULTS.capture_content
     #: Longest a trace's spans wait for its local root.
@@ -70,6 +72,7 @@ class FlowtelProcessorConfig(Model):
             common_dimensions=dict(self.common_dimensions),
             resource_dimensions=dict(self.resource_dimensions),
             cardinality_limit=self.cardinality_limit,
+            label_value_max_bytes=self.label_value_max_bytes,
             capture_content=self.capture_content,
             trace_timeout_s=self.trace_timeout,
             max_held_spans=self.max_held_spans,

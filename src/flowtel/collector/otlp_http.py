@@ -37,6 +37,14 @@ class _Reject(Exception):
         self.status, self.reason, self.message, self.headers = status, reason, message, list(headers)
 
 
+#: gzip members one body may hold (real senders write one). Each member is inflated from input handed over in
+#: chunks that start small and double, so the copy zlib makes of the input left after a member (``unused_data``)
+#: is at most about twice what the member used: decompression is linear in the body, where handing zlib the
+#: whole rest after each member made it quadratic in the number of members.
+MAX_GZIP_MEMBERS = 4096
+_FIRST_CHUNK, _MAX_CHUNK = 256, 64 * 1024
+
+
 def _decompress(body: bytes, encoding: str, limit: int) -> bytes:
     if encoding in ("", "identity"):
         return body
@@ -50,20 +58,26 @@ def _decompress(body: bytes, encoding: str, limit: int) -> bytes:
     too_large = _Reject("413 Content Too Large", "too_large",
                         f"decompressed body exceeds max_request_body_size ({limit} bytes)")
     out = bytearray()
-    data = body
+    view = memoryview(body)
+    pos, members = 0, 0
     try:
         while True:  # gzip allows several members one after the other; they decode as one body
+            members += 1
+            if members > MAX_GZIP_MEMBERS:
+                raise _Reject("400 Bad Request", "malformed", f"more than {MAX_GZIP_MEMBERS} gzip members")
             inflater = zlib.decompressobj(wbits)
-            out += inflater.decompress(data, limit + 1 - len(out))  # never 0 (unbounded): len(out) <= limit
-            if len(out) > limit or inflater.unconsumed_tail:
-                raise too_large
-            out += inflater.flush()
-            if len(out) > limit:
-                raise too_large
-            if not inflater.eof:
-                raise _Reject("400 Bad Request", "malformed", f"truncated {encoding} body")
-            data = inflater.unused_data
-            if not data:
+            size = _FIRST_CHUNK
+            while not inflater.eof:
+                if pos >= len(body):
+                    raise _Reject("400 Bad Request", "malformed", f"truncated {encoding} body")
+                chunk = view[pos:pos + size]
+                pos += len(chunk)
+                size = min(2 * size, _MAX_CHUNK)
+                out += inflater.decompress(chunk, limit + 1 - len(out))  # never 0 (unbounded): len(out) <= limit
+                if len(out) > limit or inflater.unconsumed_tail:
+                    raise too_large
+            pos -= len(inflater.unused_data)  # the next member starts where this one's input ended
+            if pos >= len(body):
                 return bytes(out)
             if encoding == "deflate":
                 raise _Reject("400 Bad Request", "malformed", "data after the end of the deflate stream")
