@@ -14,20 +14,13 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 
 from opentelemetry import metrics, trace
-from opentelemetry.sdk._configuration import (
-    _get_exporter_names,
-    _get_id_generator,
-    _get_sampler,
-    _import_exporters,
-    _import_id_generator,
-    _import_sampler,
-)
 from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.metrics.export import MetricExporter, MetricReader, PeriodicExportingMetricReader
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter
 
+from flowtel import _otel_sdk
 from flowtel._log import logger, warn_once
 from flowtel.config import ConfigError, FlowtelConfig
 from flowtel.exporters import azure_monitor as azmon
@@ -91,9 +84,12 @@ def _otlp_endpoint_set(env: Mapping[str, str], signal: str) -> bool:
 
 
 def _exporter_names(env: Mapping[str, str], signal: str, default: list[str]) -> list[str]:
+    """The exporter entry points for a signal; flowtel's default ``otlp`` follows the OTLP protocol variables
+    exactly as a named one does (``http/protobuf`` is the HTTP exporter, not the gRPC one)."""
+    sdk_signal: _otel_sdk.Signal = "traces" if signal == "TRACES" else "metrics"
     if env.get(f"OTEL_{signal}_EXPORTER") is None:
-        return default
-    return _get_exporter_names(signal.lower())  # type: ignore[arg-type]
+        return [_otel_sdk.exporter_entry_point(name, sdk_signal) for name in default]
+    return _otel_sdk.exporter_names_from_env(sdk_signal)
 
 
 def configure(
@@ -136,14 +132,14 @@ def configure(
                                                         span_exporters is None, metric_exporters is None)
     trace_names = [n for n in trace_names if n != azmon.ENTRY_POINT_NAME]
     metric_names = [n for n in metric_names if n != azmon.ENTRY_POINT_NAME]
-    trace_classes, metric_classes, _ = _import_exporters(
+    trace_classes, metric_classes, _ = _otel_sdk.import_exporters(
         trace_names if span_exporters is None else [], metric_names if metric_exporters is None else [], [])
     exporters = list(span_exporters) if span_exporters is not None else [cls() for cls in trace_classes.values()]
 
     self_metrics = SelfMetrics()
     flowtel_metrics = FlowtelMetrics(config, self_metrics)
-    tracer_provider = TracerProvider(resource=resource, sampler=_import_sampler(_get_sampler()),
-                                     id_generator=_import_id_generator(_get_id_generator()))
+    tracer_provider = TracerProvider(resource=resource, sampler=_otel_sdk.sampler_from_env(),
+                                     id_generator=_otel_sdk.id_generator_from_env())
     readers: list[MetricReader] = []
     pushed: list[MetricExporter] = list(metric_exporters) if metric_exporters is not None else []
     for name, cls in (metric_classes.items() if metric_exporters is None else ()):
@@ -230,11 +226,8 @@ class _CountingBatchSpanProcessor(BatchSpanProcessor):
         self._exporter_id = exporter_id
 
     def on_end(self, span: ReadableSpan) -> None:
-        inner = getattr(self, "_batch_processor", None)
-        queue = getattr(inner, "_queue", None)
-        if (queue is not None and queue.maxlen is not None and len(queue) >= queue.maxlen
-                and span.context is not None and span.context.trace_flags.sampled
-                and not getattr(inner, "_shutdown", False)):
+        if (span.context is not None and span.context.trace_flags.sampled
+                and _otel_sdk.batch_queue_full(self)):
             self._self_metrics.dropped("export_queue_full")
             self._self_metrics.add("otelcol.exporter.enqueue_failed.spans", 1, self._exporter_id)
         super().on_end(span)
