@@ -12,27 +12,41 @@ every release says why (``complete``, ``timeout``, ``capacity``, ``late``, ``shu
 
 A released partial trace is still enriched and exported; derivation does what it can
 with it (spans whose flow is unknown are counted with an empty ``flow``).
+
+A streamed response outlives its root: prompt flow serving's flow span and the server's
+span end when the stream is handed to the server, the span wrapping the stream when it has
+been read. When ``awaited_stream`` says a completed trace is in that state, its spans stay
+held (root included) until ``ends_stream`` sees the wrapping span arrive, and are released
+together (``complete``); the same ``timeout`` and ``capacity`` bounds apply to them.
 """
 
 from __future__ import annotations
 
 from collections import OrderedDict
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 
 from flowtel.spans import SpanData
 
 Released = tuple[str, list[SpanData]]
+#: (awaited_stream, ends_stream) of ``analysis``: which flow of a completed trace still streams, and which
+#: span ends that stream.
+StreamRules = tuple[Callable[[Sequence[SpanData]], int], Callable[[SpanData, int], bool]]
 
 
 @dataclass(slots=True)
 class _Pending:
     first_seen_ns: int
     spans: list[SpanData] = field(default_factory=list)
+    #: a completed root held while its flow's stream is read, and that flow's span id
+    streaming_root: SpanData | None = None
+    streaming_flow: int = 0
 
 
 class TraceAssembler:
-    def __init__(self, timeout_ns: int, max_spans: int, remember_released_spans: int = 100_000) -> None:
+    def __init__(self, timeout_ns: int, max_spans: int, remember_released_spans: int = 100_000,
+                 streams: StreamRules | None = None) -> None:
+        self._streams = streams
         self._timeout_ns = timeout_ns
         self._max_spans = max_spans
         self._pending: OrderedDict[int, _Pending] = OrderedDict()
@@ -50,13 +64,23 @@ class TraceAssembler:
     def held_traces(self) -> int:
         return len(self._pending)
 
-    def add_root(self, span: SpanData) -> Released:
-        """A local root completes its trace: it is released with every held descendant."""
+    def add_root(self, span: SpanData, now_ns: int = 0) -> Released | None:
+        """A local root completes its trace: it is released with every held descendant (None: all stay held
+        until the stream the trace's flow handed to the server has been read)."""
         trace_id = span.trace_id
         spans = [span]
         pending = self._pending.get(trace_id)
         if pending is not None:
             spans.extend(self._take_descendants(trace_id, pending, span.span_id))
+        flow = self._streams[0](spans) if self._streams is not None else 0
+        if flow and (pending is None or pending.streaming_root is None):
+            held = self._pending.get(trace_id)
+            if held is None:
+                held = self._pending[trace_id] = _Pending(now_ns)
+            held.spans.extend(spans)
+            held.streaming_root, held.streaming_flow = span, flow
+            self._held += len(spans)
+            return None
         self._mark_released(trace_id, spans)
         return "complete", spans
 
@@ -72,6 +96,14 @@ class TraceAssembler:
             pending = self._pending[trace_id] = _Pending(now_ns)
         pending.spans.append(span)
         self._held += 1
+        root = pending.streaming_root
+        if root is not None and self._streams is not None and self._streams[1](span, pending.streaming_flow):
+            pending.spans.remove(root)
+            self._held -= 1
+            pending.streaming_root, pending.streaming_flow = None, 0
+            spans = [root, *self._take_descendants(trace_id, pending, root.span_id)]
+            self._mark_released(trace_id, spans)
+            return [("complete", spans)]
         if self._held <= self._max_spans:
             return ()
         evicted = []

@@ -1,8 +1,13 @@
 """Turn an analysed local trace into the eight standard metrics and the GenAI client metrics.
 
 Everything comes from spans: a flow span (or the SERVER span it answers) is one request,
-its duration the latency; a streamed flow's first byte is the earliest first-chunk event
-(``semconv.FIRST_CHUNK_EVENTS``) inside it and its last byte the end of the request.
+its duration the latency. A request is streamed when its flow or request span says so
+(``output_type=iterated``, ``gen_ai.is_streaming``) or when a child of the flow that wraps a
+stream ends after the flow did (prompt flow serving: the flow hands the stream to the server
+and ends; the child ends when the server has read it). Its last byte is the end of the last
+span of the request; its first byte the earliest first-chunk event (``semconv.FIRST_CHUNK_EVENTS``)
+inside it, or, where the spans carry none (prompt flow serving), the end of the flow span: the
+moment the flow handed the stream to the server, which writes the first chunk right after.
 """
 
 from __future__ import annotations
@@ -23,6 +28,7 @@ from .vocabulary import (
     genai_operation,
     http_status,
     is_streaming,
+    pf_failed_flow_status,
     provider,
     request_model,
     response_model,
@@ -57,6 +63,23 @@ def _first_chunk_ns(flow: SpanRole) -> int | None:
                 first = event.timestamp
         stack.extend(cur.children)
     return first
+
+
+def _handed_over_stream(flow: SpanRole) -> bool:
+    """A child of the flow wraps a stream and outlived the flow: the flow returned the stream to its server."""
+    end = flow.span.end_ns
+    return any(is_streaming(child.span) and child.span.end_ns > end for child in flow.children)
+
+
+def _last_end_ns(flow: SpanRole) -> int:
+    """The end of the last span at or below the flow (linear in the subtree)."""
+    last = flow.span.end_ns
+    stack = list(flow.children)
+    while stack:
+        cur = stack.pop()
+        last = max(last, cur.span.end_ns)
+        stack.extend(cur.children)
+    return last
 
 
 class Deriver:
@@ -101,12 +124,15 @@ class Deriver:
         ex = (flow.trace_id, flow.span_id)
         status = http_status(request) if request.kind == KIND_SERVER else None
         failed = is_failed(flow) or (status is not None and status >= 500)
-        code = str(status) if status is not None else ("500" if failed else "200")
+        if status is None and failed:  # no server span: what the producer's spans say the app answered
+            status = pf_failed_flow_status(flow) or 500
+        code = str(status) if status is not None else "200"
         exception = _exception(flow) or ("unknown" if failed else "")
-        streaming = is_streaming(flow) or is_streaming(request)
+        handed_over = _handed_over_stream(r)
+        streaming = handed_over or is_streaming(flow) or is_streaming(request)
         flag = "True" if streaming else "False"
         out.append((c.FLOW_REQUEST, 1, (r.flow, code, exception, flag), res, None))
-        end_ns = max(flow.end_ns, request.end_ns)
+        end_ns = max(_last_end_ns(r) if streaming else flow.end_ns, request.end_ns)
         total_ms = (end_ns - request.start_ns) / 1e6
         record = RequestRecord(flow.trace_id, (flow.span_id, request.span_id, request.parent_span_id), r.flow,
                                code, failed, total_ms, res)
@@ -115,6 +141,8 @@ class Deriver:
             return record
         out.append((c.FLOW_LATENCY, total_ms, (r.flow, code, flag, "lastbyte"), res, ex))
         first = _first_chunk_ns(r)
+        if first is None and handed_over:
+            first = flow.end_ns
         if first is None:
             warn_once(f"nofirstchunk:{r.flow}", "streamed flow %s has no first-chunk event; its firstbyte latency "
                       "and streaming duration are not recorded (see README, Streaming)", r.flow)

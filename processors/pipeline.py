@@ -17,7 +17,7 @@ from flowtel.config import FlowtelConfig
 from flowtel.selfmetrics import SelfMetrics
 from flowtel.spans import Enrichment, SpanData
 
-from .analysis import analyze
+from .analysis import analyze, awaited_stream, ends_stream
 from .assembly import Released, TraceAssembler
 from .correlation import FeedbackCorrelator
 from .derivation import Deriver
@@ -32,7 +32,8 @@ class TracePipeline:
     def __init__(self, config: FlowtelConfig, metrics: FlowtelMetrics, self_metrics: SelfMetrics,
                  apply: Apply, gauge_labels: dict[str, str] | None = None) -> None:
         self._config = config
-        self._assembler = TraceAssembler(int(config.trace_timeout_s * 1e9), config.max_held_spans)
+        self._assembler = TraceAssembler(int(config.trace_timeout_s * 1e9), config.max_held_spans,
+                                         streams=(awaited_stream, ends_stream))
         self._deriver = Deriver(metrics, config.genai_metrics_skip_scopes)
         self._self = self_metrics
         self._apply = apply
@@ -78,7 +79,9 @@ class TracePipeline:
                 finish(released, out, now_ns)
         roots.reverse()
         while roots:  # popped, not iterated: a trace is freed once finished, not when the batch is
-            finish(add_root(roots.pop()), out, now_ns)
+            done = add_root(roots.pop(), now_ns)
+            if done is not None:  # None: held until the stream its flow handed to the server is read
+                finish(done, out, now_ns)
         for released in self._assembler.expire(now_ns):
             self._finish(released, out, now_ns)
         # Feedback after the requests of this batch are indexed, so both may come in one batch.

@@ -20,7 +20,7 @@ from opentelemetry.proto.collector.trace.v1 import trace_service_pb2, trace_serv
 class OTLPTee:
     def __init__(self, traces_to: str) -> None:
         self.metric_requests: list[metrics_service_pb2.ExportMetricsServiceRequest] = []
-        self.trace_requests = 0
+        self.trace_requests: list[trace_service_pb2.ExportTraceServiceRequest] = []
         self.log_records = 0
         self.lock = threading.Lock()
         self._channel = grpc.insecure_channel(traces_to)
@@ -31,7 +31,7 @@ class OTLPTee:
         class Traces(trace_service_pb2_grpc.TraceServiceServicer):
             def Export(self, request: Any, context: Any) -> Any:
                 with tee.lock:
-                    tee.trace_requests += 1
+                    tee.trace_requests.append(request)
                 return tee._traces.Export(request, timeout=10)
 
         class Metrics(metrics_service_pb2_grpc.MetricsServiceServicer):
@@ -59,6 +59,13 @@ class OTLPTee:
     def stop(self) -> None:
         self.server.stop(0).wait()
         self._channel.close()
+
+    def spans(self) -> list[Any]:
+        """Every span serving sent, as received."""
+        with self.lock:
+            requests = list(self.trace_requests)
+        return [span for request in requests for rs in request.resource_spans for ss in rs.scope_spans
+                for span in ss.spans]
 
     def metric_points(self) -> dict[str, list[tuple[dict[str, str], Any]]]:
         """Serving's last reported data points per metric name: (attributes, point). Its export is cumulative, so
