@@ -67,11 +67,12 @@ class Serving:
     """``pf flow serve --source FLOW`` on a port of this suite's range, stopped with SIGINT (as Ctrl-C does) so
     prompt flow's meter provider flushes its metrics at exit."""
 
-    def __init__(self, home: Path, env: dict[str, str], command: list[str] | None = None) -> None:
+    def __init__(self, home: Path, env: dict[str, str], command: list[str] | None = None,
+                 engine: str = "flask") -> None:
         self.port = free_port()
         self.log_path = home / f"serving-{self.port}.log"
         base = [venv_bin("pf"), "flow", "serve", "--source", str(FLOW), "--host", "127.0.0.1", "--port",
-                str(self.port), "--skip-open-browser"]
+                str(self.port), "--skip-open-browser", "--engine", engine]
         self._log = self.log_path.open("w")
         self.proc = subprocess.Popen([*(command or []), *base], env=pf_env(home, env), stdout=self._log,
                                      stderr=subprocess.STDOUT, start_new_session=True)

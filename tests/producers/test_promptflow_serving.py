@@ -1,0 +1,227 @@
+"""Prompt flow serving, run as users run it, through the flowtel collector: every figure flowtel derives equals what
+the fake model returned, what the client sent, and what prompt flow serving's own metrics say.
+
+``pf flow serve`` (promptflow 1.18.5, its own venv: see ``pf_serving/harness.py``) serves a DAG flow with a python
+node and an LLM node on prompt flow's LLM tool. Serving is given only ``OTEL_EXPORTER_OTLP_ENDPOINT`` with
+``OTEL_EXPORTER_OTLP_PROTOCOL=grpc`` (its http/protobuf exporters fail on SDK 1.3x); ``pf_serving/otlp_tee.py`` is that
+endpoint, forwarding traces to the collector and keeping serving's own metrics, exported once at exit. The seed 000
+client scores and then posts feedback with the same ``traceparent``; some requests are streamed
+(``Accept: text/event-stream``) and one fails in the python node (prompt flow answers 400).
+
+Known differences from serving's own metrics, by design (README, "Prompt flow serving"): its ``flow`` label is
+``default_flow_id``, flowtel's the flow's name; its ``llm_engine`` is only a ``deployment_name`` input ("" on an
+OpenAI connection), flowtel's the model asked for; its node ``exception`` is the error code (``ToolExecutionError``),
+flowtel's the exception the node raised (``ValueError``).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+from pf_serving.harness import Serving, create_connection
+from pf_serving.otlp_tee import OTLPTee
+
+from collector_proc import CollectorProcess
+from conftest import Scrape, scrape
+from fake_llm import REPLY, FakeLLMServer, _words
+from feedback_client import post, seed_client
+
+CONFIG = """
+receivers:
+  otlp: {protocols: {grpc: {endpoint: "127.0.0.1:0"}}}
+processors:
+  flowtel: {}
+  batch: {timeout: 50ms}
+exporters:
+  prometheus: {endpoint: "127.0.0.1:0"}
+service:
+  pipelines:
+    traces: {receivers: [otlp], processors: [flowtel, batch], exporters: [prometheus]}
+"""
+PLAIN, STREAMED = 3, 2
+CHUNK_DELAY_S = 0.1  # each streamed chunk waits this long: the stream outlasts everything else in a request
+FLOW = "flow"  # prompt flow names a DAG flow's span after its folder
+
+
+@dataclass
+class Run:
+    flowtel: Scrape
+    serving: dict[str, list[tuple[dict[str, str], Any]]]
+    llm_requests: list[tuple[str, dict[str, Any]]]
+    streamed_bodies: list[bytes]
+    statuses: list[int]
+
+
+def _stream_request(url: str) -> tuple[int, bytes]:
+    status, _, body = post(url, json.dumps({"question": "how are streams counted", "chat_history": []}).encode(),
+                           {"Content-Type": "application/json", "Accept": "text/event-stream"})
+    return status, body
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Run]:
+    tmp = tmp_path_factory.mktemp("pfserving")
+    with FakeLLMServer(chunk_delay_s=CHUNK_DELAY_S) as llm:
+        create_connection(tmp, llm.base_url.removesuffix("/v1"))
+        collector = CollectorProcess(CONFIG, tmp).start()
+        tee = OTLPTee(collector.grpc["otlp"])
+        serving = Serving(tmp, {"OTEL_EXPORTER_OTLP_ENDPOINT": tee.endpoint, "OTEL_EXPORTER_OTLP_PROTOCOL": "grpc"})
+        try:
+            statuses, bodies = [], []
+            for _ in range(PLAIN):
+                exchange = seed_client(serving.url + "/score", serving.url + "/feedback")
+                assert exchange.answer == {"answer": REPLY} and exchange.feedback_status == 200
+                statuses.append(200)
+            for _ in range(STREAMED):
+                status, body = _stream_request(serving.url + "/score")
+                statuses.append(status)
+                bodies.append(body)
+            status, _, body = post(serving.url + "/score", json.dumps({"question": "raise please"}).encode(),
+                                   {"Content-Type": "application/json"})
+            assert json.loads(body)["error"]["code"] == "UserError"
+            statuses.append(status)
+        finally:
+            assert serving.stop() == 0, serving.log[-3000:]
+        url = collector.prometheus["prometheus"]
+        try:
+            collector.wait_for(lambda: scrape(url).value("flow_request_total") == PLAIN + STREAMED + 1
+                               and scrape(url).value("feedback_total") == PLAIN)
+            yield Run(scrape(url), tee.metric_points(), list(llm.requests), bodies, statuses)
+        finally:
+            collector.stop()
+            tee.stop()
+
+
+def _serving_value(run: Run, name: str, **labels: str) -> float:
+    """Sum (counters) or count (histograms) of serving's own data points whose attributes include ``labels``."""
+    total = 0.0
+    for attributes, point in run.serving.get(name, []):
+        if all(attributes.get(k) == v for k, v in labels.items()):
+            total += point.count if hasattr(point, "bucket_counts") else point.as_int
+    return total
+
+
+def test_answers_as_a_client_sees_them(run: Run) -> None:
+    assert run.statuses == [200] * (PLAIN + STREAMED) + [400]
+    for body in run.streamed_bodies:
+        chunks = [json.loads(line[6:])["answer"] for line in body.decode().splitlines() if line.startswith("data: ")]
+        assert "".join(chunks) == REPLY
+
+
+def test_tokens_equal_what_the_fake_model_returned(run: Run) -> None:
+    chats = [request for path, request in run.llm_requests if path.endswith("/chat/completions")]
+    plain = [r for r in chats if not r.get("stream")]
+    assert (len(plain), len(chats) - len(plain)) == (PLAIN, STREAMED)
+    prompt = sum(_words(r["messages"]) for r in plain)
+    completion = len(REPLY.split()) * PLAIN
+    # Streamed calls: prompt flow counts their tokens with tiktoken, which cannot download its encoding offline,
+    # so neither prompt flow nor flowtel has a count for them.
+    for token_type, expected in (("prompt_tokens", prompt), ("completion_tokens", completion)):
+        assert run.flowtel.value("token_consumption_total", flow=FLOW, node="chat", llm_engine="gpt-fake",
+                                 token_type=token_type) == expected
+        assert run.flowtel.value("token_consumption_total", token_type=token_type) == expected
+        assert _serving_value(run, "token_consumption", node="chat", token_type=token_type) == expected
+
+
+@pytest.mark.parametrize(("code", "streaming", "exception", "count"), [
+    ("200", "False", "", PLAIN), ("200", "True", "", STREAMED), ("400", "False", "ToolExecutionError", 1)])
+def test_requests_per_status_equal_servings(run: Run, code: str, streaming: str, exception: str,
+                                            count: int) -> None:
+    labels = {"response_code": code, "streaming": streaming, "exception": exception}
+    assert run.flowtel.value("flow_request_total", flow=FLOW, **labels) == count
+    assert _serving_value(run, "flow_request", **labels) == count
+
+
+@pytest.mark.parametrize(("code", "streaming", "response_type", "count"), [
+    ("200", "False", "default", PLAIN), ("200", "True", "firstbyte", STREAMED),
+    ("200", "True", "lastbyte", STREAMED), ("400", "False", "default", 1)])
+def test_latency_counts_equal_servings(run: Run, code: str, streaming: str, response_type: str,
+                                       count: int) -> None:
+    labels = {"response_code": code, "streaming": streaming, "response_type": response_type}
+    assert run.flowtel.value("flow_latency_count", flow=FLOW, **labels) == count
+    assert _serving_value(run, "flow_latency", **labels) == count
+
+
+def test_node_and_call_counts_equal_servings(run: Run) -> None:
+    for node, status, n in (("prepare", "Completed", PLAIN + STREAMED), ("prepare", "Failed", 1),
+                            ("chat", "Completed", PLAIN + STREAMED)):
+        assert run.flowtel.value("node_latency_count", flow=FLOW, node=node, run_status=status) == n
+        assert run.flowtel.value("node_request_total", flow=FLOW, node=node, run_status=status) == n
+        assert _serving_value(run, "node_latency", node=node, run_status=status) == n
+        assert _serving_value(run, "node_request", node=node, run_status=status) == n
+    assert run.flowtel.value("node_request_total", node="prepare", exception="ValueError") == 1
+    assert _serving_value(run, "node_request", node="prepare", exception="ToolExecutionError") == 1
+    calls = PLAIN + STREAMED
+    assert run.flowtel.value("rpc_request_total", flow=FLOW, node="chat", api_call="openai_chat", exception="") == calls
+    assert run.flowtel.value("rpc_latency_count", flow=FLOW, node="chat", api_call="openai_chat") == calls
+    assert _serving_value(run, "rpc_request", node="chat", api_call="openai_chat") == calls
+    assert run.flowtel.value("rpc_request_total") == calls  # nothing counted outside the flow
+
+
+def _sum(scrape_: Scrape, name: str, **labels: str) -> float:
+    return scrape_.value(name, **labels)
+
+
+def _serving_sum(run: Run, name: str, **labels: str) -> float:
+    return sum(p.sum for a, p in run.serving.get(name, []) if all(a.get(k) == v for k, v in labels.items()))
+
+
+def test_streaming_first_and_last_byte_match_servings_figures(run: Run) -> None:
+    """flowtel's definition (no first-chunk signal in serving's spans): firstbyte is the end of the flow span, when
+    the flow handed the stream to the server; lastbyte the end of the request's last span, the one that wraps the
+    stream. Each stream takes several CHUNK_DELAY_S, so both figures are checked against serving's own to a
+    fraction of the stream's duration, whatever the machine's speed."""
+    streamed = {"flow": FLOW, "response_code": "200", "streaming": "True"}
+    first = _sum(run.flowtel, "flow_latency_sum", **streamed, response_type="firstbyte") / STREAMED
+    last = _sum(run.flowtel, "flow_latency_sum", **streamed, response_type="lastbyte") / STREAMED
+    duration = _sum(run.flowtel, "flow_streaming_response_duration_sum", flow=FLOW) / STREAMED
+    assert _sum(run.flowtel, "flow_streaming_response_duration_count", flow=FLOW) == STREAMED
+    pf = {"response_code": "200", "streaming": "True"}
+    pf_first = _serving_sum(run, "flow_latency", **pf, response_type="firstbyte") / STREAMED
+    pf_last = _serving_sum(run, "flow_latency", **pf, response_type="lastbyte") / STREAMED
+    pf_duration = _serving_sum(run, "flow_streaming_response_duration") / STREAMED
+    stream_ms = CHUNK_DELAY_S * 1000 * len(REPLY.split())
+    assert pf_duration >= 0.9 * stream_ms and duration >= 0.9 * stream_ms  # the stream itself is measured
+    assert abs(duration - pf_duration) < 0.25 * pf_duration
+    assert abs(first - pf_first) < 0.25 * pf_duration
+    assert abs(last - pf_last) < 0.25 * pf_duration
+    assert first < last
+
+
+def test_feedback_is_joined_to_the_request_it_judges(run: Run) -> None:
+    assert run.flowtel.value("feedback_total", flow=FLOW, correlated="true") == PLAIN
+
+
+def test_response_code_without_a_server_span_is_what_serving_answered(tmp_path: Path) -> None:
+    """Under ``--engine fastapi`` there is no SERVER span (no FastAPI instrumentation is installed): the code comes
+    from prompt flow's own spans, a node raising being a user error that serving answers 400."""
+    with FakeLLMServer() as llm:
+        create_connection(tmp_path, llm.base_url.removesuffix("/v1"))
+        collector = CollectorProcess(CONFIG, tmp_path).start()
+        tee = OTLPTee(collector.grpc["otlp"])
+        try:
+            serving = Serving(tmp_path, {"OTEL_EXPORTER_OTLP_ENDPOINT": tee.endpoint,
+                                         "OTEL_EXPORTER_OTLP_PROTOCOL": "grpc"}, engine="fastapi")
+            try:
+                headers = {"Content-Type": "application/json"}
+                ok = post(serving.url + "/score", json.dumps({"question": "hello there"}).encode(), headers)
+                failed = post(serving.url + "/score", json.dumps({"question": "raise please"}).encode(), headers)
+                assert (ok[0], failed[0]) == (200, 400)
+            finally:
+                serving.stop()
+            url = collector.prometheus["prometheus"]
+            collector.wait_for(lambda: scrape(url).value("flow_request_total") == 2)
+            assert not [s for s in tee.spans() if s.kind == 2], "a SERVER span was sent: the premise is gone"
+            for code, exception in (("200", ""), ("400", "ToolExecutionError")):
+                labels = {"response_code": code, "exception": exception, "streaming": "False"}
+                assert scrape(url).value("flow_request_total", flow=FLOW, **labels) == 1
+                assert _serving_value(Run(scrape(url), tee.metric_points(), [], [], []), "flow_request",
+                                      **labels) == 1
+        finally:
+            collector.stop()
+            tee.stop()
