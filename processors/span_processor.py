@@ -127,6 +127,11 @@ class FlowtelSpanProcessor(SpanProcessor):
             for span in ready:
                 processor.on_end(span)
 
+    def add_downstream(self, processor: SpanProcessor) -> None:
+        """Put one more span processor behind flowtel: it receives the enriched spans from now on."""
+        with self._lock:
+            self._downstream = (*self._downstream, processor)
+
     def force_flush(self, timeout_millis: int = 30000) -> bool:
         """Process everything queued now; traces whose root is still running stay held."""
         self._drain_once()

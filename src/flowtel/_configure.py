@@ -17,7 +17,7 @@ from opentelemetry import metrics, trace
 from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.metrics.export import MetricExporter, MetricReader, PeriodicExportingMetricReader
 from opentelemetry.sdk.resources import Resource
-from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
+from opentelemetry.sdk.trace import ReadableSpan, SpanProcessor, TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter
 
 from flowtel import _otel_sdk
@@ -138,8 +138,8 @@ def configure(
 
     self_metrics = SelfMetrics()
     flowtel_metrics = FlowtelMetrics(config, self_metrics)
-    tracer_provider = TracerProvider(resource=resource, sampler=_otel_sdk.sampler_from_env(),
-                                     id_generator=_otel_sdk.id_generator_from_env())
+    tracer_provider = FlowtelTracerProvider(resource=resource, sampler=_otel_sdk.sampler_from_env(),
+                                            id_generator=_otel_sdk.id_generator_from_env())
     readers: list[MetricReader] = []
     pushed: list[MetricExporter] = list(metric_exporters) if metric_exporters is not None else []
     for name, cls in (metric_classes.items() if metric_exporters is None else ()):
@@ -176,6 +176,7 @@ def configure(
     processor = FlowtelSpanProcessor(span_processors, metrics=flowtel_metrics, self_metrics=self_metrics,
                                      config=config)
     tracer_provider.add_span_processor(processor)
+    tracer_provider.flowtel = processor
     if set_global:
         trace.set_tracer_provider(tracer_provider)
         metrics.set_meter_provider(meter_provider)
@@ -211,6 +212,25 @@ def _azure_monitor(env: Mapping[str, str], requested: AzureMonitorSettings | boo
         return settings, settings.traces, settings.metrics
     return (settings, settings.traces and (traces_from_env or named_traces),
             settings.metrics and (metrics_from_env or named_metrics))
+
+
+class FlowtelTracerProvider(TracerProvider):
+    """The tracer provider ``configure()`` builds. Span processors the app adds to it afterwards go behind flowtel,
+    like the exporters ``configure()`` made: they receive enriched spans, with content removed unless capture is on.
+
+    Prompt flow serving adds a ``BatchSpanProcessor`` with its own OTLP exporter to whichever provider is global;
+    in front of flowtel that exporter would send every span unenriched, prompts included.
+    """
+
+    flowtel: FlowtelSpanProcessor | None = None
+
+    def add_span_processor(self, span_processor: SpanProcessor) -> None:
+        if self.flowtel is None:
+            super().add_span_processor(span_processor)
+            return
+        logger.info("flowtel: span processor %s added after configure() goes behind flowtel (enriched spans)",
+                    type(span_processor).__name__)
+        self.flowtel.add_downstream(span_processor)
 
 
 class _CountingBatchSpanProcessor(BatchSpanProcessor):
