@@ -16,6 +16,7 @@ from dataclasses import dataclass, field, replace
 from opentelemetry import metrics, trace
 from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.metrics.export import MetricExporter, MetricReader, PeriodicExportingMetricReader
+from opentelemetry.sdk.metrics.view import DropAggregation, View
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import ReadableSpan, SpanProcessor, TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter
@@ -35,6 +36,8 @@ from flowtel.selfmetrics import SelfMetrics
 #: Instrumentations that record gen_ai.client.* metrics themselves into the global meter provider;
 #: flowtel does not derive those metrics again from their spans.
 SELF_METERING_SCOPES = frozenset({"opentelemetry.instrumentation.openai_v2", "opentelemetry.util.genai.handler"})
+#: The meter of prompt flow serving's own standard metrics (``promptflow.core._serving.monitor.metrics``).
+PROMPTFLOW_SERVING_METER = "Promptflow Standard Metrics"
 
 
 @dataclass
@@ -171,7 +174,10 @@ def configure(
     if prometheus_reader is not None:
         prometheus_reader.add_producer(flowtel_metrics)
         readers.append(prometheus_reader)
-    meter_provider = MeterProvider(resource=resource, metric_readers=readers)
+    meter_provider = MeterProvider(resource=resource, metric_readers=readers, views=[
+        # prompt flow serving records its own eight standard metrics into the global meter provider when one is
+        # set (flowtel's, in-process): flowtel derives the same metrics from spans, so one series per name is kept.
+        View(meter_name=PROMPTFLOW_SERVING_METER, aggregation=DropAggregation())])
     self_metrics.bind(meter_provider)
     processor = FlowtelSpanProcessor(span_processors, metrics=flowtel_metrics, self_metrics=self_metrics,
                                      config=config)

@@ -30,6 +30,7 @@ from collector_proc import CollectorProcess
 from conftest import Scrape, scrape
 from fake_llm import REPLY, FakeLLMServer, _words
 from feedback_client import post, seed_client
+from otlp_sink import OTLPSink
 
 CONFIG = """
 receivers:
@@ -39,13 +40,15 @@ processors:
   batch: {timeout: 50ms}
 exporters:
   prometheus: {endpoint: "127.0.0.1:0"}
+  otlp/sink: {endpoint: "%(sink)s", tls: {insecure: true}}
 service:
   pipelines:
-    traces: {receivers: [otlp], processors: [flowtel, batch], exporters: [prometheus]}
+    traces: {receivers: [otlp], processors: [flowtel, batch], exporters: [prometheus, otlp/sink]}
 """
 PLAIN, STREAMED = 3, 2
 CHUNK_DELAY_S = 0.1  # each streamed chunk waits this long: the stream outlasts everything else in a request
 FLOW = "flow"  # prompt flow names a DAG flow's span after its folder
+CANARY = "canary-7f3a9c"  # sent in a question: with content capture off it must leave in no exported byte
 
 
 @dataclass
@@ -55,12 +58,33 @@ class Run:
     llm_requests: list[tuple[str, dict[str, Any]]]
     streamed_bodies: list[bytes]
     statuses: list[int]
+    sent_by_serving: list[Any]  # spans as serving sent them
+    exported: list[Any]  # spans as flowtel forwarded them
 
 
 def _stream_request(url: str) -> tuple[int, bytes]:
-    status, _, body = post(url, json.dumps({"question": "how are streams counted", "chat_history": []}).encode(),
+    status, _, body = post(url, json.dumps({"question": f"how are streams counted {CANARY}",
+                                            "chat_history": []}).encode(),
                            {"Content-Type": "application/json", "Accept": "text/event-stream"})
     return status, body
+
+
+def _workload(url: str) -> tuple[list[int], list[bytes]]:
+    """The seed client PLAIN times (score, then feedback), STREAMED streamed requests, one failing request."""
+    statuses, bodies = [], []
+    for _ in range(PLAIN):
+        exchange = seed_client(url + "/score", url + "/feedback")
+        assert exchange.answer == {"answer": REPLY} and exchange.feedback_status == 200
+        statuses.append(200)
+    for _ in range(STREAMED):
+        status, body = _stream_request(url + "/score")
+        statuses.append(status)
+        bodies.append(body)
+    status, _, body = post(url + "/score", json.dumps({"question": f"raise {CANARY}"}).encode(),
+                           {"Content-Type": "application/json"})
+    assert json.loads(body)["error"]["code"] == "UserError"
+    statuses.append(status)
+    return statuses, bodies
 
 
 @pytest.fixture(scope="module")
@@ -68,33 +92,25 @@ def run(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Run]:
     tmp = tmp_path_factory.mktemp("pfserving")
     with FakeLLMServer(chunk_delay_s=CHUNK_DELAY_S) as llm:
         create_connection(tmp, llm.base_url.removesuffix("/v1"))
-        collector = CollectorProcess(CONFIG, tmp).start()
+        sink = OTLPSink().start()
+        collector = CollectorProcess(CONFIG % {"sink": sink.endpoint}, tmp).start()
         tee = OTLPTee(collector.grpc["otlp"])
         serving = Serving(tmp, {"OTEL_EXPORTER_OTLP_ENDPOINT": tee.endpoint, "OTEL_EXPORTER_OTLP_PROTOCOL": "grpc"})
         try:
-            statuses, bodies = [], []
-            for _ in range(PLAIN):
-                exchange = seed_client(serving.url + "/score", serving.url + "/feedback")
-                assert exchange.answer == {"answer": REPLY} and exchange.feedback_status == 200
-                statuses.append(200)
-            for _ in range(STREAMED):
-                status, body = _stream_request(serving.url + "/score")
-                statuses.append(status)
-                bodies.append(body)
-            status, _, body = post(serving.url + "/score", json.dumps({"question": "raise please"}).encode(),
-                                   {"Content-Type": "application/json"})
-            assert json.loads(body)["error"]["code"] == "UserError"
-            statuses.append(status)
+            statuses, bodies = _workload(serving.url)
         finally:
             assert serving.stop() == 0, serving.log[-3000:]
         url = collector.prometheus["prometheus"]
         try:
             collector.wait_for(lambda: scrape(url).value("flow_request_total") == PLAIN + STREAMED + 1
-                               and scrape(url).value("feedback_total") == PLAIN)
-            yield Run(scrape(url), tee.metric_points(), list(llm.requests), bodies, statuses)
+                               and scrape(url).value("feedback_total") == PLAIN
+                               and len(sink.spans()) == len(tee.spans()))
+            yield Run(scrape(url), tee.metric_points(), list(llm.requests), bodies, statuses, tee.spans(),
+                      [span for span, _ in sink.spans()])
         finally:
             collector.stop()
             tee.stop()
+            sink.stop()
 
 
 def _serving_value(run: Run, name: str, **labels: str) -> float:
@@ -197,12 +213,21 @@ def test_feedback_is_joined_to_the_request_it_judges(run: Run) -> None:
     assert run.flowtel.value("feedback_total", flow=FLOW, correlated="true") == PLAIN
 
 
+def test_no_content_leaves_the_collector(run: Run) -> None:
+    """Capture is off by default: the canary serving put in its spans (flow and node inputs, the prompt) is in no
+    byte the collector forwards, and every span is forwarded once."""
+    assert any(CANARY.encode() in span.SerializeToString() for span in run.sent_by_serving)
+    assert sorted(s.span_id for s in run.exported) == sorted(s.span_id for s in run.sent_by_serving)
+    assert not [s.name for s in run.exported if CANARY.encode() in s.SerializeToString()]
+
+
 def test_response_code_without_a_server_span_is_what_serving_answered(tmp_path: Path) -> None:
     """Under ``--engine fastapi`` there is no SERVER span (no FastAPI instrumentation is installed): the code comes
     from prompt flow's own spans, a node raising being a user error that serving answers 400."""
     with FakeLLMServer() as llm:
         create_connection(tmp_path, llm.base_url.removesuffix("/v1"))
-        collector = CollectorProcess(CONFIG, tmp_path).start()
+        sink = OTLPSink().start()
+        collector = CollectorProcess(CONFIG % {"sink": sink.endpoint}, tmp_path).start()
         tee = OTLPTee(collector.grpc["otlp"])
         try:
             serving = Serving(tmp_path, {"OTEL_EXPORTER_OTLP_ENDPOINT": tee.endpoint,
@@ -220,8 +245,9 @@ def test_response_code_without_a_server_span_is_what_serving_answered(tmp_path: 
             for code, exception in (("200", ""), ("400", "ToolExecutionError")):
                 labels = {"response_code": code, "exception": exception, "streaming": "False"}
                 assert scrape(url).value("flow_request_total", flow=FLOW, **labels) == 1
-                assert _serving_value(Run(scrape(url), tee.metric_points(), [], [], []), "flow_request",
+                assert _serving_value(Run(scrape(url), tee.metric_points(), [], [], [], [], []), "flow_request",
                                       **labels) == 1
         finally:
             collector.stop()
             tee.stop()
+            sink.stop()

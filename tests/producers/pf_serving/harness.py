@@ -36,13 +36,19 @@ def venv_bin(name: str) -> str:
     return str(path)
 
 
+_handed_out: set[int] = set()  # a port handed out may not be bound yet: never hand it out twice
+
+
 def free_port() -> int:
     for port in PORTS:
+        if port in _handed_out:
+            continue
         with socket.socket() as sock:
             try:
                 sock.bind(("127.0.0.1", port))
             except OSError:
                 continue
+            _handed_out.add(port)
             return port
     raise AssertionError("no free port in 25000-25999")
 
