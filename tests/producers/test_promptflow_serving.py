@@ -17,13 +17,14 @@ flowtel's the exception the node raised (``ValueError``).
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
-from pf_serving.harness import Serving, create_connection
+from pf_serving.harness import Serving, create_connection, free_port, venv_bin
 from pf_serving.otlp_tee import OTLPTee
 
 from collector_proc import CollectorProcess
@@ -251,3 +252,75 @@ def test_response_code_without_a_server_span_is_what_serving_answered(tmp_path: 
             collector.stop()
             tee.stop()
             sink.stop()
+
+
+# -- in-process: flowtel inside prompt flow serving -----------------------------------------------------------------
+
+COUNTED = ("token_consumption_total", "flow_request_total", "flow_latency_count", "node_request_total",
+           "node_latency_count", "rpc_request_total", "rpc_latency_count", "flow_streaming_response_duration_count",
+           "feedback_total")
+
+
+@dataclass
+class InProcess:
+    flowtel: Scrape
+    exported: list[Any]  # spans serving's own exporter sent (behind flowtel)
+    serving_metric_points: int
+
+
+@pytest.fixture(scope="module")
+def inprocess(tmp_path_factory: pytest.TempPathFactory) -> Iterator[InProcess]:
+    """The README recipe: ``opentelemetry-instrument pf flow serve`` with serving's own exporter set-up
+    (``OTEL_EXPORTER_OTLP_ENDPOINT``), ``OTEL_TRACES_EXPORTER=none`` so that exporter is the only one (it is put
+    behind flowtel and gets enriched spans), flowtel's metrics on its Prometheus endpoint."""
+    tmp = tmp_path_factory.mktemp("pfserving-inprocess")
+    with FakeLLMServer(chunk_delay_s=CHUNK_DELAY_S) as llm:
+        create_connection(tmp, llm.base_url.removesuffix("/v1"))
+        tee = OTLPTee("127.0.0.1:1")  # nothing but serving talks to it; no collector behind it
+        prometheus_port = free_port()
+        serving = Serving(tmp, {"OTEL_EXPORTER_OTLP_ENDPOINT": tee.endpoint, "OTEL_EXPORTER_OTLP_PROTOCOL": "grpc",
+                                "OTEL_TRACES_EXPORTER": "none", "OTEL_METRICS_EXPORTER": "prometheus",
+                                "OTEL_EXPORTER_PROMETHEUS_PORT": str(prometheus_port)},
+                          command=[venv_bin("opentelemetry-instrument")])
+        url = f"http://127.0.0.1:{prometheus_port}/metrics"
+        try:
+            _workload(serving.url)
+            deadline = time.monotonic() + 60
+            while not (scrape(url).value("flow_request_total") == PLAIN + STREAMED + 1
+                       and scrape(url).value("feedback_total") == PLAIN):
+                assert time.monotonic() < deadline, serving.log[-3000:]
+                time.sleep(0.2)
+            flowtel = scrape(url)
+        finally:
+            assert serving.stop() == 0, serving.log[-3000:]
+            tee.stop()
+        points = sum(len(p) for p in tee.metric_points().values())
+        yield InProcess(flowtel, tee.spans(), points)
+
+
+def _counted(scrape_: Scrape) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
+    return {(s.name, frozenset(s.labels.items())): s.value for s in scrape_.samples if s.name in COUNTED}
+
+
+def test_inprocess_metrics_equal_the_collectors(inprocess: InProcess, run: Run) -> None:
+    inside, outside = _counted(inprocess.flowtel), _counted(run.flowtel)
+    assert inside == outside
+    assert inside[("flow_request_total", frozenset({"flow": FLOW, "response_code": "200", "streaming": "True",
+                                                     "exception": ""}.items()))] == STREAMED
+
+
+def test_inprocess_exports_each_span_once_enriched_and_without_content(inprocess: InProcess) -> None:
+    spans = inprocess.exported
+    assert len({s.span_id for s in spans}) == len(spans)
+    names = [s.name for s in spans]
+    assert names.count("openai_chat") == PLAIN + STREAMED and names.count("promptflow-feedback") == PLAIN
+    for span in spans:
+        keys = {kv.key for kv in span.attributes}
+        assert not keys & {"inputs", "output", "llm.generated_message"}, (span.name, keys)
+        if span.name == "openai_chat":
+            assert {"gen_ai.operation.name", "gen_ai.request.model"} <= keys
+        assert CANARY.encode() not in span.SerializeToString()
+    # serving's own standard metrics went into flowtel's meter provider and were dropped there (flowtel derives
+    # them): nothing of them reached the OTLP endpoint, and Prometheus shows only flowtel's series
+    assert not [s for s in inprocess.flowtel.samples if s.labels.get("flow") == "default_flow_id"]
+    assert inprocess.serving_metric_points == 0
