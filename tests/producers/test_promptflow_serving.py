@@ -266,6 +266,7 @@ class InProcess:
     flowtel: Scrape
     exported: list[Any]  # spans serving's own exporter sent (behind flowtel)
     serving_metric_points: int
+    serving_logs: list[bytes]
 
 
 @pytest.fixture(scope="module")
@@ -295,7 +296,7 @@ def inprocess(tmp_path_factory: pytest.TempPathFactory) -> Iterator[InProcess]:
             assert serving.stop() == 0, serving.log[-3000:]
             tee.stop()
         points = sum(len(p) for p in tee.metric_points().values())
-        yield InProcess(flowtel, tee.spans(), points)
+        yield InProcess(flowtel, tee.spans(), points, list(tee.log_bytes))
 
 
 def _counted(scrape_: Scrape) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
@@ -324,3 +325,5 @@ def test_inprocess_exports_each_span_once_enriched_and_without_content(inprocess
     # them): nothing of them reached the OTLP endpoint, and Prometheus shows only flowtel's series
     assert not [s for s in inprocess.flowtel.samples if s.labels.get("flow") == "default_flow_id"]
     assert inprocess.serving_metric_points == 0
+    # serving's logs leave through its own log exporter, not through flowtel: it redacts request data itself
+    assert inprocess.serving_logs and not [b for b in inprocess.serving_logs if CANARY.encode() in b]

@@ -22,6 +22,7 @@ class OTLPTee:
         self.metric_requests: list[metrics_service_pb2.ExportMetricsServiceRequest] = []
         self.trace_requests: list[trace_service_pb2.ExportTraceServiceRequest] = []
         self.log_records = 0
+        self.log_bytes: list[bytes] = []
         self.lock = threading.Lock()
         self._channel = grpc.insecure_channel(traces_to)
         self._traces = trace_service_pb2_grpc.TraceServiceStub(self._channel)
@@ -44,6 +45,7 @@ class OTLPTee:
             def Export(self, request: Any, context: Any) -> Any:
                 with tee.lock:
                     tee.log_records += sum(len(s.log_records) for r in request.resource_logs for s in r.scope_logs)
+                    tee.log_bytes.append(request.SerializeToString())
                 return logs_service_pb2.ExportLogsServiceResponse()
 
         trace_service_pb2_grpc.add_TraceServiceServicer_to_server(Traces(), self.server)
