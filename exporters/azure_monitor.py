@@ -287,11 +287,13 @@ def _float(var: str, raw: str) -> float:
 
 def _field(value: Any, key: str, attribute: str) -> Any:
     """``value[key]``: the exporter's generated models are mappings since 1.0.0b46; 1.0.0b45 (the one prompt flow's
-    SDK range resolves to) has msrest models, read by attribute."""
-    try:
-        return value[key]
-    except (KeyError, IndexError, TypeError):
-        return getattr(value, attribute, None)
+    SDK range resolves to) has msrest models, read by attribute, which it stores as dicts keyed by attribute."""
+    for name in (key, attribute):
+        try:
+            return value[name]
+        except (KeyError, IndexError, TypeError):
+            continue
+    return getattr(value, attribute, None)
 
 
 def _kind(item: Any) -> str:
