@@ -94,6 +94,9 @@ def awaited_stream(spans: Sequence[SpanData]) -> int:
     the server (see the module doc), or 0. Linear in the spans; only Flow spans' ``output`` is parsed."""
     flows = [s for s in spans if s.attributes.get(sc.PF_SPAN_TYPE) == "Flow" and is_pf_span(s)]
     for flow in flows:
+        raw = flow.attributes.get(sc.PF_OUTPUT)
+        if not isinstance(raw, str) or "[]" not in raw:  # most flows: no JSON parse at all
+            continue
         output = pf_output(flow)
         if not isinstance(output, dict) or not any(value == [] for value in output.values()):
             continue
