@@ -74,3 +74,16 @@ def test_sdk_configuration_helpers_resolve_as_the_sdk_does(protocol: str | None,
     assert _otel_sdk.sampler_from_env().get_description() == "AlwaysOffSampler"
     assert _otel_sdk.id_generator_from_env() is not None
     assert callable(getattr(_otel_sdk.BaseConfigurator, "configure", None))
+
+
+def test_metric_exporter_preferences_are_where_flowtel_reads_them() -> None:
+    from opentelemetry.sdk.metrics import Counter
+    from opentelemetry.sdk.metrics.export import AggregationTemporality, ConsoleMetricExporter
+    from opentelemetry.sdk.metrics.view import DropAggregation
+
+    drop = DropAggregation()
+    exporter = ConsoleMetricExporter(preferred_temporality={Counter: AggregationTemporality.DELTA},
+                                     preferred_aggregation={Counter: drop})
+    temporality, aggregation = _otel_sdk.metric_exporter_preferences(exporter)
+    assert temporality[Counter] == AggregationTemporality.DELTA, "MetricExporter._preferred_temporality moved"
+    assert aggregation[Counter] is drop, "MetricExporter._preferred_aggregation moved"

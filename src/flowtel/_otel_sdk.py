@@ -12,6 +12,8 @@ changed SDK costs speed, never correctness.
 - ``ReadableSpan`` / ``Status`` / ``Resource`` / ``InstrumentationScope`` fields, ``BoundedAttributes._dict``,
   ``BoundedList._dq``: read where the SDK keeps them; the public properties copy on every read (hot path).
 - ``BatchSpanProcessor``'s queue: to count the spans its full queue drops (the SDK only logs them).
+- ``MetricExporter``'s preferred temporality and aggregation (no public getter): a wrapping exporter must prefer
+  what the wrapped one does.
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ from opentelemetry.sdk._configuration import (
     _import_id_generator,
     _import_sampler,
 )
+from opentelemetry.sdk.metrics.export import MetricExporter
 from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.trace.export import BatchSpanProcessor
 from opentelemetry.trace import SpanKind, StatusCode
@@ -65,6 +68,11 @@ def batch_queue_full(processor: BatchSpanProcessor) -> bool:
     queue = getattr(inner, "_queue", None)
     return (queue is not None and queue.maxlen is not None and len(queue) >= queue.maxlen
             and not getattr(inner, "_shutdown", False))
+
+
+def metric_exporter_preferences(exporter: MetricExporter) -> tuple[dict[type, Any], dict[type, Any]]:
+    """The (temporality, aggregation) preferences the exporter was built with, per instrument type."""
+    return exporter._preferred_temporality, exporter._preferred_aggregation
 
 
 # Keyed by identity: enum members are singletons, and hashing one is a Python-level call.
