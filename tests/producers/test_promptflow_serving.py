@@ -327,3 +327,13 @@ def test_inprocess_exports_each_span_once_enriched_and_without_content(inprocess
     assert inprocess.serving_metric_points == 0
     # serving's logs leave through its own log exporter, not through flowtel: it redacts request data itself
     assert inprocess.serving_logs and not [b for b in inprocess.serving_logs if CANARY.encode() in b]
+
+
+def test_readme_comparison_table_names_every_figure_compared() -> None:
+    """The README's figure-by-figure table (section "Prompt flow serving") lists every metric these tests compare."""
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    section = readme.split("## Prompt flow serving", 1)[1].split("\n## ", 1)[0]
+    rows = [line for line in section.splitlines() if line.startswith("| `")]
+    for name in ("token_consumption", "flow_request", "flow_latency", "flow_streaming_response_duration",
+                 "node_request", "node_latency", "rpc_request", "rpc_latency"):
+        assert any(f"`{name}`" in row for row in rows), name
