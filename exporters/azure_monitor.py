@@ -40,6 +40,7 @@ Delivered items are counted in ``otelcol_exporter_sent_spans_total`` /
 
 from __future__ import annotations
 
+import functools
 import os
 import re
 import threading
@@ -285,17 +286,31 @@ def _float(var: str, raw: str) -> float:
 # -- loss accounting ------------------------------------------------------------------------------------------
 
 
+def _field(value: Any, key: str, attribute: str) -> Any:
+    """``value[key]``: the exporter's generated models are mappings since 1.0.0b46; 1.0.0b45 (the one prompt flow's
+    SDK range resolves to) has msrest models, read by attribute, which it stores as dicts keyed by attribute."""
+    for name in (key, attribute):
+        try:
+            return value[name]
+        except (KeyError, IndexError, TypeError):
+            continue
+    return getattr(value, attribute, None)
+
+
 def _kind(item: Any) -> str:
     """"span", "metric", or "other" (span events, the exporter's _OTELRESOURCE_ row) for a TelemetryItem or dict."""
-    try:
-        data = item["data"]
-        base_type = data["baseType"]
-        if base_type in _SPAN_TYPES:
-            return "span"
-        if base_type == "MetricData" and data["baseData"]["metrics"][0]["name"] != _RESOURCE_METRIC:
+    data = _field(item, "data", "data")
+    base_type = _field(data, "baseType", "base_type")
+    if base_type in _SPAN_TYPES:
+        return "span"
+    if base_type == "MetricData":
+        metrics = _field(_field(data, "baseData", "base_data"), "metrics", "metrics")
+        try:
+            name = _field(metrics[0], "name", "name")
+        except (IndexError, TypeError):
+            return "other"
+        if name != _RESOURCE_METRIC:
             return "metric"
-    except (KeyError, IndexError, TypeError):
-        pass
     return "other"
 
 
@@ -366,6 +381,9 @@ class LossAccounting:
     def _wrap_track(self, client: Any) -> None:
         track = client.track
 
+        # functools.wraps keeps the operation's attributes: exporter 1.0.0b45's generated client reads
+        # ``self.track.metadata["url"]`` through the instance, i.e. from this wrapper.
+        @functools.wraps(track)
         def _track(body: list[Any], *args: Any, **kwargs: Any) -> Any:
             call = self._call()
             try:

@@ -22,6 +22,7 @@ from opentelemetry.sdk.metrics.export import (
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.util.instrumentation import InstrumentationScope
 
+from flowtel._otel_sdk import metric_exporter_preferences
 from flowtel.processors.metrics import Consumer, FlowtelMetrics
 
 SCOPE = InstrumentationScope("flowtel", schema_url="https://opentelemetry.io/schemas/1.37.0")
@@ -30,8 +31,8 @@ SCOPE = InstrumentationScope("flowtel", schema_url="https://opentelemetry.io/sch
 class DerivedMetricsExporter(MetricExporter):
     def __init__(self, exporter: MetricExporter, metrics: FlowtelMetrics | None,
                  resource: Resource | None = None) -> None:
-        super().__init__(preferred_temporality=exporter._preferred_temporality,
-                         preferred_aggregation=exporter._preferred_aggregation)
+        temporality, aggregation = metric_exporter_preferences(exporter)
+        super().__init__(preferred_temporality=temporality, preferred_aggregation=aggregation)
         self.exporter = exporter
         self._producers: list[tuple[FlowtelMetrics, Consumer]] = []
         if metrics is not None:

@@ -25,6 +25,11 @@ This is the rule set the README documents under "How flowtel reads a trace":
   direct children are nodes.
 * The **request** a flow answers is the local root when that is a SERVER span (its HTTP
   status is the response code); otherwise the flow span itself.
+* A prompt flow DAG flow **handed the server a stream** when its ``output`` JSON has an empty list
+  for a value (prompt flow records the generator it returns as the items read so far: none) and
+  no child of it that wraps the stream (``output_type=iterated``) has ended yet: that child ends
+  when the server has read the stream to its end, after the flow and the request spans. Trace
+  assembly holds such a trace until that child arrives (``awaited_stream`` / ``ends_stream``).
 """
 
 from __future__ import annotations
@@ -35,7 +40,7 @@ from dataclasses import dataclass
 from flowtel import semconv as sc
 from flowtel.spans import KIND_CLIENT, KIND_SERVER, STATUS_ERROR, SpanData
 
-from .vocabulary import genai_operation, plain, token_usage
+from .vocabulary import genai_operation, pf_output, plain, token_usage
 
 ROLE_NONE, ROLE_FLOW, ROLE_NODE, ROLE_RPC = "", "flow", "node", "rpc"
 #: Bounds of a nested call's ``api_call`` path (README "How flowtel reads a trace").
@@ -102,6 +107,27 @@ def _flow_kind(span: SpanData, inside_flow: bool) -> bool:
             return not inside_flow
         return not inside_flow and span_type not in _NEVER_FLOW_PF_TYPES
     return not inside_flow and is_workflow_span(span)
+
+
+def awaited_stream(spans: Sequence[SpanData]) -> int:
+    """The span id of a prompt flow Flow span of this local trace whose streamed output is still being read by
+    the server (see the module doc), or 0. Linear in the spans; only Flow spans' ``output`` is parsed."""
+    flows = [s for s in spans if s.attributes.get(sc.PF_SPAN_TYPE) == "Flow" and is_pf_span(s)]
+    for flow in flows:
+        raw = flow.attributes.get(sc.PF_OUTPUT)
+        if not isinstance(raw, str) or "[]" not in raw:  # most flows: no JSON parse at all
+            continue
+        output = pf_output(flow)
+        if not isinstance(output, dict) or not any(value == [] for value in output.values()):
+            continue
+        if not any(ends_stream(s, flow.span_id) for s in spans):
+            return flow.span_id
+    return 0
+
+
+def ends_stream(span: SpanData, flow_span_id: int) -> bool:
+    """Whether this span is the child of the flow that wrapped its stream (it ends when the stream is read)."""
+    return span.parent_span_id == flow_span_id and span.attributes.get(sc.PF_OUTPUT_TYPE) == "iterated"
 
 
 def is_failed(span: SpanData) -> bool:

@@ -1,9 +1,14 @@
 """Turn an analysed local trace into the eight standard metrics and the GenAI client metrics.
 
 Everything comes from spans: a flow span (or the SERVER span it answers) is one request,
-its duration the latency; a streamed flow's first byte is its own first-chunk signal, else the
-earliest one inside it (``vocabulary.first_chunk_ns``), and its last byte the end of the request.
-Outside prompt flow a flow is streamed when a model call inside it streamed.
+its duration the latency. A request is streamed when its flow or request span says so
+(``output_type=iterated``, ``gen_ai.is_streaming``), when a model call inside it streamed (outside
+prompt flow), or when a child of the flow that wraps a stream ends after the flow did (prompt flow
+serving: the flow hands the stream to the server and ends; the child ends when the server has read
+it). Its last byte is the end of the last span of the request; its first byte the flow's own
+first-chunk signal, else the earliest one inside it (``vocabulary.first_chunk_ns``), or, where the
+spans carry none and the flow handed its stream over (prompt flow serving), the end of the flow span:
+the moment the flow handed the stream to the server, which writes the first chunk right after.
 """
 
 from __future__ import annotations
@@ -27,6 +32,7 @@ from .vocabulary import (
     http_status,
     ignored_token_counts,
     is_streaming,
+    pf_failed_flow_status,
     provider,
     request_model,
     response_model,
@@ -58,6 +64,23 @@ def _stream_facts(flow: SpanRole) -> tuple[bool, int | None]:
             streamed = is_streaming(span)
         stack.extend(cur.children)
     return streamed or first is not None, first
+
+
+def _handed_over_stream(flow: SpanRole) -> bool:
+    """A child of the flow wraps a stream and outlived the flow: the flow returned the stream to its server."""
+    end = flow.span.end_ns
+    return any(is_streaming(child.span) and child.span.end_ns > end for child in flow.children)
+
+
+def _last_end_ns(flow: SpanRole) -> int:
+    """The end of the last span at or below the flow (linear in the subtree)."""
+    last = flow.span.end_ns
+    stack = list(flow.children)
+    while stack:
+        cur = stack.pop()
+        last = max(last, cur.span.end_ns)
+        stack.extend(cur.children)
+    return last
 
 
 class Deriver:
@@ -110,16 +133,19 @@ class Deriver:
         ex = (flow.trace_id, flow.span_id)
         status = http_status(request) if request.kind == KIND_SERVER else None
         failed = is_failed(flow) or (status is not None and status >= 500)
-        code = str(status) if status is not None else ("500" if failed else "200")
+        if status is None and failed:  # no server span: what the producer's spans say the app answered
+            status = pf_failed_flow_status(flow) or 500
+        code = str(status) if status is not None else "200"
         exception = _exception(flow) or ("unknown" if failed else "")
-        streaming = is_streaming(flow) or is_streaming(request)
+        handed_over = _handed_over_stream(r)
+        streaming = handed_over or is_streaming(flow) or is_streaming(request)
         below_first: int | None = None
         if streaming or not is_pf_span(flow):  # the walk below is only needed then (most traces are neither)
             below_streamed, below_first = _stream_facts(r)
             streaming = streaming or below_streamed
         flag = "True" if streaming else "False"
         out.append((c.FLOW_REQUEST, 1, (r.flow, code, exception, flag), res, None))
-        end_ns = max(flow.end_ns, request.end_ns)
+        end_ns = max(_last_end_ns(r) if streaming else flow.end_ns, request.end_ns)
         total_ms = (end_ns - request.start_ns) / 1e6
         record = RequestRecord(flow.trace_id, (flow.span_id, request.span_id, request.parent_span_id), r.flow,
                                code, failed, total_ms, res)
@@ -129,6 +155,8 @@ class Deriver:
         out.append((c.FLOW_LATENCY, total_ms, (r.flow, code, flag, "lastbyte"), res, ex))
         own_first = first_chunk_ns(flow)
         first = own_first if own_first is not None else below_first  # what the flow handed on, else below
+        if first is None and handed_over:
+            first = flow.end_ns
         if first is None:
             warn_once(f"nofirstchunk:{r.flow}", "streamed flow %s has no first-chunk event; its firstbyte latency "
                       "and streaming duration are not recorded (see README, Streaming)", r.flow)

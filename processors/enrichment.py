@@ -3,7 +3,8 @@
 ``enrich`` only ever adds keys the span does not have (an instrumentation's value always
 wins), marks an evidently failed span whose status was left UNSET as ERROR (Azure Monitor
 counts UNSET as success), and, unless content capture is on, removes prompt and
-completion text. It returns an ``Enrichment`` that the host applies to its native span.
+completion text; when capture is on, it writes prompt flow's content as the GenAI content attributes
+(``messages.py``). It returns an ``Enrichment`` that the host applies to its native span.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from flowtel import semconv as sc
 from flowtel.spans import STATUS_UNSET, Enrichment, SpanData
 
 from .analysis import ROLE_FLOW, SpanRole
+from .messages import genai_messages
 from .vocabulary import (
     exception_type,
     genai_operation,
@@ -82,6 +84,11 @@ def enrich(role: SpanRole, capture_content: bool) -> Enrichment | None:
                 added[sc.ERROR_TYPE] = error
             if span.status == STATUS_UNSET:
                 set_error = error
+
+    if capture_content:
+        for key, value in genai_messages(span, role.role == ROLE_FLOW).items():
+            if key not in attrs:
+                added[key] = value
 
     removed_attrs: frozenset[str] = frozenset()
     removed_events: frozenset[str] = frozenset()

@@ -20,7 +20,7 @@ from flowtel.config import FlowtelConfig
 from flowtel.selfmetrics import SelfMetrics
 from flowtel.spans import Enrichment, SpanData
 
-from .analysis import analyze
+from .analysis import analyze, awaited_stream, ends_stream
 from .assembly import Released, TraceAssembler
 from .correlation import FeedbackCorrelator
 from .derivation import Deriver
@@ -52,7 +52,8 @@ class TracePipeline:
         """Start with no held traces and no waiting feedback (at construction, and in a forked child, whose
         parent still holds those spans and will export them)."""
         config = self._config
-        self._assembler = TraceAssembler(int(config.trace_timeout_s * 1e9), config.max_held_spans)
+        self._assembler = TraceAssembler(int(config.trace_timeout_s * 1e9), config.max_held_spans,
+                                         streams=(awaited_stream, ends_stream))
         self._feedback = FeedbackCorrelator(
             config.feedback_scoring, config.feedback_max_requests, int(config.feedback_window_s * 1e9),
             int(config.feedback_wait_s * 1e9), config.feedback_max_waiting,
@@ -89,7 +90,9 @@ class TracePipeline:
                 finish(released, out, now_ns)
         roots.reverse()
         while roots:  # popped, not iterated: a trace is freed once finished, not when the batch is
-            finish(add_root(roots.pop()), out, now_ns)
+            done = add_root(roots.pop(), now_ns)
+            if done is not None:  # None: held until the stream its flow handed to the server is read
+                finish(done, out, now_ns)
         for released in self._assembler.expire(now_ns):
             self._finish(released, out, now_ns)
         # Feedback after the requests of this batch are indexed, so both may come in one batch.

@@ -26,9 +26,10 @@ from opentelemetry.trace import Status, StatusCode
 from flowtel._fork import reinit_after_fork
 from flowtel._gc import gc_paused
 from flowtel._log import logger
+from flowtel._otel_sdk import from_readable_span, readable_span_fields
 from flowtel.config import FlowtelConfig
 from flowtel.selfmetrics import SelfMetrics
-from flowtel.spans import Enrichment, SpanData, from_readable_span
+from flowtel.spans import Enrichment, SpanData
 
 from .metrics import FlowtelMetrics
 from .pipeline import TracePipeline
@@ -43,16 +44,8 @@ def apply_to_readable_span(data: SpanData, enrichment: Enrichment) -> ReadableSp
     for key in enrichment.removed_attributes:
         attributes.pop(key, None)
     attributes.update(enrichment.added)
-    try:  # the SDK span's fields as it keeps them; its public properties copy events and links on each read
-        name, context, parent, resource, kind, status = (span._name, span._context, span._parent, span._resource,
-                                                         span._kind, span._status)
-        start, end, scope, events, links = (span._start_time, span._end_time, span._instrumentation_scope,
-                                            span._events, span._links)
-    except AttributeError:
-        name, context, parent, resource, kind, status = (span.name, span.context, span.parent, span.resource,
-                                                         span.kind, span.status)
-        start, end, scope, events, links = (span.start_time, span.end_time, span.instrumentation_scope,
-                                            data.events, span.links)
+    name, context, parent, resource, kind, status, start, end, scope, events, links = readable_span_fields(
+        span, data.events)
     if enrichment.removed_events or enrichment.added_events:
         events = data.events
         if enrichment.removed_events:
@@ -149,6 +142,11 @@ class FlowtelSpanProcessor(SpanProcessor):
         for processor in self._downstream:
             for span in ready:
                 processor.on_end(span)
+
+    def add_downstream(self, processor: SpanProcessor) -> None:
+        """Put one more span processor behind flowtel: it receives the enriched spans from now on."""
+        with self._lock:
+            self._downstream = (*self._downstream, processor)
 
     def force_flush(self, timeout_millis: int = 30000) -> bool:
         """Process everything queued now; traces whose root is still running stay held."""

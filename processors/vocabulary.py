@@ -390,3 +390,31 @@ def http_status(span: SpanData) -> int | None:
         if value is not None:
             return value
     return None
+
+
+#: prompt flow 1.18's system errors (``SystemErrorException`` subclasses; serving answers them 500). Every other
+#: prompt flow exception is a user error, answered 400: a node raising is ``ToolExecutionError``.
+_PF_SYSTEM_ERRORS = frozenset({
+    "ArtifactInternalError", "AssetInternalError", "AzureContentSafetySystemError", "BuildConnectionError",
+    "CoreInternalError", "DownloadInternalError", "ExecutorServiceUnhealthy", "GenerateMetaSystemError",
+    "InputNotFoundFromAncestorNodeOutput", "InvalidAggregationInput", "MetricInternalError", "NoNodeExecutedError",
+    "NoToolTypeDefined", "OpenURLFailed", "ProcessInfoObtainedTimeout", "ProcessPoolError", "ProcessTerminatedTimeout",
+    "ResumeCopyError", "RunHistoryInternalError", "RunRecordNotFound", "SDKInternalError", "SerpAPISystemError",
+    "SpawnedForkProcessManagerStartFailure", "SystemErrorException", "ThreadCrashError", "UnexpectedError",
+    "UninitializedError", "UploadInternalError", "YamlParseError",
+})
+
+
+def pf_failed_flow_status(span: SpanData) -> int | None:
+    """The status prompt flow serving answers for this failed prompt flow flow span, judged from its exception as
+    prompt flow classifies it: 400 for a prompt flow user error, 500 for a system error or any exception prompt
+    flow did not raise itself; None when the span is not prompt flow's or says nothing."""
+    if span.attributes.get(sc.PF_FRAMEWORK) != "promptflow":
+        return None
+    error = exception_type(span)
+    if not error:
+        return None
+    module, _, name = error.rpartition(".")
+    if module.split(".", 1)[0] != "promptflow":
+        return 500
+    return 500 if name in _PF_SYSTEM_ERRORS else 400

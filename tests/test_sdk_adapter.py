@@ -11,8 +11,9 @@ from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import SpanKind, StatusCode
 
+from flowtel._otel_sdk import from_readable_span
 from flowtel.processors.span_processor import apply_to_readable_span
-from flowtel.spans import Enrichment, SpanEvent, from_readable_span
+from flowtel.spans import Enrichment, SpanEvent
 
 PUBLIC = ("name", "context", "parent", "resource", "attributes", "events", "links", "kind", "status", "start_time",
           "end_time", "instrumentation_scope")

@@ -14,20 +14,14 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 
 from opentelemetry import metrics, trace
-from opentelemetry.sdk._configuration import (
-    _get_exporter_names,
-    _get_id_generator,
-    _get_sampler,
-    _import_exporters,
-    _import_id_generator,
-    _import_sampler,
-)
 from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.metrics.export import MetricExporter, MetricReader, PeriodicExportingMetricReader
+from opentelemetry.sdk.metrics.view import DropAggregation, View
 from opentelemetry.sdk.resources import Resource
-from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
+from opentelemetry.sdk.trace import ReadableSpan, SpanProcessor, TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter
 
+from flowtel import _otel_sdk
 from flowtel._listen import PortInUse, in_use
 from flowtel._log import logger, warn_once
 from flowtel.config import ConfigError, FlowtelConfig
@@ -43,6 +37,8 @@ from flowtel.selfmetrics import SelfMetrics
 #: Instrumentations that record gen_ai.client.* metrics themselves into the global meter provider;
 #: flowtel does not derive those metrics again from their spans.
 SELF_METERING_SCOPES = frozenset({"opentelemetry.instrumentation.openai_v2", "opentelemetry.util.genai.handler"})
+#: The meter of prompt flow serving's own standard metrics (``promptflow.core._serving.monitor.metrics``).
+PROMPTFLOW_SERVING_METER = "Promptflow Standard Metrics"
 
 
 @dataclass
@@ -92,9 +88,12 @@ def _otlp_endpoint_set(env: Mapping[str, str], signal: str) -> bool:
 
 
 def _exporter_names(env: Mapping[str, str], signal: str, default: list[str]) -> list[str]:
+    """The exporter entry points for a signal; flowtel's default ``otlp`` follows the OTLP protocol variables
+    exactly as a named one does (``http/protobuf`` is the HTTP exporter, not the gRPC one)."""
+    sdk_signal: _otel_sdk.Signal = "traces" if signal == "TRACES" else "metrics"
     if env.get(f"OTEL_{signal}_EXPORTER") is None:
-        return default
-    return _get_exporter_names(signal.lower())  # type: ignore[arg-type]
+        return [_otel_sdk.exporter_entry_point(name, sdk_signal) for name in default]
+    return _otel_sdk.exporter_names_from_env(sdk_signal)
 
 
 def configure(
@@ -137,14 +136,14 @@ def configure(
                                                         span_exporters is None, metric_exporters is None)
     trace_names = [n for n in trace_names if n != azmon.ENTRY_POINT_NAME]
     metric_names = [n for n in metric_names if n != azmon.ENTRY_POINT_NAME]
-    trace_classes, metric_classes, _ = _import_exporters(
+    trace_classes, metric_classes, _ = _otel_sdk.import_exporters(
         trace_names if span_exporters is None else [], metric_names if metric_exporters is None else [], [])
     exporters = list(span_exporters) if span_exporters is not None else [cls() for cls in trace_classes.values()]
 
     self_metrics = SelfMetrics()
     flowtel_metrics = FlowtelMetrics(config, self_metrics)
-    tracer_provider = TracerProvider(resource=resource, sampler=_import_sampler(_get_sampler()),
-                                     id_generator=_import_id_generator(_get_id_generator()))
+    tracer_provider = FlowtelTracerProvider(resource=resource, sampler=_otel_sdk.sampler_from_env(),
+                                            id_generator=_otel_sdk.id_generator_from_env())
     readers: list[MetricReader] = []
     pushed: list[MetricExporter] = list(metric_exporters) if metric_exporters is not None else []
     for name, cls in (metric_classes.items() if metric_exporters is None else ()):
@@ -178,11 +177,15 @@ def configure(
     if prometheus_reader is not None:
         prometheus_reader.add_producer(flowtel_metrics)
         readers.append(prometheus_reader)
-    meter_provider = MeterProvider(resource=resource, metric_readers=readers)
+    meter_provider = MeterProvider(resource=resource, metric_readers=readers, views=[
+        # prompt flow serving records its own eight standard metrics into the global meter provider when one is
+        # set (flowtel's, in-process): flowtel derives the same metrics from spans, so one series per name is kept.
+        View(meter_name=PROMPTFLOW_SERVING_METER, aggregation=DropAggregation())])
     self_metrics.bind(meter_provider)
     processor = FlowtelSpanProcessor(span_processors, metrics=flowtel_metrics, self_metrics=self_metrics,
                                      config=config)
     tracer_provider.add_span_processor(processor)
+    tracer_provider.flowtel = processor
     if set_global:
         trace.set_tracer_provider(tracer_provider)
         metrics.set_meter_provider(meter_provider)
@@ -218,6 +221,25 @@ def _azure_monitor(env: Mapping[str, str], requested: AzureMonitorSettings | boo
             settings.metrics and (metrics_from_env or named_metrics))
 
 
+class FlowtelTracerProvider(TracerProvider):
+    """The tracer provider ``configure()`` builds. Span processors the app adds to it afterwards go behind flowtel,
+    like the exporters ``configure()`` made: they receive enriched spans, with content removed unless capture is on.
+
+    Prompt flow serving adds a ``BatchSpanProcessor`` with its own OTLP exporter to whichever provider is global;
+    in front of flowtel that exporter would send every span unenriched, prompts included.
+    """
+
+    flowtel: FlowtelSpanProcessor | None = None
+
+    def add_span_processor(self, span_processor: SpanProcessor) -> None:
+        if self.flowtel is None:
+            super().add_span_processor(span_processor)
+            return
+        logger.info("flowtel: span processor %s added after configure() goes behind flowtel (enriched spans)",
+                    type(span_processor).__name__)
+        self.flowtel.add_downstream(span_processor)
+
+
 class _CountingBatchSpanProcessor(BatchSpanProcessor):
     """``BatchSpanProcessor`` that counts the spans its full queue pushes out (the SDK only logs them).
 
@@ -231,11 +253,8 @@ class _CountingBatchSpanProcessor(BatchSpanProcessor):
         self._exporter_id = exporter_id
 
     def on_end(self, span: ReadableSpan) -> None:
-        inner = getattr(self, "_batch_processor", None)
-        queue = getattr(inner, "_queue", None)
-        if (queue is not None and queue.maxlen is not None and len(queue) >= queue.maxlen
-                and span.context is not None and span.context.trace_flags.sampled
-                and not getattr(inner, "_shutdown", False)):
+        if (span.context is not None and span.context.trace_flags.sampled
+                and _otel_sdk.batch_queue_full(self)):
             self._self_metrics.dropped("export_queue_full")
             self._self_metrics.add("otelcol.exporter.enqueue_failed.spans", 1, self._exporter_id)
         super().on_end(span)

@@ -12,7 +12,8 @@ from __future__ import annotations
 from typing import Any
 
 from opentelemetry.instrumentation.distro import BaseDistro  # type: ignore[attr-defined]
-from opentelemetry.sdk._configuration import _BaseConfigurator
+
+from flowtel._otel_sdk import BaseConfigurator
 
 
 class FlowtelDistro(BaseDistro):  # type: ignore[misc]
@@ -20,7 +21,7 @@ class FlowtelDistro(BaseDistro):  # type: ignore[misc]
         pass  # flowtel's defaults live in configure(), so code and auto-instrumentation behave alike
 
 
-class FlowtelConfigurator(_BaseConfigurator):
+class FlowtelConfigurator(BaseConfigurator):  # type: ignore[misc]
     def _configure(self, **kwargs: Any) -> None:
         from flowtel._configure import configure
 

@@ -1,0 +1,9 @@
+from promptflow.core import tool
+
+
+@tool
+def prepare(question: str) -> str:
+    # A user error, as a node raising in user code is: prompt flow answers 400.
+    if question.startswith("raise"):
+        raise ValueError("the question was refused by the prepare node")
+    return question.strip()
