@@ -156,9 +156,15 @@ def run_against_collector(args: argparse.Namespace) -> None:
     from opentelemetry.sdk.trace import TracerProvider
     from opentelemetry.sdk.trace.export import BatchSpanProcessor
 
+    from flowtel.instrumentation import PromptflowStreamingInstrumentor
+
     provider = TracerProvider(resource=Resource.create({"service.name": "quickstart"}))
     provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter()))
     otel_trace.set_tracer_provider(provider)
+    # promptflow-tracing records when a stream ends, not when its first chunk left: flowtel's instrumentation
+    # adds that moment as a span event (opentelemetry-instrument loads it by itself where flowtel is installed),
+    # so the collector can derive firstbyte and the streaming duration.
+    PromptflowStreamingInstrumentor().instrument()
     start_trace()
     try:
         with FakeLLMServer(chunk_delay_s=0.02) as server:
