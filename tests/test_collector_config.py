@@ -340,7 +340,11 @@ service:
       exporters: [prometheus, otlp, otlphttp/backend]
     metrics:
       receivers: [otlp]
+      processors: [flowtel]
       exporters: [prometheus]
+    profiles:
+      receivers: [otlp]
+      exporters: [otlp]
 """
 
 
@@ -371,9 +375,11 @@ def test_validate_lists_every_problem_with_file_line_key_and_expectation(runs: R
         "any work is done, got ['flowtel', 'memory_limiter', 'batch']",
         f"{f}:48: service.pipelines.traces.exporters[2]: expected a component defined under exporters, "
         "got 'otlphttp/backend'",
-        f"{f}:49: service.pipelines.metrics: expected a traces pipeline (traces or traces/name): flowtel's "
-        "collector takes traces and derives metrics from them, got 'metrics'",
-        "14 problem(s) found",
+        f"{f}:51: service.pipelines.metrics.processors[0]: expected a processor that supports metrics (flowtel "
+        "takes traces only), got 'flowtel'",
+        f"{f}:53: service.pipelines.profiles: expected a pipeline of one of the signals traces, metrics, logs (as "
+        "signal or signal/name), got 'profiles'",
+        "15 problem(s) found",
     ]
     # the line numbers above are where those keys are written
     lines = BROKEN.splitlines()
@@ -412,7 +418,7 @@ def test_unreadable_or_non_mapping_files(tmp_path: Path, capsys: pytest.CaptureF
     assert problems("- receivers\n- service\n") == [
         "test.yaml:1: (top level): expected a mapping of receivers, processors, exporters, extensions and "
         "service, got 'list'"]
-    assert problems("") == ["test.yaml: service: expected a service section with at least one traces pipeline"]
+    assert problems("") == ["test.yaml: service: expected a service section with at least one pipeline"]
 
 
 def test_collector_with_a_broken_config_exits_2_before_listening(runs: Runs, tmp_path: Path) -> None:
@@ -691,7 +697,7 @@ def test_every_problem_line_has_the_documented_shape(tmp_path: Path) -> None:
     path.write_text(BROKEN)
     with pytest.raises(ConfigFileError) as info:
         load_config(str(path))
-    assert len(info.value.problems) == 14
+    assert len(info.value.problems) == 15
     assert all(doc_shape.match(str(p)) for p in info.value.problems), str(info.value)
 
 

@@ -18,34 +18,21 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, Field, ValidationError
 
-from flowtel.exporters.azuremonitor_collector import AzureMonitorExporterConfig
-from flowtel.exporters.debug import DebugExporterConfig
-from flowtel.exporters.otlp_forward import OTLPExporterConfig, OTLPHTTPExporterConfig
-
-from .batch import BatchConfig
+from .components import FACTORIES, PrometheusExporterConfig
 from .confmap import ConfigFileError, Document, Path, Problem, dotted, load, parse
-from .extensions import BearerTokenAuthConfig, FileStorageConfig, HealthCheckConfig
+from .extensions import HealthCheckConfig
 from .feedback_receiver import FeedbackReceiverConfig
-from .flowtel_processor import FlowtelProcessorConfig
-from .memory_limiter import MemoryLimiterConfig
 from .otlp_receiver import OTLPReceiverConfig
 from .settings import (
     Auth,
-    Endpoint,
     Model,
     PositiveDuration,
-    ServerTLS,
     _check_endpoint,
     _readable,
     parse_duration,
     split_endpoint,
 )
-
-
-class PrometheusExporterConfig(Model):
-    endpoint: Endpoint = "localhost:9464"
-    tls: ServerTLS | None = None
-    auth: Auth | None = None
+from .signals import SIGNALS
 
 
 class PipelineConfig(Model):
@@ -70,15 +57,10 @@ class ServiceConfig(Model):
     shutdown_timeout: PositiveDuration = 30.0
 
 
+#: Section -> component type -> config model, from the one registry (``components.FACTORIES``).
 COMPONENTS: dict[str, dict[str, type[Model]]] = {
-    "receivers": {"otlp": OTLPReceiverConfig, "feedback": FeedbackReceiverConfig},
-    "processors": {"flowtel": FlowtelProcessorConfig, "memory_limiter": MemoryLimiterConfig, "batch": BatchConfig},
-    "exporters": {"prometheus": PrometheusExporterConfig, "otlp": OTLPExporterConfig,
-                  "otlphttp": OTLPHTTPExporterConfig, "debug": DebugExporterConfig,
-                  "azuremonitor": AzureMonitorExporterConfig},
-    "extensions": {"health_check": HealthCheckConfig, "bearertokenauth": BearerTokenAuthConfig,
-                   "file_storage": FileStorageConfig},
-}
+    section: {ctype: factory.config for ctype, factory in factories.items()}
+    for section, factories in FACTORIES.items()}
 _TOP_LEVEL = (*COMPONENTS, "service")
 
 
@@ -272,7 +254,7 @@ def build(doc: Document) -> CollectorConfig:
         if service is not None:
             problems.extend(_check_references(doc, service, components))
     else:
-        problems.append(doc.problem(("service",), "a service section with at least one traces pipeline"))
+        problems.append(doc.problem(("service",), "a service section with at least one pipeline"))
     if problems:
         problems.sort(key=lambda p: p.line or 0)
         raise ConfigFileError(problems)
@@ -292,9 +274,10 @@ def _check_references(doc: Document, service: ServiceConfig, components: dict[st
     problems.extend(_twice(doc, ("service", "extensions"), service.extensions, "extension"))
     for pipeline_id, pipeline in service.pipelines.items():
         path: Path = ("service", "pipelines", pipeline_id)
-        if component_type(pipeline_id) != "traces":
-            problems.append(doc.problem(path, "a traces pipeline (traces or traces/name): flowtel's collector "
-                                              "takes traces and derives metrics from them", pipeline_id))
+        signal = component_type(pipeline_id)
+        if signal not in SIGNALS:
+            problems.append(doc.problem(path, "a pipeline of one of the signals traces, metrics, logs (as signal or "
+                                              f"signal/name){_did_you_mean(signal, SIGNALS)}", pipeline_id))
         elif (bad := _bad_id(pipeline_id)) is not None:
             problems.append(doc.problem(path, bad, pipeline_id))
         for section in ("receivers", "processors", "exporters"):
@@ -302,6 +285,11 @@ def _check_references(doc: Document, service: ServiceConfig, components: dict[st
             for i, ref in enumerate(refs):
                 if ref not in components[section]:
                     problems.append(doc.problem((*path, section, i), f"a component defined under {section}", ref))
+                elif (signal in SIGNALS and (factory := FACTORIES[section].get(component_type(ref))) is not None
+                      and signal not in factory.signals):
+                    takes = ", ".join(s for s in SIGNALS if s in factory.signals)
+                    problems.append(doc.problem((*path, section, i), f"a {section[:-1]} that supports {signal} "
+                                                f"({component_type(ref)} takes {takes} only)", ref))
             problems.extend(_twice(doc, (*path, section), refs, f"{section[:-1]} in a pipeline"))
         types_ = [component_type(p) for p in dict.fromkeys(pipeline.processors)]
         for ptype in ("flowtel", "batch"):

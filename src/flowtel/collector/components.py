@@ -1,0 +1,140 @@
+"""Every collector component, registered in one place: its type, typed config, signals and create function.
+
+As the upstream collector's ``NewFactory(type, createDefaultConfig, create...)``: the
+config file is validated against ``config`` (defaults documented on each model and in
+collector-config/README.md), a pipeline may only name a receiver, processor or exporter
+that supports its signal, and the service builds each component with ``create``. A new
+receiver or exporter is its own module plus one entry in ``FACTORIES``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from flowtel.exporters.azuremonitor_collector import AzureMonitorExporterConfig
+from flowtel.exporters.debug import DebugExporter, DebugExporterConfig
+from flowtel.exporters.otlp_forward import (
+    ForwardingExporter,
+    GRPCSender,
+    HTTPSender,
+    OTLPExporterConfig,
+    OTLPHTTPExporterConfig,
+)
+from flowtel.exporters.prometheus import PrometheusExporter, PrometheusSettings
+from flowtel.selfmetrics import SelfMetrics
+
+from .batch import BatchConfig
+from .extensions import BearerTokenAuthConfig, FileStorageConfig, HealthCheckConfig
+from .feedback_receiver import FeedbackReceiver, FeedbackReceiverConfig
+from .flowtel_processor import FlowtelProcessorConfig
+from .memory_limiter import MemoryLimiterConfig
+from .otlp_receiver import AnyIntake, BearerToken, Intake, OTLPReceiverConfig
+from .settings import Auth, Endpoint, Model, ServerTLS, split_endpoint
+from .signals import SIGNALS
+
+
+class PrometheusExporterConfig(Model):
+    endpoint: Endpoint = "localhost:9464"
+    tls: ServerTLS | None = None
+    auth: Auth | None = None
+
+
+class Host(Protocol):
+    """What a component's create function may ask of the collector that builds it."""
+
+    self_metrics: SelfMetrics
+
+    def storage_directory(self, storage: str | None, component_id: str) -> str | None: ...
+    def read_token(self, authenticator: str) -> str: ...
+    def token(self, auth: Auth | None) -> BearerToken | None: ...
+
+
+@dataclass(frozen=True)
+class Factory:
+    type: str
+    config: type[Model]
+    #: Signals a pipeline of which may list this component (none for extensions).
+    signals: frozenset[str] = frozenset()
+    #: Exporters: (host, id, config, signals used) -> exporter. Receivers: (host, id, config, intakes by
+    #: signal) -> servers to start. Processors and extensions are built by the pipeline and the service.
+    create: Callable[..., Any] | None = None
+
+
+ALL = frozenset(SIGNALS)
+
+
+# --- receivers ----------------------------------------------------------------------------------------------
+def _otlp_receiver(host: Host, rid: str, cfg: OTLPReceiverConfig, intakes: dict[str, AnyIntake]) -> list[Any]:
+    from .otlp_grpc import GRPCTransport
+    from .otlp_http import HTTPTransport
+
+    out: list[Any] = []
+    if cfg.protocols.grpc is not None:
+        out.append(GRPCTransport(cfg.protocols.grpc, intakes, host.token(cfg.protocols.grpc.auth)))
+    if cfg.protocols.http is not None:
+        out.append(HTTPTransport(cfg.protocols.http, intakes, host.token(cfg.protocols.http.auth)))
+    return out
+
+
+def _feedback_receiver(host: Host, rid: str, cfg: FeedbackReceiverConfig,
+                       intakes: dict[str, AnyIntake]) -> list[Any]:
+    token = host.read_token(cfg.auth.authenticator) if cfg.auth is not None else None
+    intake = intakes["traces"]
+    assert isinstance(intake, Intake)
+    return [FeedbackReceiver(rid, cfg, intake, token)]
+
+
+# --- exporters ----------------------------------------------------------------------------------------------
+def _prometheus(host: Host, eid: str, cfg: PrometheusExporterConfig, signals: frozenset[str]) -> PrometheusExporter:
+    hostname, port = split_endpoint(cfg.endpoint)
+    token = host.read_token(cfg.auth.authenticator) if cfg.auth is not None else None
+    return PrometheusExporter(eid, PrometheusSettings(hostname, port, token, cfg.tls.settings() if cfg.tls else None))
+
+
+def _otlp(host: Host, eid: str, cfg: OTLPExporterConfig | OTLPHTTPExporterConfig,
+          signals: frozenset[str]) -> ForwardingExporter:
+    def sender(signal: Any) -> GRPCSender | HTTPSender:
+        return GRPCSender(cfg, signal) if isinstance(cfg, OTLPExporterConfig) else HTTPSender(cfg, signal)
+
+    # Traces first, so the exporter's target (the start-up log) is the traces endpoint as before.
+    used = sorted(signals, key=SIGNALS.index)
+    return ForwardingExporter(eid, sender, cfg, host.self_metrics,
+                              host.storage_directory(cfg.sending_queue.storage, eid), used)
+
+
+def _debug(host: Host, eid: str, cfg: DebugExporterConfig, signals: frozenset[str]) -> DebugExporter:
+    return DebugExporter(eid, cfg, host.self_metrics)
+
+
+def _azuremonitor(host: Host, eid: str, cfg: AzureMonitorExporterConfig, signals: frozenset[str]) -> Any:
+    from flowtel.exporters.azuremonitor_collector import AzureMonitorCollectorExporter
+
+    return AzureMonitorCollectorExporter(eid, cfg, host.self_metrics, host.storage_directory(cfg.storage, eid))
+
+
+FACTORIES: dict[str, dict[str, Factory]] = {
+    "receivers": {f.type: f for f in (
+        Factory("otlp", OTLPReceiverConfig, ALL, _otlp_receiver),
+        Factory("feedback", FeedbackReceiverConfig, frozenset({"traces"}), _feedback_receiver),
+    )},
+    "processors": {f.type: f for f in (
+        Factory("flowtel", FlowtelProcessorConfig, frozenset({"traces"})),
+        Factory("memory_limiter", MemoryLimiterConfig, ALL),
+        Factory("batch", BatchConfig, ALL),
+    )},
+    "exporters": {f.type: f for f in (
+        # Traces pipelines: the flowtel processor's derived metrics; metrics pipelines: what it receives.
+        Factory("prometheus", PrometheusExporterConfig, frozenset({"traces", "metrics"}), _prometheus),
+        Factory("otlp", OTLPExporterConfig, ALL, _otlp),
+        Factory("otlphttp", OTLPHTTPExporterConfig, ALL, _otlp),
+        Factory("debug", DebugExporterConfig, ALL, _debug),
+        Factory("azuremonitor", AzureMonitorExporterConfig, ALL, _azuremonitor),
+    )},
+    "extensions": {f.type: f for f in (
+        Factory("health_check", HealthCheckConfig),
+        Factory("bearertokenauth", BearerTokenAuthConfig),
+        Factory("file_storage", FileStorageConfig),
+    )},
+}
