@@ -128,8 +128,8 @@ class SendingQueue:
             self._items.append(_Item(spans, None, path))
             self._seq = max(self._seq, int(name.split(".")[0]) + 1)
         if names:
-            logger.info("exporter %s: %d stored batch(es) (%d spans) recovered from %s", self._id, len(self._items),
-                        sum(i.spans for i in self._items), self._dir)
+            logger.info("exporter %s: %d stored batch(es) (%d %s) recovered from %s", self._id, len(self._items),
+                        sum(i.spans for i in self._items), self._unit.replace("_", " "), self._dir)
 
     def start(self) -> None:
         for n in range(max(1, self._queue_settings.num_consumers)):

@@ -1,0 +1,166 @@
+"""The collector takes every OTLP signal: traces, metrics and logs, from real senders.
+
+An app under ``opentelemetry-instrument`` with only ``OTEL_EXPORTER_OTLP_ENDPOINT`` (and, for
+OTLP/HTTP, the protocol) exports all three with no error on either side; the collector
+forwards them to a downstream OTLP backend with the exact values sent. Metrics and logs
+pipelines keep the spans' persistent-queue guarantee across SIGTERM + restart.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from opentelemetry.exporter.otlp.proto.grpc._log_exporter import OTLPLogExporter
+from opentelemetry.exporter.otlp.proto.grpc.metric_exporter import OTLPMetricExporter
+from opentelemetry.sdk._logs import LoggerProvider
+from opentelemetry.sdk._logs.export import SimpleLogRecordProcessor
+from opentelemetry.sdk.metrics import MeterProvider
+from opentelemetry.sdk.metrics.export import PeriodicExportingMetricReader
+from opentelemetry.sdk.resources import Resource
+
+from collector_proc import CollectorProcess
+from conftest import ROOT, scrape
+from otlp_sink import OTLPSink
+from test_collector_exporters import free_port, log_lines, stored_spans
+
+BIN = Path(sys.executable).parent
+APP = str(ROOT / "tests/apps/signals_app.py")
+#: What an exporter prints when it cannot deliver (the SDK logs these on stderr).
+EXPORT_ERROR = re.compile(r"(?i)failed to export|exception while exporting|transient error|unimplemented|"
+                          r"status_code|404|traceback")
+
+
+def collector_config(sink: str, *, storage: str | None = None, batch: str = "50ms") -> str:
+    forward: dict[str, Any] = {"endpoint": sink, "tls": {"insecure": True},
+                               "retry_on_failure": {"initial_interval": "100ms", "max_interval": "500ms"}}
+    if storage:
+        forward["sending_queue"] = {"storage": "file_storage"}
+    every = {"receivers": ["otlp"], "processors": ["memory_limiter", "batch"], "exporters": ["otlp/sink"]}
+    return yaml.safe_dump({
+        "receivers": {"otlp": {"protocols": {"grpc": {"endpoint": "127.0.0.1:0"},
+                                             "http": {"endpoint": "127.0.0.1:0"}}}},
+        "processors": {"memory_limiter": {"limit_mib": 2048}, "batch": {"timeout": batch}},
+        "exporters": {"otlp/sink": forward, "prometheus": {"endpoint": "127.0.0.1:0"}},
+        "extensions": {"file_storage": {"directory": storage}} if storage else {},
+        "service": {"extensions": ["file_storage"] if storage else [], "shutdown_timeout": "5s",
+                    "pipelines": {"traces": {**every, "exporters": ["otlp/sink", "prometheus"]},
+                                  "metrics": every, "logs": every}}})
+
+
+def run_app(endpoint: str, tmp_path: Path, **extra: str) -> subprocess.CompletedProcess[str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("OTEL_")}
+    # The in-process Prometheus endpoint flowtel starts would take port 9464; any free port will do.
+    env.update(OTEL_EXPORTER_OTLP_ENDPOINT=endpoint, OTEL_EXPORTER_PROMETHEUS_PORT="0", **extra)
+    result = subprocess.run([str(BIN / "opentelemetry-instrument"), sys.executable, APP], env=env,
+                            capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert not EXPORT_ERROR.search(result.stderr + result.stdout), result.stderr
+    return result
+
+
+def point_values(sink: OTLPSink) -> dict[str, Any]:
+    metrics = sink.metrics()
+    out: dict[str, Any] = {}
+    for point in metrics.get("app.requests", []):
+        route = {kv.key: kv.value.string_value for kv in point.attributes}["route"]
+        out[f"requests{route}"] = out.get(f"requests{route}", 0) + point.as_int
+    for point in metrics.get("app.latency", []):
+        out["latency"] = (point.count, point.sum, list(point.bucket_counts), list(point.explicit_bounds))
+        out["exemplar_traces"] = {e.trace_id.hex() for e in point.exemplars}
+    out["inflight"] = [p.as_int for p in metrics.get("app.inflight", [])]
+    out["temperature"] = [p.as_double for p in metrics.get("app.temperature", [])]
+    return out
+
+
+@pytest.mark.parametrize("protocol", ["grpc", "http/protobuf"])
+def test_instrumented_app_sends_traces_metrics_and_logs_with_no_error(protocol: str, tmp_path: Path) -> None:
+    with OTLPSink() as sink:
+        collector = CollectorProcess(collector_config(sink.endpoint), tmp_path).start()
+        try:
+            endpoint = f"http://{collector.grpc['otlp']}" if protocol == "grpc" else collector.http["otlp"]
+            extra = {} if protocol == "grpc" else {"OTEL_EXPORTER_OTLP_PROTOCOL": protocol}
+            result = run_app(endpoint, tmp_path, **extra)
+            trace_id = result.stdout.split("trace_id ")[1].split()[0]
+            collector.wait_for(lambda: sink.spans() and sink.log_records() and
+                               point_values(sink).get("temperature"))
+            assert [span.name for span, _ in sink.spans()] == ["work"]
+            values = point_values(sink)
+            assert values["requests/a"] == 3 and values["requests/b"] == 4
+            assert values["latency"] == (4, 5555.0, [1, 1, 1, 1], [10.0, 100.0, 1000.0])
+            assert values["exemplar_traces"] == {trace_id}
+            assert values["inflight"] == [3]
+            assert values["temperature"] == [21.5]
+            ((record, resource),) = sink.log_records()
+            assert record.body.string_value == "hello from the app"
+            assert (record.severity_text, record.severity_number) == ("WARN", 13)
+            assert resource["service.name"].string_value .startswith("unknown_service")
+            transport = "grpc" if protocol == "grpc" else "http"
+            own = scrape(collector.prometheus["prometheus"])
+            points = sum(len(v) for v in sink.metrics().values())
+            assert own.value("otelcol_receiver_accepted_metric_points_total", receiver="otlp",
+                             transport=transport) == points
+            assert own.value("otelcol_receiver_accepted_log_records_total", receiver="otlp",
+                             transport=transport) == 1
+            assert own.value("otelcol_exporter_sent_log_records_total", exporter="otlp/sink") == 1
+            assert own.value("otelcol_exporter_sent_metric_points_total", exporter="otlp/sink") == points
+        finally:
+            assert collector.stop() == 0
+    assert not log_lines(collector, r"refused|dropped|ERROR"), collector.log
+
+
+def test_metrics_and_logs_survive_sigterm_and_restart_in_the_persistent_queue(tmp_path: Path) -> None:
+    port = free_port()
+    storage = tmp_path / "storage"
+    collector = CollectorProcess(collector_config(f"127.0.0.1:{port}", storage=str(storage)), tmp_path).start()
+    resource = Resource.create({"service.name": "persist"})
+    try:
+        target = collector.grpc["otlp"]
+        reader = PeriodicExportingMetricReader(OTLPMetricExporter(endpoint=target, insecure=True),
+                                               export_interval_millis=3_600_000)
+        meters = MeterProvider(resource=resource, metric_readers=[reader])
+        meters.get_meter("persist").create_counter("persisted.count").add(7, {"k": "v"})
+        assert meters.force_flush()
+        logs = LoggerProvider(resource=resource)
+        logs.add_log_record_processor(SimpleLogRecordProcessor(OTLPLogExporter(endpoint=target, insecure=True)))
+        for i in range(3):
+            logs.get_logger("persist").emit(body=f"kept {i}")
+        meters.shutdown()  # exports the cumulative counter once more
+        logs.shutdown()
+        # Accepted means on disk: two points and three records in batch files while the backend is down.
+        collector.wait_for(lambda: stored_spans(storage / "otlp_sink@metrics") == 2
+                           and stored_spans(storage / "otlp_sink@logs") == 3)
+    finally:
+        assert collector.stop(timeout=30) == 0
+    assert not log_lines(collector, r"dropped"), collector.log
+
+    collector.start()
+    try:
+        assert log_lines(collector, r"otlp/sink: \d stored batch\(es\) \(2 metric points\) recovered"), collector.log
+        with OTLPSink(port) as sink:
+            collector.wait_for(lambda: len(sink.log_records()) == 3
+                               and len(sink.metrics().get("persisted.count", [])) == 2
+                               and not list(storage.rglob("*.batch")))
+            assert sorted(r.body.string_value for r, _ in sink.log_records()) == ["kept 0", "kept 1", "kept 2"]
+            assert [p.as_int for p in sink.metrics()["persisted.count"]] == [7, 7]
+    finally:
+        assert collector.stop() == 0
+
+
+def test_delta_sender_is_forwarded_point_by_point(tmp_path: Path) -> None:
+    """DELTA temporality passes through an OTLP forwarding pipeline unchanged: each export's increment."""
+    with OTLPSink() as sink:
+        collector = CollectorProcess(collector_config(sink.endpoint), tmp_path).start()
+        try:
+            run_app(f"http://{collector.grpc['otlp']}", tmp_path, DELTA_ROUNDS="3",
+                    OTEL_EXPORTER_OTLP_METRICS_TEMPORALITY_PREFERENCE="delta")
+            collector.wait_for(lambda: len(sink.metrics().get("app.requests", [])) >= 3)
+            assert [p.as_int for p in sink.metrics()["app.requests"]] == [2, 2, 2]
+        finally:
+            assert collector.stop() == 0
