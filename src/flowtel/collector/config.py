@@ -29,23 +29,16 @@ from .feedback_receiver import FeedbackReceiverConfig
 from .flowtel_processor import FlowtelProcessorConfig
 from .memory_limiter import MemoryLimiterConfig
 from .otlp_receiver import OTLPReceiverConfig
+from .prometheus_config import PrometheusExporterConfig
 from .settings import (
     Auth,
-    Endpoint,
     Model,
     PositiveDuration,
-    ServerTLS,
     _check_endpoint,
     _readable,
     parse_duration,
     split_endpoint,
 )
-
-
-class PrometheusExporterConfig(Model):
-    endpoint: Endpoint = "localhost:9464"
-    tls: ServerTLS | None = None
-    auth: Auth | None = None
 
 
 class PipelineConfig(Model):
