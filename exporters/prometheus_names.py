@@ -23,6 +23,8 @@ flowtel's own derived metrics use ``flowtel.processors.catalog.prometheus_name``
 
 from __future__ import annotations
 
+import base64
+import json
 import re
 from collections.abc import Iterable, Mapping
 from functools import lru_cache
@@ -99,18 +101,23 @@ def label_name(key: str) -> str:
 
 
 def label_value(value: Any) -> str:
-    """Attribute value as a label value: booleans ``true``/``false``, arrays as JSON-like lists."""
+    """Attribute value as a label value: strings as they are, booleans ``true``/``false``, arrays and maps as
+    JSON, bytes as base64 (as upstream's ``AsString``)."""
+    if isinstance(value, str):
+        return value
     if isinstance(value, bool):
         return "true" if value else "false"
-    if isinstance(value, (list, tuple)):
-        return "[" + ",".join(_json_scalar(v) for v in value) + "]"
+    if isinstance(value, (list, tuple, dict)):
+        return json.dumps(value, separators=(",", ":"), default=_json_default)
+    if isinstance(value, bytes):
+        return base64.b64encode(value).decode()
     return str(value)
 
 
-def _json_scalar(value: Any) -> str:
-    if isinstance(value, str):
-        return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
-    return label_value(value)
+def _json_default(value: Any) -> Any:
+    if isinstance(value, bytes):
+        return base64.b64encode(value).decode()
+    return str(value)
 
 
 def labels(pairs: Iterable[tuple[str, str]]) -> dict[str, str]:

@@ -2,10 +2,33 @@
 
 from __future__ import annotations
 
-import pytest
+import re
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Any
 
-from flowtel.collector.prometheus_config import ReceivedMetricsConfig
+import pytest
+from opentelemetry.exporter.otlp.proto.common.metrics_encoder import encode_metrics
+from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import ExportMetricsServiceRequest
+from opentelemetry.sdk.metrics import (
+    Counter,
+    Histogram,
+    MeterProvider,
+    ObservableCounter,
+    ObservableGauge,
+    ObservableUpDownCounter,
+    UpDownCounter,
+)
+from opentelemetry.sdk.metrics.export import AggregationTemporality, InMemoryMetricReader
+from opentelemetry.sdk.resources import Resource
+from opentelemetry.sdk.trace import TracerProvider
+
+from flowtel.collector.prometheus_config import PrometheusExporterConfig, ReceivedMetricsConfig
+from flowtel.exporters.prometheus import PrometheusExporter, PrometheusSettings
 from flowtel.exporters.prometheus_names import COUNTER, GAUGE, HISTOGRAM, label_name, labels, metric_name
+from flowtel.selfmetrics import SelfMetrics
+
+from conftest import scrape
 
 
 @pytest.mark.parametrize(("name", "unit", "kind", "monotonic", "expected"), [
@@ -41,3 +64,147 @@ def test_config_defaults_are_upstreams_where_upstream_has_the_key() -> None:
     assert config.resource_to_telemetry_conversion.enabled is False
     assert config.duplicate_derived_metrics == "drop"
     assert ReceivedMetricsConfig.model_validate({"metric_expiration": "2s"}).metric_expiration == 2.0
+
+
+# -- received metrics from the real SDK, through the exporter, on a real scrape --------------------------------
+
+OPENMETRICS_TIMEOUT_S = 10.0
+
+
+@dataclass
+class App:
+    """An app's MeterProvider whose collections become OTLP requests as its OTLP exporter would send them."""
+
+    provider: MeterProvider
+    reader: InMemoryMetricReader
+    tracer: Any
+
+    @property
+    def meter(self) -> Any:
+        return self.provider.get_meter("app.meter", "1.2.3")
+
+    def request(self) -> ExportMetricsServiceRequest:
+        data = self.reader.get_metrics_data()
+        assert data is not None
+        # Through bytes, as a receiver gets it: the collector parses with upb.
+        return ExportMetricsServiceRequest.FromString(encode_metrics(data).SerializeToString())
+
+
+def make_app(delta: bool = False, **resource: str) -> App:
+    temporality = AggregationTemporality.DELTA if delta else AggregationTemporality.CUMULATIVE
+    reader = InMemoryMetricReader(preferred_temporality={cls: temporality for cls in (
+        Counter, UpDownCounter, Histogram, ObservableCounter, ObservableUpDownCounter, ObservableGauge)})
+    attrs = {"service.name": "shop", "service.namespace": "prod", "service.instance.id": "pod-1",
+             "deployment.environment": "test", **resource}
+    provider = MeterProvider(resource=Resource.create(attrs), metric_readers=[reader])
+    tracer = TracerProvider().get_tracer("app")
+    return App(provider, reader, tracer)
+
+
+@pytest.fixture
+def exporter_factory() -> Iterator[Callable[..., tuple[PrometheusExporter, SelfMetrics]]]:
+    made: list[PrometheusExporter] = []
+
+    def make(**config: Any) -> tuple[PrometheusExporter, SelfMetrics]:
+        self_metrics = SelfMetrics()
+        exporter = PrometheusExporter("prometheus", PrometheusSettings(port=0),
+                                      PrometheusExporterConfig.model_validate(config), self_metrics)
+        provider = MeterProvider(metric_readers=[exporter.reader])
+        self_metrics.bind(provider)
+        exporter.start()
+        made.append(exporter)
+        return exporter, self_metrics
+
+    yield make
+    for exporter in made:
+        exporter.shutdown(0)
+
+
+def send(exporter: PrometheusExporter, request: ExportMetricsServiceRequest) -> None:
+    points = sum(len(getattr(m, m.WhichOneof("data")).data_points)
+                 for rm in request.resource_metrics for sm in rm.scope_metrics for m in sm.metrics)
+    exporter.export_metrics(request, request.SerializeToString(), points)
+
+
+JOB = {"job": "prod/shop", "instance": "pod-1", "otel_scope_name": "app.meter", "otel_scope_version": "1.2.3"}
+
+
+def test_counter_updown_gauge_and_histogram_appear_with_exactly_the_values_sent(exporter_factory) -> None:
+    exporter, self_metrics = exporter_factory()
+    app = make_app()
+    meter = app.meter
+    requests = meter.create_counter("http.requests", unit="{request}", description="Requests served")
+    active = meter.create_up_down_counter("queue.depth", unit="{item}")
+    temperature = meter.create_gauge("room.temperature", unit="Cel")
+    latency = meter.create_histogram("http.server.duration", unit="s",
+                                     explicit_bucket_boundaries_advisory=[0.1, 0.5, 1.0])
+    requests.add(3, {"route": "/a"})
+    requests.add(4, {"route": "/b"})
+    active.add(5)
+    active.add(-2)
+    temperature.set(21.5, {"room.name": "lab"})
+    for value in (0.05, 0.3, 0.3, 2.0):
+        latency.record(value, {"http.route": "/a"})
+    send(exporter, app.request())
+
+    got = scrape(exporter.url)
+    assert got.find("http_requests_total", route="/a")[0].labels == {**JOB, "route": "/a"}
+    assert got.value("http_requests_total", route="/a") == 3
+    assert got.value("http_requests_total", route="/b") == 4
+    assert got.value("queue_depth", **JOB) == 3
+    assert got.value("room_temperature_celsius", room_name="lab") == 21.5
+    buckets = {s.labels["le"]: s.value for s in got.find("http_server_duration_seconds_bucket", http_route="/a")}
+    assert buckets == {"0.1": 1, "0.5": 3, "1.0": 3, "+Inf": 4}
+    assert got.value("http_server_duration_seconds_count", http_route="/a") == 4
+    assert got.value("http_server_duration_seconds_sum", http_route="/a") == pytest.approx(2.65)
+    assert got.find("target_info")[0].labels == {"job": "prod/shop", "instance": "pod-1",
+                                                  "deployment_environment": "test", "telemetry_sdk_language": "python",
+                                                  "telemetry_sdk_name": "opentelemetry",
+                                                  "telemetry_sdk_version": ANY_VERSION}
+    assert self_metrics.count("otelcol.exporter.sent.metric_points", exporter="prometheus") == 5
+
+    requests.add(10, {"route": "/a"})  # cumulative: the next export carries the running total
+    send(exporter, app.request())
+    assert scrape(exporter.url).value("http_requests_total", route="/a") == 13
+
+
+class _AnyVersion(str):
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, str) and bool(re.fullmatch(r"\d+\.\d+\.\d+\S*", other))
+
+    __hash__ = str.__hash__
+
+
+ANY_VERSION = _AnyVersion("x.y.z")
+
+
+def test_delta_temporality_accumulates_across_exports_and_replays_are_dropped(exporter_factory) -> None:
+    exporter, self_metrics = exporter_factory()
+    app = make_app(delta=True)
+    requests = app.meter.create_counter("jobs.done")
+    sizes = app.meter.create_histogram("job.size", unit="By", explicit_bucket_boundaries_advisory=[10, 100])
+    stock = app.meter.create_up_down_counter("stock")
+    requests.add(2)
+    sizes.record(5)
+    stock.add(10)
+    first = app.request()
+    send(exporter, first)
+    requests.add(5)
+    sizes.record(50)
+    sizes.record(500)
+    stock.add(-3)
+    send(exporter, app.request())
+    assert app.reader.get_metrics_data() is None  # an interval with no measurement: the SDK sends nothing
+    requests.add(1)
+    send(exporter, app.request())
+
+    got = scrape(exporter.url)
+    assert got.value("jobs_done_total") == 8
+    assert got.value("stock") == 7
+    assert {s.labels["le"]: s.value for s in got.find("job_size_bytes_bucket")} == {
+        "10.0": 1, "100.0": 2, "+Inf": 3}
+    assert got.value("job_size_bytes_sum") == 555
+    send(exporter, first)  # a replayed request would count twice
+    assert scrape(exporter.url).value("jobs_done_total") == 8
+    assert self_metrics.count("otelcol.exporter.send_failed.metric_points", exporter="prometheus",
+                              reason="out_of_order") == 3
