@@ -22,10 +22,12 @@ Translation (``prometheus_names`` has the naming rules):
   and overlapping windows would count twice. Gaps are fine (nothing was measured in them).
   CUMULATIVE points and gauges replace the stored point unless older (``out_of_order``); a
   reset (new start time, lower value) simply restarts the series, as Prometheus expects.
-  Points flagged "no recorded value" are skipped. A histogram whose bounds change restarts.
-- exponential histograms are dropped and counted (``unsupported_type``), as upstream does:
-  the text formats cannot carry native histograms. Points of an unset temporality, or with
-  bucket counts that do not match their bounds, are ``invalid``.
+  A point flagged "no recorded value" ends its series (as upstream). A histogram whose bounds
+  change restarts.
+- exponential histograms are dropped and counted (``unsupported_type``): upstream keeps them as
+  native histograms, which only its protobuf exposition carries; flowtel serves the text formats.
+  Points of an unset temporality, or with bucket counts that do not match their bounds or count,
+  are ``invalid``.
 - ``job`` / ``instance`` come from ``service.namespace``/``service.name`` and
   ``service.instance.id``; the other resource attributes go to one ``target_info`` series per
   resource; ``resource_to_telemetry_conversion.enabled`` copies all of them onto every series,
@@ -224,7 +226,8 @@ class ReceivedMetrics:
         delta = kind_of_data in ("sum", "histogram") and data.aggregation_temporality == _DELTA
         read = _READERS[kind_of_data]
         for point in points:
-            if point.flags & _NO_RECORDED_VALUE:
+            if point.flags & _NO_RECORDED_VALUE:  # the sender says the series ended: stop exposing it (upstream)
+                family.series.pop(tuple(sorted(self._labels(point.attributes, common).items())), None)
                 continue
             parsed = read(point)
             if parsed is None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -20,12 +21,16 @@ from opentelemetry.sdk.metrics import (
     UpDownCounter,
 )
 from opentelemetry.sdk.metrics.export import AggregationTemporality, InMemoryMetricReader
+from opentelemetry.sdk.metrics.view import ExponentialBucketHistogramAggregation, View
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import TracerProvider
 
 from flowtel.collector.prometheus_config import PrometheusExporterConfig, ReceivedMetricsConfig
+from flowtel.config import FlowtelConfig
 from flowtel.exporters.prometheus import PrometheusExporter, PrometheusSettings
 from flowtel.exporters.prometheus_names import COUNTER, GAUGE, HISTOGRAM, label_name, labels, metric_name
+from flowtel.processors.catalog import FLOW_LATENCY
+from flowtel.processors.metrics import FlowtelMetrics
 from flowtel.selfmetrics import SelfMetrics
 
 from conftest import scrape
@@ -208,3 +213,173 @@ def test_delta_temporality_accumulates_across_exports_and_replays_are_dropped(ex
     assert scrape(exporter.url).value("jobs_done_total") == 8
     assert self_metrics.count("otelcol.exporter.send_failed.metric_points", exporter="prometheus",
                               reason="out_of_order") == 3
+
+
+def test_exemplars_are_kept_on_buckets_and_counters_in_openmetrics(exporter_factory) -> None:
+    exporter, _ = exporter_factory()
+    app = make_app()
+    latency = app.meter.create_histogram("rpc.duration", unit="ms", explicit_bucket_boundaries_advisory=[10, 100])
+    calls = app.meter.create_counter("rpc.calls")
+    with app.tracer.start_as_current_span("call") as span:
+        latency.record(42, {"rpc": "x"})
+        calls.add(1, {"rpc": "x"})
+        context = span.get_span_context()
+    send(exporter, app.request())
+    send(exporter, app.request())  # the next cumulative export carries no exemplar: the last one stays
+
+    got = scrape(exporter.url, openmetrics=True)
+    trace_id, span_id = f"{context.trace_id:032x}", f"{context.span_id:016x}"
+    bucket = got.find("rpc_duration_milliseconds_bucket", le="100.0")[0]
+    assert bucket.value == 1
+    assert bucket.exemplar.labels == {"trace_id": trace_id, "span_id": span_id}
+    assert bucket.exemplar.value == 42
+    assert got.find("rpc_duration_milliseconds_bucket", le="10.0")[0].exemplar is None
+    counter = got.find("rpc_calls_total")[0]
+    assert counter.exemplar.labels == {"trace_id": trace_id, "span_id": span_id}
+    assert counter.exemplar.value == 1
+
+
+def test_resource_attributes_promoted_to_labels_when_configured(exporter_factory) -> None:
+    promoted, _ = exporter_factory(promote_resource_attributes=["deployment.environment"])
+    everything, _ = exporter_factory(resource_to_telemetry_conversion={"enabled": True})
+    plain, _ = exporter_factory()
+    app = make_app(**{"k8s.pod.name": "web-1"})
+    app.meter.create_counter("hits").add(1, {"deployment.environment": "from-point"})
+    app.meter.create_counter("misses").add(1)
+    request = app.request()
+    for exporter in (promoted, everything, plain):
+        send(exporter, request)
+
+    assert scrape(promoted.url).find("misses_total")[0].labels == {**JOB, "deployment_environment": "test"}
+    assert scrape(promoted.url).value("hits_total", deployment_environment="from-point") == 1  # the point wins
+    labels_all = scrape(everything.url).find("misses_total")[0].labels
+    assert labels_all["k8s_pod_name"] == "web-1"
+    assert labels_all["deployment_environment"] == "test"
+    assert labels_all["telemetry_sdk_language"] == "python"
+    assert scrape(plain.url).find("misses_total")[0].labels == JOB
+    assert scrape(plain.url).find("target_info")[0].labels["k8s_pod_name"] == "web-1"
+
+
+def test_series_that_stop_are_no_longer_exposed_after_metric_expiration(exporter_factory) -> None:
+    exporter, _ = exporter_factory(metric_expiration="300ms")
+    app = make_app()
+    app.meter.create_counter("beats").add(1)
+    send(exporter, app.request())
+    assert scrape(exporter.url).value("beats_total") == 1
+    assert scrape(exporter.url).find("target_info")
+    deadline = time.monotonic() + 10
+    while scrape(exporter.url).find("beats_total") and time.monotonic() < deadline:
+        time.sleep(0.05)
+    got = scrape(exporter.url)
+    assert not got.find("beats_total")
+    assert not got.find("target_info")
+    send(exporter, app.request())  # the app comes back: its series does too, with its running total
+    assert scrape(exporter.url).value("beats_total") == 1
+
+
+def _promptflow_metric(app: App) -> Any:
+    """prompt flow serving's flow_latency as it sends it: its own flow id label, the SDK's default buckets."""
+    return app.meter.create_histogram("flow_latency", unit="ms")
+
+
+def test_received_copies_of_derived_metrics_are_dropped_and_counted_by_default(exporter_factory) -> None:
+    exporter, self_metrics = exporter_factory()
+    exporter.add_producer(FlowtelMetrics(FlowtelConfig(), self_metrics))
+    app = make_app()
+    _promptflow_metric(app).record(120, {"flow": "default_flow_id", "response_code": "200"})
+    app.meter.create_counter("flow_request").add(1, {"flow": "default_flow_id"})
+    app.meter.create_counter("app.own").add(2)
+    send(exporter, app.request())
+
+    got = scrape(exporter.url)
+    assert not [s for s in got.samples if s.labels.get("flow") == "default_flow_id"]
+    assert got.value("app_own_total") == 2
+    assert self_metrics.count("otelcol.exporter.send_failed.metric_points", exporter="prometheus",
+                              reason="derived_duplicate") == 2
+    assert got.value("otelcol_exporter_send_failed_metric_points_total", reason="derived_duplicate") == 2
+
+
+def test_received_copies_of_derived_metrics_kept_under_a_prefix_when_configured(exporter_factory) -> None:
+    exporter, self_metrics = exporter_factory(duplicate_derived_metrics="prefix", duplicate_prefix="pf_")
+    metrics = FlowtelMetrics(FlowtelConfig(), self_metrics)
+    exporter.add_producer(metrics)
+    metrics.record(FLOW_LATENCY, 5.0, ("chat", "200", "False", "default"), {})
+    app = make_app()
+    _promptflow_metric(app).record(120, {"flow": "default_flow_id"})
+    send(exporter, app.request())
+
+    got = scrape(exporter.url)
+    assert got.value("flow_latency_count", flow="chat") == 1  # the derived one, untouched
+    assert not got.find("flow_latency_count", flow="default_flow_id")
+    assert got.value("pf_flow_latency_milliseconds_count", flow="default_flow_id") == 1
+    assert got.value("pf_flow_latency_milliseconds_bucket", flow="default_flow_id", le="250.0") == 1
+
+
+def test_names_of_the_collectors_own_metrics_and_other_types_are_never_shared(exporter_factory) -> None:
+    exporter, self_metrics = exporter_factory()
+    app = make_app()
+    app.meter.create_counter("otelcol.exporter.sent.metric_points", unit="{datapoint}").add(1000)
+    app.meter.create_gauge("jobs").set(3)
+    app.meter.create_histogram("latency", explicit_bucket_boundaries_advisory=[1.0]).record(0.5)
+    send(exporter, app.request())
+    other = make_app()
+    other.meter.create_counter("jobs").add(1)  # a counter where a gauge is: jobs_total would clash with jobs
+    other.meter.create_gauge("latency_count").set(7)  # would clash with the histogram's _count
+    send(exporter, other.request())
+
+    got = scrape(exporter.url)
+    assert got.value("otelcol_exporter_sent_metric_points_total", exporter="prometheus") == 2  # ours, not theirs
+    assert not got.find("otelcol_exporter_sent_metric_points_total", job="prod/shop")
+    assert got.value("jobs") == 3
+    assert not got.find("jobs_total")
+    assert got.value("latency_count") == 1
+    assert self_metrics.count("otelcol.exporter.send_failed.metric_points", exporter="prometheus",
+                              reason="name_conflict") == 3
+
+
+def test_cardinality_limit_folds_new_label_sets_into_the_overflow_series(exporter_factory) -> None:
+    exporter, self_metrics = exporter_factory(cardinality_limit=2)
+    app = make_app()
+    counter = app.meter.create_counter("tenants.requests")
+    for tenant, n in (("a", 1), ("b", 2), ("c", 4), ("d", 8)):
+        counter.add(n, {"tenant": tenant})
+    send(exporter, app.request())
+    counter.add(16, {"tenant": "c"})
+    counter.add(32, {"tenant": "a"})
+    send(exporter, app.request())
+
+    got = scrape(exporter.url)
+    assert {s.labels.get("tenant", "") for s in got.find("tenants_requests_total")} == {"a", "b", ""}
+    assert got.value("tenants_requests_total", tenant="a") == 33
+    assert got.value("tenants_requests_total", otel_metric_overflow="true") == 4 + 8 + 16  # increases only
+    assert self_metrics.count("flowtel.metric.overflow", metric="tenants_requests") == 4  # c, d; then c, d again
+
+
+def test_long_label_values_are_cut_to_the_byte_limit_and_counted(exporter_factory) -> None:
+    exporter, self_metrics = exporter_factory(max_label_value_bytes=16)
+    app = make_app()
+    app.meter.create_counter("words").add(1, {"word": "é" * 20, "short": "ok"})
+    send(exporter, app.request())
+
+    labels_seen = scrape(exporter.url).find("words_total")[0].labels
+    assert labels_seen["word"] == "é" * 8
+    assert labels_seen["short"] == "ok"
+    assert self_metrics.count("flowtel.received.label_values.truncated") == 1
+
+
+def test_exponential_histograms_are_dropped_and_counted(exporter_factory) -> None:
+    exporter, self_metrics = exporter_factory()
+    reader = InMemoryMetricReader()
+    provider = MeterProvider(resource=Resource.create({"service.name": "exp"}), metric_readers=[reader],
+                             views=[View(instrument_name="sizes",
+                                         aggregation=ExponentialBucketHistogramAggregation())])
+    sizes = provider.get_meter("m").create_histogram("sizes")
+    sizes.record(3, {"a": "1"})
+    sizes.record(5, {"a": "2"})
+    data = reader.get_metrics_data()
+    assert data is not None
+    send(exporter, ExportMetricsServiceRequest.FromString(encode_metrics(data).SerializeToString()))
+
+    assert not scrape(exporter.url).find("sizes_count")
+    assert self_metrics.count("otelcol.exporter.send_failed.metric_points", exporter="prometheus",
+                              reason="unsupported_type") == 2
