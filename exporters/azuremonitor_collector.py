@@ -15,6 +15,8 @@ import os
 from types import SimpleNamespace
 from typing import Literal
 
+from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import ExportLogsServiceRequest
+from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import ExportMetricsServiceRequest
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 from opentelemetry.sdk.metrics.export import PeriodicExportingMetricReader
 from opentelemetry.sdk.resources import Resource
@@ -122,6 +124,12 @@ class AzureMonitorCollectorExporter:
     def export(self, payload: bytes, spans: int) -> None:
         if self._queue is not None:
             self._queue.put(payload, spans)
+
+    def export_metrics(self, request: ExportMetricsServiceRequest, payload: bytes, points: int) -> None:
+        """Send received metrics to customMetrics (DELTA, ``azure_received``); drops are counted per reason."""
+
+    def export_logs(self, request: ExportLogsServiceRequest, payload: bytes, records: int) -> None:
+        """Send received log records to the traces table (severity mapped); drops are counted per reason."""
 
     def shutdown(self, deadline: float) -> None:
         """Hand what is queued to the Azure exporter until ``deadline`` (it stores what it cannot send)."""

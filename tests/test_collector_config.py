@@ -137,10 +137,10 @@ def test_default_config_is_the_embedded_one_byte_for_byte() -> None:
 def test_default_config_validates_embedded_and_from_file(runs: Runs) -> None:
     embedded = runs["default"]
     assert (embedded.returncode, embedded.stdout, embedded.stderr) == (
-        0, "<embedded default>: valid (pipelines: traces)\n", "")
+        0, "<embedded default>: valid (pipelines: traces, metrics, logs)\n", "")
     on_disk = runs["default-file"]
     assert (on_disk.returncode, on_disk.stdout, on_disk.stderr) == (
-        0, "collector-config/default.yaml: valid (pipelines: traces)\n", "")
+        0, "collector-config/default.yaml: valid (pipelines: traces, metrics, logs)\n", "")
 
 
 def test_default_config_reads_its_environment() -> None:

@@ -27,6 +27,7 @@ from opentelemetry.sdk.resources import Resource
 
 from collector_proc import CollectorProcess
 from conftest import ROOT, scrape
+from monitoring_tools import PrometheusServer
 from otlp_sink import OTLPSink
 from test_collector_exporters import free_port, log_lines, stored_spans
 
@@ -51,7 +52,8 @@ def collector_config(sink: str, *, storage: str | None = None, batch: str = "50m
         "extensions": {"file_storage": {"directory": storage}} if storage else {},
         "service": {"extensions": ["file_storage"] if storage else [], "shutdown_timeout": "5s",
                     "pipelines": {"traces": {**every, "exporters": ["otlp/sink", "prometheus"]},
-                                  "metrics": every, "logs": every}}})
+                                  "metrics": {**every, "exporters": ["otlp/sink", "prometheus"]},
+                                  "logs": every}}})
 
 
 def run_app(endpoint: str, tmp_path: Path, **extra: str) -> subprocess.CompletedProcess[str]:
@@ -112,7 +114,10 @@ def test_instrumented_app_sends_traces_metrics_and_logs_with_no_error(protocol: 
             assert own.value("otelcol_exporter_sent_metric_points_total", exporter="otlp/sink") == points
         finally:
             assert collector.stop() == 0
-    assert not log_lines(collector, r"refused|dropped|ERROR"), collector.log
+    # The app runs flowtel in-process, which exports its own flowtel_* self-metrics: those names are the
+    # collector's own, so the prometheus exporter drops the app's copies (counted as name_conflict), nothing else.
+    assert not log_lines(collector, r"refused|ERROR|dropped (?!received metric points \(reason: name_conflict)"), \
+        collector.log
 
 
 def test_metrics_and_logs_survive_sigterm_and_restart_in_the_persistent_queue(tmp_path: Path) -> None:
@@ -153,8 +158,9 @@ def test_metrics_and_logs_survive_sigterm_and_restart_in_the_persistent_queue(tm
         assert collector.stop() == 0
 
 
-def test_delta_sender_is_forwarded_point_by_point(tmp_path: Path) -> None:
-    """DELTA temporality passes through an OTLP forwarding pipeline unchanged: each export's increment."""
+def test_delta_sender_accumulates_on_prometheus_and_is_forwarded_point_by_point(tmp_path: Path) -> None:
+    """A DELTA sender's exports add up on the Prometheus endpoint (cumulative there) and pass through an OTLP
+    forwarding pipeline unchanged, one increment per export."""
     with OTLPSink() as sink:
         collector = CollectorProcess(collector_config(sink.endpoint), tmp_path).start()
         try:
@@ -162,5 +168,60 @@ def test_delta_sender_is_forwarded_point_by_point(tmp_path: Path) -> None:
                     OTEL_EXPORTER_OTLP_METRICS_TEMPORALITY_PREFERENCE="delta")
             collector.wait_for(lambda: len(sink.metrics().get("app.requests", [])) >= 3)
             assert [p.as_int for p in sink.metrics()["app.requests"]] == [2, 2, 2]
+            served = scrape(collector.prometheus["prometheus"])
+            assert served.value("app_requests_total", route="/a") == 6
+            assert served.value("app_latency_milliseconds_count", route="/a") == 3
+            assert served.value("app_latency_milliseconds_sum", route="/a") == 150
         finally:
             assert collector.stop() == 0
+
+
+def default_config_on_free_ports() -> str:
+    """The shipped default config, every listener on port 0 (the test machine's fixed ports may be taken)."""
+    text = (ROOT / "collector-config/default.yaml").read_text()
+    return re.sub(r"(\$\{env:FLOWTEL_LISTEN_HOST:-localhost\}):\d+", r"\1:0", text)
+
+
+def test_default_config_takes_every_signal_and_serves_the_apps_metrics_to_prometheus(tmp_path: Path) -> None:
+    """The shipped config with a real app and a real Prometheus: the app's counter, histogram (with its exemplar),
+    up-down counter and gauge are scraped with exactly the values sent; its log record is taken and counted."""
+    collector = CollectorProcess(default_config_on_free_ports(), tmp_path,
+                                 env={"FLOWTEL_LISTEN_HOST": "127.0.0.1"}).start()
+    prometheus = None
+    try:
+        result = run_app(f"http://{collector.grpc['otlp']}", tmp_path)
+        trace_id = result.stdout.split("trace_id ")[1].split()[0]
+        url = collector.prometheus["prometheus"]
+        collector.wait_for(lambda: scrape(url).find("app_temperature_celsius"))
+        buckets = scrape(url, openmetrics=True).find("app_latency_milliseconds_bucket", route="/a")
+        assert {s.exemplar.labels["trace_id"] for s in buckets if s.exemplar} == {trace_id}
+        own = scrape(url)
+        assert own.value("otelcol_receiver_accepted_log_records_total", receiver="otlp", transport="grpc") == 1
+        assert own.value("otelcol_exporter_sent_log_records_total", exporter="debug") == 1
+        assert own.value("otelcol_receiver_refused_metric_points_total") == 0
+        assert log_lines(collector, r"debug: 1 log record\(s\)")
+
+        (tmp_path / "prometheus").mkdir()
+        prometheus = PrometheusServer(tmp_path / "prometheus", {
+            "global": {"scrape_interval": "1s", "scrape_timeout": "1s"},
+            "scrape_configs": [{"job_name": "flowtel", "honor_labels": True,
+                                "static_configs": [{"targets": [url.split("/")[2]]}]}]})
+        prometheus.start()
+
+        def query(expr: str) -> dict[str, float]:
+            return {",".join(f"{k}={v}" for k, v in sorted(r["metric"].items()) if k in ("route", "room", "le")):
+                    float(r["value"][1]) for r in prometheus.query(expr)}
+
+        collector.wait_for(lambda: query("app_temperature_celsius"), timeout=30)
+        assert query("app_requests_total") == {"route=/a": 3.0, "route=/b": 4.0}
+        assert query("app_latency_milliseconds_bucket") == {
+            "le=10.0,route=/a": 1.0, "le=100.0,route=/a": 2.0, "le=1000.0,route=/a": 3.0, "le=+Inf,route=/a": 4.0}
+        assert query("app_latency_milliseconds_sum") == {"route=/a": 5555.0}
+        assert query("app_inflight") == {"": 3.0}
+        assert query("app_temperature_celsius") == {"room=lab": 21.5}
+        # The app's resource is on target_info; its job label is its service.name, as the specification says.
+        assert {r["metric"]["job"] for r in prometheus.query("app_requests_total")} == {"unknown_service:python"}
+    finally:
+        if prometheus is not None:
+            prometheus.stop()
+        assert collector.stop() == 0

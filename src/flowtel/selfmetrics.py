@@ -28,6 +28,8 @@ _COUNTERS: dict[str, tuple[str, str, tuple[str, ...]]] = {
     "flowtel.spans.processed": ("{span}", "Spans enriched and forwarded to exporters", ()),
     "flowtel.traces.released": ("{trace}", "Local traces released for derivation, by reason", ("reason",)),
     "flowtel.metric.overflow": ("{measurement}", "Measurements folded into a metric's overflow series", ("metric",)),
+    "flowtel.received.label_values.truncated": ("{value}", "Label values of received metrics cut to the "
+                                                "prometheus exporter's max_label_value_bytes", ()),
     "flowtel.processing.errors": ("{span}", "Spans forwarded unenriched because flowtel's logic failed on them",
                                   ("stage",)),
     "flowtel.feedback.uncorrelated": ("{feedback}", "Feedback recorded without the request it judges, by reason "

@@ -31,14 +31,9 @@ from .feedback_receiver import FeedbackReceiver, FeedbackReceiverConfig
 from .flowtel_processor import FlowtelProcessorConfig
 from .memory_limiter import MemoryLimiterConfig
 from .otlp_receiver import AnyIntake, BearerToken, Intake, OTLPReceiverConfig
-from .settings import Auth, Endpoint, Model, ServerTLS, split_endpoint
+from .prometheus_config import PrometheusExporterConfig
+from .settings import Auth, Model, split_endpoint
 from .signals import SIGNALS
-
-
-class PrometheusExporterConfig(Model):
-    endpoint: Endpoint = "localhost:9464"
-    tls: ServerTLS | None = None
-    auth: Auth | None = None
 
 
 class Host(Protocol):
@@ -90,7 +85,8 @@ def _feedback_receiver(host: Host, rid: str, cfg: FeedbackReceiverConfig,
 def _prometheus(host: Host, eid: str, cfg: PrometheusExporterConfig, signals: frozenset[str]) -> PrometheusExporter:
     hostname, port = split_endpoint(cfg.endpoint)
     token = host.read_token(cfg.auth.authenticator) if cfg.auth is not None else None
-    return PrometheusExporter(eid, PrometheusSettings(hostname, port, token, cfg.tls.settings() if cfg.tls else None))
+    settings = PrometheusSettings(hostname, port, token, cfg.tls.settings() if cfg.tls else None)
+    return PrometheusExporter(eid, settings, cfg, self_metrics=host.self_metrics)
 
 
 def _otlp(host: Host, eid: str, cfg: OTLPExporterConfig | OTLPHTTPExporterConfig,

@@ -18,11 +18,12 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, Field, ValidationError
 
-from .components import FACTORIES, PrometheusExporterConfig
+from .components import FACTORIES
 from .confmap import ConfigFileError, Document, Path, Problem, dotted, load, parse
 from .extensions import HealthCheckConfig
 from .feedback_receiver import FeedbackReceiverConfig
 from .otlp_receiver import OTLPReceiverConfig
+from .prometheus_config import PrometheusExporterConfig
 from .settings import (
     Auth,
     Model,

@@ -1,0 +1,385 @@
+"""Received OTLP metrics on the collector's Prometheus endpoint: translation, accumulation, bounds."""
+
+from __future__ import annotations
+
+import re
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import pytest
+from opentelemetry.exporter.otlp.proto.common.metrics_encoder import encode_metrics
+from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import ExportMetricsServiceRequest
+from opentelemetry.sdk.metrics import (
+    Counter,
+    Histogram,
+    MeterProvider,
+    ObservableCounter,
+    ObservableGauge,
+    ObservableUpDownCounter,
+    UpDownCounter,
+)
+from opentelemetry.sdk.metrics.export import AggregationTemporality, InMemoryMetricReader
+from opentelemetry.sdk.metrics.view import ExponentialBucketHistogramAggregation, View
+from opentelemetry.sdk.resources import Resource
+from opentelemetry.sdk.trace import TracerProvider
+
+from flowtel.collector.prometheus_config import PrometheusExporterConfig, ReceivedMetricsConfig
+from flowtel.config import FlowtelConfig
+from flowtel.exporters.prometheus import PrometheusExporter, PrometheusSettings
+from flowtel.exporters.prometheus_names import COUNTER, GAUGE, HISTOGRAM, label_name, labels, metric_name
+from flowtel.processors.catalog import FLOW_LATENCY
+from flowtel.processors.metrics import FlowtelMetrics
+from flowtel.selfmetrics import SelfMetrics
+
+from conftest import scrape
+
+
+@pytest.mark.parametrize(("name", "unit", "kind", "monotonic", "expected"), [
+    ("http.server.request.duration", "s", HISTOGRAM, False, "http_server_request_duration_seconds"),
+    ("flow_latency", "ms", HISTOGRAM, False, "flow_latency_milliseconds"),
+    ("requests", "1", COUNTER, True, "requests_total"),
+    ("requests.total.count", "{request}", COUNTER, True, "requests_count_total"),
+    ("memory.usage", "By", GAUGE, False, "memory_usage_bytes"),
+    ("cpu.utilization", "1", GAUGE, False, "cpu_utilization_ratio"),
+    ("queue", "{item}", GAUGE, False, "queue"),
+    ("throughput", "By/s", GAUGE, False, "throughput_bytes_per_second"),
+    ("latency_seconds", "s", HISTOGRAM, False, "latency_seconds"),
+    ("2xx..responses", "", COUNTER, False, "_2xx_responses"),
+    ("active", "", COUNTER, False, "active"),
+])
+def test_metric_names_follow_the_specification(name: str, unit: str, kind: str, monotonic: bool,
+                                                 expected: str) -> None:
+    assert metric_name(name, unit, kind, monotonic) == expected
+
+
+def test_label_names_are_sanitised_and_colliding_keys_joined_in_key_order() -> None:
+    assert label_name("http.route") == "http_route"
+    assert label_name("0day") == "key_0day"
+    assert label_name("_private") == "key_private"
+    assert label_name("__reserved") == "__reserved"
+    assert labels([("b.c", "2"), ("a", "x"), ("b_c", "1")]) == {"b_c": "2;1", "a": "x"}
+    assert labels([("b_c", "1"), ("b.c", "2")]) == {"b_c": "2;1"}
+
+
+def test_config_defaults_are_upstreams_where_upstream_has_the_key() -> None:
+    config = ReceivedMetricsConfig()
+    assert config.metric_expiration == 300.0
+    assert config.resource_to_telemetry_conversion.enabled is False
+    assert config.duplicate_derived_metrics == "drop"
+    assert ReceivedMetricsConfig.model_validate({"metric_expiration": "2s"}).metric_expiration == 2.0
+
+
+# -- received metrics from the real SDK, through the exporter, on a real scrape --------------------------------
+
+OPENMETRICS_TIMEOUT_S = 10.0
+
+
+@dataclass
+class App:
+    """An app's MeterProvider whose collections become OTLP requests as its OTLP exporter would send them."""
+
+    provider: MeterProvider
+    reader: InMemoryMetricReader
+    tracer: Any
+
+    @property
+    def meter(self) -> Any:
+        return self.provider.get_meter("app.meter", "1.2.3")
+
+    def request(self) -> ExportMetricsServiceRequest:
+        data = self.reader.get_metrics_data()
+        assert data is not None
+        # Through bytes, as a receiver gets it: the collector parses with upb.
+        return ExportMetricsServiceRequest.FromString(encode_metrics(data).SerializeToString())
+
+
+def make_app(delta: bool = False, **resource: str) -> App:
+    temporality = AggregationTemporality.DELTA if delta else AggregationTemporality.CUMULATIVE
+    reader = InMemoryMetricReader(preferred_temporality={cls: temporality for cls in (
+        Counter, UpDownCounter, Histogram, ObservableCounter, ObservableUpDownCounter, ObservableGauge)})
+    attrs = {"service.name": "shop", "service.namespace": "prod", "service.instance.id": "pod-1",
+             "deployment.environment": "test", **resource}
+    provider = MeterProvider(resource=Resource.create(attrs), metric_readers=[reader])
+    tracer = TracerProvider().get_tracer("app")
+    return App(provider, reader, tracer)
+
+
+@pytest.fixture
+def exporter_factory() -> Iterator[Callable[..., tuple[PrometheusExporter, SelfMetrics]]]:
+    made: list[PrometheusExporter] = []
+
+    def make(**config: Any) -> tuple[PrometheusExporter, SelfMetrics]:
+        self_metrics = SelfMetrics()
+        exporter = PrometheusExporter("prometheus", PrometheusSettings(port=0),
+                                      PrometheusExporterConfig.model_validate(config), self_metrics)
+        provider = MeterProvider(metric_readers=[exporter.reader])
+        self_metrics.bind(provider)
+        exporter.start()
+        made.append(exporter)
+        return exporter, self_metrics
+
+    yield make
+    for exporter in made:
+        exporter.shutdown(0)
+
+
+def send(exporter: PrometheusExporter, request: ExportMetricsServiceRequest) -> None:
+    points = sum(len(getattr(m, m.WhichOneof("data")).data_points)
+                 for rm in request.resource_metrics for sm in rm.scope_metrics for m in sm.metrics)
+    exporter.export_metrics(request, request.SerializeToString(), points)
+
+
+JOB = {"job": "prod/shop", "instance": "pod-1", "otel_scope_name": "app.meter", "otel_scope_version": "1.2.3"}
+
+
+def test_counter_updown_gauge_and_histogram_appear_with_exactly_the_values_sent(exporter_factory) -> None:
+    exporter, self_metrics = exporter_factory()
+    app = make_app()
+    meter = app.meter
+    requests = meter.create_counter("http.requests", unit="{request}", description="Requests served")
+    active = meter.create_up_down_counter("queue.depth", unit="{item}")
+    temperature = meter.create_gauge("room.temperature", unit="Cel")
+    latency = meter.create_histogram("http.server.duration", unit="s",
+                                     explicit_bucket_boundaries_advisory=[0.1, 0.5, 1.0])
+    requests.add(3, {"route": "/a"})
+    requests.add(4, {"route": "/b"})
+    active.add(5)
+    active.add(-2)
+    temperature.set(21.5, {"room.name": "lab"})
+    for value in (0.05, 0.3, 0.3, 2.0):
+        latency.record(value, {"http.route": "/a"})
+    send(exporter, app.request())
+
+    got = scrape(exporter.url)
+    assert got.find("http_requests_total", route="/a")[0].labels == {**JOB, "route": "/a"}
+    assert got.value("http_requests_total", route="/a") == 3
+    assert got.value("http_requests_total", route="/b") == 4
+    assert got.value("queue_depth", **JOB) == 3
+    assert got.value("room_temperature_celsius", room_name="lab") == 21.5
+    buckets = {s.labels["le"]: s.value for s in got.find("http_server_duration_seconds_bucket", http_route="/a")}
+    assert buckets == {"0.1": 1, "0.5": 3, "1.0": 3, "+Inf": 4}
+    assert got.value("http_server_duration_seconds_count", http_route="/a") == 4
+    assert got.value("http_server_duration_seconds_sum", http_route="/a") == pytest.approx(2.65)
+    assert got.find("target_info")[0].labels == {"job": "prod/shop", "instance": "pod-1",
+                                                  "deployment_environment": "test", "telemetry_sdk_language": "python",
+                                                  "telemetry_sdk_name": "opentelemetry",
+                                                  "telemetry_sdk_version": ANY_VERSION}
+    assert self_metrics.count("otelcol.exporter.sent.metric_points", exporter="prometheus") == 5
+
+    requests.add(10, {"route": "/a"})  # cumulative: the next export carries the running total
+    send(exporter, app.request())
+    assert scrape(exporter.url).value("http_requests_total", route="/a") == 13
+
+
+class _AnyVersion(str):
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, str) and bool(re.fullmatch(r"\d+\.\d+\.\d+\S*", other))
+
+    __hash__ = str.__hash__
+
+
+ANY_VERSION = _AnyVersion("x.y.z")
+
+
+def test_delta_temporality_accumulates_across_exports_and_replays_are_dropped(exporter_factory) -> None:
+    exporter, self_metrics = exporter_factory()
+    app = make_app(delta=True)
+    requests = app.meter.create_counter("jobs.done")
+    sizes = app.meter.create_histogram("job.size", unit="By", explicit_bucket_boundaries_advisory=[10, 100])
+    stock = app.meter.create_up_down_counter("stock")
+    requests.add(2)
+    sizes.record(5)
+    stock.add(10)
+    first = app.request()
+    send(exporter, first)
+    requests.add(5)
+    sizes.record(50)
+    sizes.record(500)
+    stock.add(-3)
+    send(exporter, app.request())
+    assert app.reader.get_metrics_data() is None  # an interval with no measurement: the SDK sends nothing
+    requests.add(1)
+    send(exporter, app.request())
+
+    got = scrape(exporter.url)
+    assert got.value("jobs_done_total") == 8
+    assert got.value("stock") == 7
+    assert {s.labels["le"]: s.value for s in got.find("job_size_bytes_bucket")} == {
+        "10.0": 1, "100.0": 2, "+Inf": 3}
+    assert got.value("job_size_bytes_sum") == 555
+    send(exporter, first)  # a replayed request would count twice
+    assert scrape(exporter.url).value("jobs_done_total") == 8
+    assert self_metrics.count("otelcol.exporter.send_failed.metric_points", exporter="prometheus",
+                              reason="out_of_order") == 3
+
+
+def test_exemplars_are_kept_on_buckets_and_counters_in_openmetrics(exporter_factory) -> None:
+    exporter, _ = exporter_factory()
+    app = make_app()
+    latency = app.meter.create_histogram("rpc.duration", unit="ms", explicit_bucket_boundaries_advisory=[10, 100])
+    calls = app.meter.create_counter("rpc.calls")
+    with app.tracer.start_as_current_span("call") as span:
+        latency.record(42, {"rpc": "x"})
+        calls.add(1, {"rpc": "x"})
+        context = span.get_span_context()
+    send(exporter, app.request())
+    send(exporter, app.request())  # the next cumulative export carries no exemplar: the last one stays
+
+    got = scrape(exporter.url, openmetrics=True)
+    trace_id, span_id = f"{context.trace_id:032x}", f"{context.span_id:016x}"
+    bucket = got.find("rpc_duration_milliseconds_bucket", le="100.0")[0]
+    assert bucket.value == 1
+    assert bucket.exemplar.labels == {"trace_id": trace_id, "span_id": span_id}
+    assert bucket.exemplar.value == 42
+    assert got.find("rpc_duration_milliseconds_bucket", le="10.0")[0].exemplar is None
+    counter = got.find("rpc_calls_total")[0]
+    assert counter.exemplar.labels == {"trace_id": trace_id, "span_id": span_id}
+    assert counter.exemplar.value == 1
+
+
+def test_resource_attributes_promoted_to_labels_when_configured(exporter_factory) -> None:
+    promoted, _ = exporter_factory(promote_resource_attributes=["deployment.environment"])
+    everything, _ = exporter_factory(resource_to_telemetry_conversion={"enabled": True})
+    plain, _ = exporter_factory()
+    app = make_app(**{"k8s.pod.name": "web-1"})
+    app.meter.create_counter("hits").add(1, {"deployment.environment": "from-point"})
+    app.meter.create_counter("misses").add(1)
+    request = app.request()
+    for exporter in (promoted, everything, plain):
+        send(exporter, request)
+
+    assert scrape(promoted.url).find("misses_total")[0].labels == {**JOB, "deployment_environment": "test"}
+    assert scrape(promoted.url).value("hits_total", deployment_environment="from-point") == 1  # the point wins
+    labels_all = scrape(everything.url).find("misses_total")[0].labels
+    assert labels_all["k8s_pod_name"] == "web-1"
+    assert labels_all["deployment_environment"] == "test"
+    assert labels_all["telemetry_sdk_language"] == "python"
+    assert scrape(plain.url).find("misses_total")[0].labels == JOB
+    assert scrape(plain.url).find("target_info")[0].labels["k8s_pod_name"] == "web-1"
+
+
+def test_series_that_stop_are_no_longer_exposed_after_metric_expiration(exporter_factory) -> None:
+    exporter, _ = exporter_factory(metric_expiration="300ms")
+    app = make_app()
+    app.meter.create_counter("beats").add(1)
+    send(exporter, app.request())
+    assert scrape(exporter.url).value("beats_total") == 1
+    assert scrape(exporter.url).find("target_info")
+    deadline = time.monotonic() + 10
+    while scrape(exporter.url).find("beats_total") and time.monotonic() < deadline:
+        time.sleep(0.05)
+    got = scrape(exporter.url)
+    assert not got.find("beats_total")
+    assert not got.find("target_info")
+    send(exporter, app.request())  # the app comes back: its series does too, with its running total
+    assert scrape(exporter.url).value("beats_total") == 1
+
+
+def _promptflow_metric(app: App) -> Any:
+    """prompt flow serving's flow_latency as it sends it: its own flow id label, the SDK's default buckets."""
+    return app.meter.create_histogram("flow_latency", unit="ms")
+
+
+def test_received_copies_of_derived_metrics_are_dropped_and_counted_by_default(exporter_factory) -> None:
+    exporter, self_metrics = exporter_factory()
+    exporter.add_producer(FlowtelMetrics(FlowtelConfig(), self_metrics))
+    app = make_app()
+    _promptflow_metric(app).record(120, {"flow": "default_flow_id", "response_code": "200"})
+    app.meter.create_counter("flow_request").add(1, {"flow": "default_flow_id"})
+    app.meter.create_counter("app.own").add(2)
+    send(exporter, app.request())
+
+    got = scrape(exporter.url)
+    assert not [s for s in got.samples if s.labels.get("flow") == "default_flow_id"]
+    assert got.value("app_own_total") == 2
+    assert self_metrics.count("otelcol.exporter.send_failed.metric_points", exporter="prometheus",
+                              reason="derived_duplicate") == 2
+    assert got.value("otelcol_exporter_send_failed_metric_points_total", reason="derived_duplicate") == 2
+
+
+def test_received_copies_of_derived_metrics_kept_under_a_prefix_when_configured(exporter_factory) -> None:
+    exporter, self_metrics = exporter_factory(duplicate_derived_metrics="prefix", duplicate_prefix="pf_")
+    metrics = FlowtelMetrics(FlowtelConfig(), self_metrics)
+    exporter.add_producer(metrics)
+    metrics.record(FLOW_LATENCY, 5.0, ("chat", "200", "False", "default"), {})
+    app = make_app()
+    _promptflow_metric(app).record(120, {"flow": "default_flow_id"})
+    send(exporter, app.request())
+
+    got = scrape(exporter.url)
+    assert got.value("flow_latency_count", flow="chat") == 1  # the derived one, untouched
+    assert not got.find("flow_latency_count", flow="default_flow_id")
+    assert got.value("pf_flow_latency_milliseconds_count", flow="default_flow_id") == 1
+    assert got.value("pf_flow_latency_milliseconds_bucket", flow="default_flow_id", le="250.0") == 1
+
+
+def test_names_of_the_collectors_own_metrics_and_other_types_are_never_shared(exporter_factory) -> None:
+    exporter, self_metrics = exporter_factory()
+    app = make_app()
+    app.meter.create_counter("otelcol.exporter.sent.metric_points", unit="{datapoint}").add(1000)
+    app.meter.create_gauge("jobs").set(3)
+    app.meter.create_histogram("latency", explicit_bucket_boundaries_advisory=[1.0]).record(0.5)
+    send(exporter, app.request())
+    other = make_app()
+    other.meter.create_counter("jobs").add(1)  # a counter where a gauge is: jobs_total would clash with jobs
+    other.meter.create_gauge("latency_count").set(7)  # would clash with the histogram's _count
+    send(exporter, other.request())
+
+    got = scrape(exporter.url)
+    assert got.value("otelcol_exporter_sent_metric_points_total", exporter="prometheus") == 2  # ours, not theirs
+    assert not got.find("otelcol_exporter_sent_metric_points_total", job="prod/shop")
+    assert got.value("jobs") == 3
+    assert not got.find("jobs_total")
+    assert got.value("latency_count") == 1
+    assert self_metrics.count("otelcol.exporter.send_failed.metric_points", exporter="prometheus",
+                              reason="name_conflict") == 3
+
+
+def test_cardinality_limit_folds_new_label_sets_into_the_overflow_series(exporter_factory) -> None:
+    exporter, self_metrics = exporter_factory(cardinality_limit=2)
+    app = make_app()
+    counter = app.meter.create_counter("tenants.requests")
+    for tenant, n in (("a", 1), ("b", 2), ("c", 4), ("d", 8)):
+        counter.add(n, {"tenant": tenant})
+    send(exporter, app.request())
+    counter.add(16, {"tenant": "c"})
+    counter.add(32, {"tenant": "a"})
+    send(exporter, app.request())
+
+    got = scrape(exporter.url)
+    assert {s.labels.get("tenant", "") for s in got.find("tenants_requests_total")} == {"a", "b", ""}
+    assert got.value("tenants_requests_total", tenant="a") == 33
+    assert got.value("tenants_requests_total", otel_metric_overflow="true") == 4 + 8 + 16  # increases only
+    assert self_metrics.count("flowtel.metric.overflow", metric="tenants_requests") == 4  # c, d; then c, d again
+
+
+def test_long_label_values_are_cut_to_the_byte_limit_and_counted(exporter_factory) -> None:
+    exporter, self_metrics = exporter_factory(max_label_value_bytes=16)
+    app = make_app()
+    app.meter.create_counter("words").add(1, {"word": "é" * 20, "short": "ok"})
+    send(exporter, app.request())
+
+    labels_seen = scrape(exporter.url).find("words_total")[0].labels
+    assert labels_seen["word"] == "é" * 8
+    assert labels_seen["short"] == "ok"
+    assert self_metrics.count("flowtel.received.label_values.truncated") == 1
+
+
+def test_exponential_histograms_are_dropped_and_counted(exporter_factory) -> None:
+    exporter, self_metrics = exporter_factory()
+    reader = InMemoryMetricReader()
+    provider = MeterProvider(resource=Resource.create({"service.name": "exp"}), metric_readers=[reader],
+                             views=[View(instrument_name="sizes",
+                                         aggregation=ExponentialBucketHistogramAggregation())])
+    sizes = provider.get_meter("m").create_histogram("sizes")
+    sizes.record(3, {"a": "1"})
+    sizes.record(5, {"a": "2"})
+    data = reader.get_metrics_data()
+    assert data is not None
+    send(exporter, ExportMetricsServiceRequest.FromString(encode_metrics(data).SerializeToString()))
+
+    assert not scrape(exporter.url).find("sizes_count")
+    assert self_metrics.count("otelcol.exporter.send_failed.metric_points", exporter="prometheus",
+                              reason="unsupported_type") == 2
