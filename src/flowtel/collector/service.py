@@ -106,7 +106,8 @@ class Collector:
                 for signal, pipes in targets.items()}
             for server in FACTORIES["receivers"][component_type(rid)].create(  # type: ignore[misc]
                     self, rid, config.receivers[rid], intakes):
-                getattr(self.listening, server.kind)[rid] = server.url
+                # The feedback receiver serves one path; OTLP transports serve one path per signal.
+                getattr(self.listening, server.kind)[rid] = server.url + getattr(server, "path", "")
                 self._receivers.append(server)
 
     def token(self, auth: Auth | None) -> BearerToken | None:
