@@ -8,17 +8,23 @@ pipelines keep the spans' persistent-queue guarantee across SIGTERM + restart.
 
 from __future__ import annotations
 
+import gzip
+import json
 import os
 import re
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import grpc
 import pytest
+import requests
 import yaml
 from opentelemetry.exporter.otlp.proto.grpc._log_exporter import OTLPLogExporter
 from opentelemetry.exporter.otlp.proto.grpc.metric_exporter import OTLPMetricExporter
+from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import ExportLogsServiceRequest
 from opentelemetry.sdk._logs import LoggerProvider
 from opentelemetry.sdk._logs.export import SimpleLogRecordProcessor
 from opentelemetry.sdk.metrics import MeterProvider
@@ -225,3 +231,138 @@ def test_default_config_takes_every_signal_and_serves_the_apps_metrics_to_promet
         if prometheus is not None:
             prometheus.stop()
         assert collector.stop() == 0
+
+
+# --- the receivers' limits, auth and answers for metrics and logs ----------------------------------------------
+LIMITS_CONFIG = """
+extensions:
+  bearertokenauth: {token: s3cret}
+receivers:
+  otlp:
+    protocols:
+      grpc: {endpoint: "127.0.0.1:0"}
+      http: {endpoint: "127.0.0.1:0", max_request_body_size: 65536}
+  otlp/auth:
+    protocols:
+      grpc: {endpoint: "127.0.0.1:0", auth: {authenticator: bearertokenauth}}
+      http: {endpoint: "127.0.0.1:0", auth: {authenticator: bearertokenauth}}
+  otlp/memory: {protocols: {grpc: {endpoint: "127.0.0.1:0"}, http: {endpoint: "127.0.0.1:0"}}}
+  otlp/traces: {protocols: {grpc: {endpoint: "127.0.0.1:0"}, http: {endpoint: "127.0.0.1:0"}}}
+processors:
+  batch: {timeout: 20ms}
+  memory_limiter: {limit_mib: 1, check_interval: 2s}
+exporters:
+  prometheus: {endpoint: "127.0.0.1:0"}
+  otlp/sink: {endpoint: "%(sink)s", tls: {insecure: true}}
+service:
+  extensions: [bearertokenauth]
+  pipelines:
+    traces: {receivers: [otlp/traces], exporters: [prometheus]}
+    metrics: {receivers: [otlp, otlp/auth], processors: [batch], exporters: [otlp/sink]}
+    logs: {receivers: [otlp, otlp/auth], processors: [batch], exporters: [otlp/sink]}
+    metrics/memory: {receivers: [otlp/memory], processors: [memory_limiter], exporters: [otlp/sink]}
+    logs/memory: {receivers: [otlp/memory], processors: [memory_limiter], exporters: [otlp/sink]}
+"""
+TRACE_HEX = "5b8efff798038103d269b633813fc60c"
+SPAN_HEX = "eee19b7ec3c1b174"
+METRICS_JSON = {"resourceMetrics": [{"scopeMetrics": [{"metrics": [{"name": "json.requests", "sum": {
+    "aggregationTemporality": 2, "isMonotonic": True, "dataPoints": [{
+        "asInt": "5", "timeUnixNano": "1700000000000000000",
+        "exemplars": [{"asInt": "5", "timeUnixNano": "1700000000000000000", "traceId": TRACE_HEX,
+                       "spanId": SPAN_HEX}]}]}}]}]}]}
+LOGS_JSON = {"resourceLogs": [{"scopeLogs": [{"logRecords": [{
+    "body": {"stringValue": "json log"}, "severityNumber": 17, "severityText": "ERROR", "traceId": TRACE_HEX,
+    "spanId": SPAN_HEX}]}]}]}
+
+
+METRICS_EXPORT = "/opentelemetry.proto.collector.metrics.v1.MetricsService/Export"
+LOGS_EXPORT = "/opentelemetry.proto.collector.logs.v1.LogsService/Export"
+
+
+def _logs_request() -> bytes:
+    request = ExportLogsServiceRequest()
+    request.resource_logs.add().scope_logs.add().log_records.add().body.string_value = "one record"
+    return request.SerializeToString()
+
+
+@pytest.fixture(scope="module")
+def limits(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[CollectorProcess, OTLPSink]]:
+    with OTLPSink() as sink:
+        collector = CollectorProcess(LIMITS_CONFIG % {"sink": sink.endpoint},
+                                     tmp_path_factory.mktemp("limits")).start()
+        try:
+            yield collector, sink
+        finally:
+            assert collector.stop() == 0
+
+
+def _post(url: str, body: bytes, content_type: str = "application/json", **headers: str) -> requests.Response:
+    return requests.post(url, data=body, headers={"Content-Type": content_type, **headers}, timeout=10)
+
+
+def _own(collector: CollectorProcess) -> Any:
+    return scrape(collector.prometheus["prometheus"])
+
+
+def test_json_and_gzip_metrics_and_logs_keep_hex_ids(limits: tuple[CollectorProcess, OTLPSink]) -> None:
+    collector, sink = limits
+    base = collector.http["otlp"]
+    assert _post(base + "/v1/metrics", json.dumps(METRICS_JSON).encode()).status_code == 200
+    gzipped = gzip.compress(json.dumps(LOGS_JSON).encode())
+    response = _post(base + "/v1/logs", gzipped, **{"Content-Encoding": "gzip"})
+    assert (response.status_code, response.json()) == (200, {})
+    collector.wait_for(lambda: sink.metrics().get("json.requests") and any(
+        r.body.string_value == "json log" for r, _ in sink.log_records()))
+    (point,) = sink.metrics()["json.requests"]
+    assert point.as_int == 5
+    assert (point.exemplars[0].trace_id.hex(), point.exemplars[0].span_id.hex()) == (TRACE_HEX, SPAN_HEX)
+    (record,) = [r for r, _ in sink.log_records() if r.body.string_value == "json log"]
+    assert (record.trace_id.hex(), record.span_id.hex(), record.severity_number) == (TRACE_HEX, SPAN_HEX, 17)
+    bad_id = json.dumps(LOGS_JSON).replace(SPAN_HEX, "not-hex").encode()
+    response = _post(base + "/v1/logs", bad_id)
+    assert response.status_code == 400 and "spanId must be hex" in response.json()["message"]
+
+
+def test_limits_auth_and_unknown_signals_answer_as_for_traces(limits: tuple[CollectorProcess, OTLPSink]) -> None:
+    collector, _ = limits
+    before = _own(collector)
+    # 413 past max_request_body_size, 400 for a body that is not a request, 401 without the token.
+    big = {"resourceLogs": [{"scopeLogs": [{"logRecords": [{"body": {"stringValue": "x" * 70_000}}]}]}]}
+    assert _post(collector.http["otlp"] + "/v1/logs", json.dumps(big).encode()).status_code == 413
+    assert _post(collector.http["otlp"] + "/v1/metrics", b"\xff\xff", "application/x-protobuf").status_code == 400
+    assert _post(collector.http["otlp/auth"] + "/v1/metrics", json.dumps(METRICS_JSON).encode()).status_code == 401
+    assert _post(collector.http["otlp/auth"] + "/v1/logs", json.dumps(LOGS_JSON).encode(),
+                 Authorization="Bearer s3cret").status_code == 200
+    with grpc.insecure_channel(collector.grpc["otlp/auth"]) as channel:
+        export = channel.unary_unary(METRICS_EXPORT)
+        with pytest.raises(grpc.RpcError) as info:
+            export(b"", timeout=10)
+        assert info.value.code() == grpc.StatusCode.UNAUTHENTICATED
+    # A receiver no metrics or logs pipeline lists answers as upstream: 404 and UNIMPLEMENTED.
+    response = _post(collector.http["otlp/traces"] + "/v1/metrics", json.dumps(METRICS_JSON).encode())
+    assert response.status_code == 404 and "no metrics pipeline" in response.json()["message"]
+    with grpc.insecure_channel(collector.grpc["otlp/traces"]) as channel:
+        with pytest.raises(grpc.RpcError) as info:
+            channel.unary_unary(LOGS_EXPORT)(b"", timeout=10)
+        assert info.value.code() == grpc.StatusCode.UNIMPLEMENTED
+    after = _own(collector)
+    delta = {reason: after.value("flowtel_receiver_refused_requests_total", reason=reason)
+             - before.value("flowtel_receiver_refused_requests_total", reason=reason)
+             for reason in ("too_large", "malformed", "unauthenticated", "not_found")}
+    assert delta == {"too_large": 1, "malformed": 1, "unauthenticated": 2, "not_found": 1}
+    assert after.value("otelcol_receiver_accepted_log_records_total", receiver="otlp/auth") == 1
+
+
+def test_memory_limit_refuses_metrics_and_logs_with_retry(limits: tuple[CollectorProcess, OTLPSink]) -> None:
+    collector, _ = limits
+    response = _post(collector.http["otlp/memory"] + "/v1/metrics", json.dumps(METRICS_JSON).encode())
+    assert response.status_code == 503 and response.headers["Retry-After"].isdigit()
+    with grpc.insecure_channel(collector.grpc["otlp/memory"]) as channel:
+        with pytest.raises(grpc.RpcError) as info:
+            channel.unary_unary(LOGS_EXPORT)(_logs_request(), timeout=10)
+        assert info.value.code() == grpc.StatusCode.UNAVAILABLE
+    own = _own(collector)
+    assert own.value("otelcol_receiver_refused_metric_points_total", receiver="otlp/memory", transport="http",
+                     reason="memory_limit") == 1
+    assert own.value("otelcol_receiver_refused_log_records_total", receiver="otlp/memory", transport="grpc",
+                     reason="memory_limit") == 1
