@@ -84,9 +84,14 @@ class _Item:
 class SendingQueue:
     def __init__(self, exporter_id: str, send: Send, queue: QueueSettings, retry: RetrySettings,
                  self_metrics: SelfMetrics, timeout_s: float, storage_dir: str | None = None, *,
-                 counts_delivery: bool = True) -> None:
-        """``counts_delivery=False``: the sender counts what it delivered itself (Azure Monitor's accounting)."""
+                 counts_delivery: bool = True, unit: str = "spans") -> None:
+        """``counts_delivery=False``: the sender counts what it delivered itself (Azure Monitor's accounting).
+        ``unit``: what a batch's count counts (spans, metric_points, log_records), naming its counters."""
         self._id = exporter_id
+        self._unit = unit
+        self._sent = f"otelcol.exporter.sent.{unit}"
+        self._send_failed = f"otelcol.exporter.send_failed.{unit}"
+        self._enqueue_failed = f"otelcol.exporter.enqueue_failed.{unit}"
         self._counts_delivery = counts_delivery
         self._send = send
         self._queue_settings = queue
@@ -103,8 +108,11 @@ class SendingQueue:
         if self._dir is not None:
             os.makedirs(self._dir, mode=0o700, exist_ok=True)
             self._recover()
-        self_metrics.register_gauge("exporter_queue", lambda: len(self._items), {"exporter": exporter_id})
-        self_metrics.register_gauge("exporter_queue_capacity", lambda: queue.queue_size, {"exporter": exporter_id})
+        # One queue per signal of an exporter; metrics' and logs' carry the upstream data_type label.
+        labels = {"exporter": exporter_id} if unit == "spans" else {
+            "exporter": exporter_id, "data_type": "metrics" if unit == "metric_points" else "logs"}
+        self_metrics.register_gauge("exporter_queue", lambda: len(self._items), labels)
+        self_metrics.register_gauge("exporter_queue_capacity", lambda: queue.queue_size, labels)
 
     def _recover(self) -> None:
         assert self._dir is not None
@@ -120,8 +128,8 @@ class SendingQueue:
             self._items.append(_Item(spans, None, path))
             self._seq = max(self._seq, int(name.split(".")[0]) + 1)
         if names:
-            logger.info("exporter %s: %d stored batch(es) (%d spans) recovered from %s", self._id, len(self._items),
-                        sum(i.spans for i in self._items), self._dir)
+            logger.info("exporter %s: %d stored batch(es) (%d %s) recovered from %s", self._id, len(self._items),
+                        sum(i.spans for i in self._items), self._unit.replace("_", " "), self._dir)
 
     def start(self) -> None:
         for n in range(max(1, self._queue_settings.num_consumers)):
@@ -132,18 +140,18 @@ class SendingQueue:
     def put(self, payload: bytes, spans: int) -> bool:
         with self._cond:
             if len(self._items) >= self._queue_settings.queue_size or self._stopping.is_set():
-                self._self.add("otelcol.exporter.enqueue_failed.spans", spans, self._id)
-                self._self.dropped("exporter_queue_full", spans)
-                warn_once(f"enqueue:{self._id}", "exporter %s: queue full (%d batches); spans dropped and counted",
-                          self._id, self._queue_settings.queue_size)
+                self._self.add(self._enqueue_failed, spans, self._id)
+                self._self.dropped("exporter_queue_full", spans, self._unit)
+                warn_once(f"enqueue:{self._id}", "exporter %s: queue full (%d batches); %s dropped and counted",
+                          self._id, self._queue_settings.queue_size, self._unit)
                 return False
             item = _Item(spans, payload)
             if self._dir is not None:
                 try:
                     item.path = self._store(payload, spans)
                 except OSError as error:  # disk full, directory gone: refuse this batch, keep running
-                    self._self.add("otelcol.exporter.enqueue_failed.spans", spans, self._id)
-                    self._self.dropped("storage_error", spans)
+                    self._self.add(self._enqueue_failed, spans, self._id)
+                    self._self.dropped("storage_error", spans, self._unit)
                     warn_once(f"store:{self._id}", "exporter %s: cannot store a batch (%s); spans dropped and "
                               "counted", self._id, error)
                     return False
@@ -184,8 +192,8 @@ class SendingQueue:
                 self._deliver(item)
             except Exception:  # a bug must cost this batch, counted, not the consumer thread
                 logger.exception("exporter %s: failed delivering a batch of %d spans", self._id, item.spans)
-                self._self.add("otelcol.exporter.send_failed.spans", item.spans, self._id, "internal_error")
-                self._self.dropped("internal_error", item.spans)
+                self._self.add(self._send_failed, item.spans, self._id, "internal_error")
+                self._self.dropped("internal_error", item.spans, self._unit)
                 self._forget(item)
             finally:
                 with self._cond:
@@ -209,11 +217,11 @@ class SendingQueue:
             result = self._attempt(payload)
             if result.ok:
                 if self._counts_delivery:
-                    self._self.add("otelcol.exporter.sent.spans", item.spans - result.rejected, self._id)
+                    self._self.add(self._sent, item.spans - result.rejected, self._id)
                 if result.rejected:
-                    self._self.add("otelcol.exporter.send_failed.spans", result.rejected, self._id,
+                    self._self.add(self._send_failed, result.rejected, self._id,
                                    "rejected_by_backend")
-                    self._self.dropped("rejected_by_backend", result.rejected)
+                    self._self.dropped("rejected_by_backend", result.rejected, self._unit)
                     warn_once(f"partial:{self._id}", "exporter %s: backend rejected %d span(s): %s", self._id,
                               result.rejected, result.reason)
                 self._forget(item)
@@ -245,8 +253,8 @@ class SendingQueue:
             return SendResult(False, retryable=True, reason=f"{type(error).__name__}: {error}")
 
     def _give_up(self, item: _Item, reason: str, kind: str) -> None:
-        self._self.add("otelcol.exporter.send_failed.spans", item.spans, self._id, kind)
-        self._self.dropped(f"export_{kind}", item.spans)
+        self._self.add(self._send_failed, item.spans, self._id, kind)
+        self._self.dropped(f"export_{kind}", item.spans, self._unit)
         warn_once(f"giveup:{self._id}:{kind}", "exporter %s: dropped %d span(s) (%s): %s", self._id, item.spans,
                   kind, reason)
         self._forget(item)
@@ -284,8 +292,8 @@ class SendingQueue:
             self._items.clear()
         if left and self._dir is None:
             spans = sum(i.spans for i in left)
-            self._self.add("otelcol.exporter.send_failed.spans", spans, self._id, "shutdown")
-            self._self.dropped("shutdown_timeout", spans)
+            self._self.add(self._send_failed, spans, self._id, "shutdown")
+            self._self.dropped("shutdown_timeout", spans, self._unit)
             logger.warning("exporter %s: %d span(s) still queued at the shutdown deadline were dropped", self._id,
                            spans)
         elif left:
