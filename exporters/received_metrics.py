@@ -26,8 +26,8 @@ Translation (``prometheus_names`` has the naming rules):
   change restarts.
 - exponential histograms are dropped and counted (``unsupported_type``): upstream keeps them as
   native histograms, which only its protobuf exposition carries; flowtel serves the text formats.
-  Points of an unset temporality, or with bucket counts that do not match their bounds or count,
-  are ``invalid``.
+  Points of an unset temporality, with bucket counts that do not match their bounds or count,
+  or negative (or NaN) values of monotonic sums are ``invalid``.
 - ``job`` / ``instance`` come from ``service.namespace``/``service.name`` and
   ``service.instance.id``; the other resource attributes go to one ``target_info`` series per
   resource; ``resource_to_telemetry_conversion.enabled`` copies all of them onto every series,
@@ -76,7 +76,7 @@ from .prometheus_names import COUNTER, GAUGE, HISTOGRAM, SUMMARY, label_value, l
 
 #: Reasons ``consume`` drops points for (the keys of its answer).
 DROP_REASONS = ("derived_duplicate", "name_conflict", "unsupported_type", "out_of_order", "metric_limit",
-                "cardinality_limit", "invalid")
+                "cardinality_limit", "invalid", "internal_error")
 
 _NO_RECORDED_VALUE = 1  # DataPointFlags.FLAG_NO_RECORDED_VALUE
 _DELTA, _CUMULATIVE = 1, 2  # AggregationTemporality
@@ -231,13 +231,14 @@ class ReceivedMetrics:
             dropped[reason or "invalid"] = dropped.get(reason or "invalid", 0) + len(points)
             return
         delta = kind_of_data in ("sum", "histogram") and data.aggregation_temporality == _DELTA
+        counter = family.kind == COUNTER
         read = _READERS[kind_of_data]
         for point in points:
             if point.flags & _NO_RECORDED_VALUE:  # the sender says the series ended: stop exposing it (upstream)
                 family.series.pop(self._labels(point.attributes, common)[0], None)
                 continue
             parsed = read(point)
-            if parsed is None:
+            if parsed is None or (counter and not parsed.value >= 0):  # a counter is never negative (nor NaN)
                 reason = "invalid"
             else:
                 reason = self._apply(family, *self._labels(point.attributes, common), parsed, delta, now)
