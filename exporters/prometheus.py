@@ -40,7 +40,7 @@ from prometheus_client import CollectorRegistry, make_wsgi_app
 from prometheus_client.metrics_core import Metric
 from prometheus_client.samples import Exemplar
 
-from flowtel._log import warn_once
+from flowtel._log import logger, warn_once
 from flowtel._wsgi import TLSSettings, WSGIEndpoint, bearer_auth
 from flowtel.config import ConfigError
 from flowtel.processors.catalog import ALL_METRICS, prometheus_name
@@ -281,7 +281,11 @@ class PrometheusExporter:
 
     def export_metrics(self, request: ExportMetricsServiceRequest, payload: bytes, points: int) -> None:
         """Expose the received metrics; points it cannot expose are counted per reason and logged once."""
-        dropped = self.received.consume(request, derived_names=self._derived_names)
+        try:
+            dropped = self.received.consume(request, derived_names=self._derived_names)
+        except Exception:  # a bug costs this request's points, counted, not the pipeline
+            logger.exception("exporter %s: failed exposing %d received metric points", self.id, points)
+            dropped = {"internal_error": points}
         lost = 0
         for reason, count in dropped.items():
             lost += count

@@ -26,8 +26,8 @@ Translation (``prometheus_names`` has the naming rules):
   change restarts.
 - exponential histograms are dropped and counted (``unsupported_type``): upstream keeps them as
   native histograms, which only its protobuf exposition carries; flowtel serves the text formats.
-  Points of an unset temporality, or with bucket counts that do not match their bounds or count,
-  are ``invalid``.
+  Points of an unset temporality, with bucket counts that do not match their bounds or count,
+  or negative (or NaN) values of monotonic sums are ``invalid``.
 - ``job`` / ``instance`` come from ``service.namespace``/``service.name`` and
   ``service.instance.id``; the other resource attributes go to one ``target_info`` series per
   resource; ``resource_to_telemetry_conversion.enabled`` copies all of them onto every series,
@@ -56,8 +56,10 @@ from __future__ import annotations
 import threading
 import time
 from bisect import bisect_left
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable
 from dataclasses import dataclass, field
+from functools import lru_cache
+from itertools import pairwise
 from typing import Any
 
 from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import ExportMetricsServiceRequest
@@ -74,13 +76,15 @@ from .prometheus_names import COUNTER, GAUGE, HISTOGRAM, SUMMARY, label_value, l
 
 #: Reasons ``consume`` drops points for (the keys of its answer).
 DROP_REASONS = ("derived_duplicate", "name_conflict", "unsupported_type", "out_of_order", "metric_limit",
-                "cardinality_limit", "invalid")
+                "cardinality_limit", "invalid", "internal_error")
 
 _NO_RECORDED_VALUE = 1  # DataPointFlags.FLAG_NO_RECORDED_VALUE
 _DELTA, _CUMULATIVE = 1, 2  # AggregationTemporality
 _OVERFLOW_LABELS = {"otel_metric_overflow": "true"}
 _IDENTIFYING = ("service.name", "service.namespace", "service.instance.id")
-Key = tuple[tuple[str, str], ...]
+Key = Labels = tuple[tuple[str, str], ...]
+_OWN_LABELS = frozenset({"job", "instance", "otel_scope_name", "otel_scope_version"})
+_LABEL_CACHE_SIZE = 16_384  # translated label sets remembered (cleared when full)
 
 
 def sample_names(family: str, kind: str) -> tuple[str, ...]:
@@ -172,6 +176,8 @@ class ReceivedMetrics:
         self._promote_all = self.config.resource_to_telemetry_conversion.enabled
         self._promote = frozenset(self.config.promote_resource_attributes)
         self._max_value_bytes = self.config.max_label_value_bytes
+        self._label_cache: dict[tuple[Any, ...], tuple[Key, dict[str, str], int]] = {}
+        self._cuts = 0  # label values cut so far
 
     # -- consume -------------------------------------------------------------------------------------------------
 
@@ -184,16 +190,17 @@ class ReceivedMetrics:
                 resource = self._resource(resource_metrics.resource.attributes, now)
                 for scope_metrics in resource_metrics.scope_metrics:
                     scope = scope_metrics.scope
-                    common = dict(resource.labels)
+                    scope_labels = dict(resource.labels)
                     if scope.name:
-                        common["otel_scope_name"] = self._cut(scope.name)
+                        scope_labels["otel_scope_name"] = self._cut(scope.name)
                     if scope.version:
-                        common["otel_scope_version"] = self._cut(scope.version)
+                        scope_labels["otel_scope_version"] = self._cut(scope.version)
+                    common = tuple(scope_labels.items())
                     for metric in scope_metrics.metrics:
                         self._metric(metric, common, derived_names, now, dropped)
         return dropped
 
-    def _metric(self, metric: Any, common: Mapping[str, str], derived_names: set[str], now: float,
+    def _metric(self, metric: Any, common: Labels, derived_names: set[str], now: float,
                 dropped: dict[str, int]) -> None:
         kind_of_data = metric.WhichOneof("data")
         data = getattr(metric, kind_of_data) if kind_of_data else None
@@ -224,16 +231,17 @@ class ReceivedMetrics:
             dropped[reason or "invalid"] = dropped.get(reason or "invalid", 0) + len(points)
             return
         delta = kind_of_data in ("sum", "histogram") and data.aggregation_temporality == _DELTA
+        counter = family.kind == COUNTER
         read = _READERS[kind_of_data]
         for point in points:
             if point.flags & _NO_RECORDED_VALUE:  # the sender says the series ended: stop exposing it (upstream)
-                family.series.pop(tuple(sorted(self._labels(point.attributes, common).items())), None)
+                family.series.pop(self._labels(point.attributes, common)[0], None)
                 continue
             parsed = read(point)
-            if parsed is None:
+            if parsed is None or (counter and not parsed.value >= 0):  # a counter is never negative (nor NaN)
                 reason = "invalid"
             else:
-                reason = self._apply(family, self._labels(point.attributes, common), parsed, delta, now)
+                reason = self._apply(family, *self._labels(point.attributes, common), parsed, delta, now)
             if reason is not None:
                 dropped[reason] = dropped.get(reason, 0) + 1
 
@@ -277,15 +285,31 @@ class ReceivedMetrics:
                 self._self.metric_overflow("target_info")
         return _Resource({**promoted, **added}, info)
 
-    def _labels(self, attributes: Any, common: Mapping[str, str]) -> dict[str, str]:
-        own = labels([(k, self._cut(label_value(v))) for k, v in decode_attributes(attributes).items()])
-        if not common:
-            return own
+    def _labels(self, attributes: Any, common: Labels) -> tuple[Key, dict[str, str]]:
+        """A point's series key and labels: its attributes', then the resource's and scope's ``common`` ones.
+
+        Label sets recur in every export, so their translation is remembered (a bounded cache)."""
+        raw = decode_attributes(attributes)
+        cache_key: tuple[Any, ...] | None = (common, tuple(raw.items()))
+        try:
+            hit = self._label_cache.get(cache_key)  # type: ignore[arg-type]
+        except TypeError:  # a map-valued attribute is not hashable: translate it every time
+            cache_key, hit = None, None
+        if hit is not None:
+            if hit[2] and self._self is not None:  # each point with a cut value counts, as when first seen
+                self._self.add("flowtel.received.label_values.truncated", hit[2])
+            return hit[0], hit[1]
+        cuts_before = self._cuts
         merged = dict(common)
-        for k, v in own.items():  # the point's own attributes win over promoted resource attributes ...
-            if k not in ("job", "instance", "otel_scope_name", "otel_scope_version"):  # ... not over these
-                merged[k] = v
-        return merged
+        for k, v in labels([(k, self._cut(label_value(v))) for k, v in raw.items()]).items():
+            if k not in _OWN_LABELS or k not in merged:  # the point's attributes win over promoted resource
+                merged[k] = v                            # attributes, not over job, instance and scope
+        key = tuple(sorted(merged.items()))
+        if cache_key is not None:
+            if len(self._label_cache) >= _LABEL_CACHE_SIZE:
+                self._label_cache.clear()
+            self._label_cache[cache_key] = (key, merged, self._cuts - cuts_before)
+        return key, merged
 
     def _cut(self, value: str) -> str:
         if len(value) * 4 <= self._max_value_bytes:  # fast path: short enough whatever its characters
@@ -293,15 +317,15 @@ class ReceivedMetrics:
         encoded = value.encode()
         if len(encoded) <= self._max_value_bytes:
             return value
+        self._cuts += 1
         if self._self is not None:
             self._self.add("flowtel.received.label_values.truncated", 1)
         warn_once("received-label-cut", "received metric label values longer than %d bytes are cut to it; counted "
                   "in flowtel_received_label_values_truncated_total", self._max_value_bytes)
         return encoded[:self._max_value_bytes].decode(errors="ignore")
 
-    def _apply(self, family: _Family, series_labels: dict[str, str], point: _Point, delta: bool,
+    def _apply(self, family: _Family, key: Key, series_labels: dict[str, str], point: _Point, delta: bool,
                now: float) -> str | None:
-        key = tuple(sorted(series_labels.items()))
         series = family.series.get(key)
         if series is None:
             if len(family.series) >= self.config.cardinality_limit:
@@ -412,17 +436,21 @@ def _number(point: Any) -> _Point | None:
 
 def _histogram(point: Any) -> _Point | None:
     bounds = tuple(point.explicit_bounds)
-    buckets = [float(c) for c in point.bucket_counts]
+    buckets: list[float] = list(point.bucket_counts)
     if not buckets:  # only count and sum: one +Inf bucket
         if bounds:
             return None
-        buckets = [float(point.count)]
-    if len(buckets) != len(bounds) + 1 or any(b >= a for a, b in zip(bounds[1:], bounds, strict=False)) \
-            or sum(buckets) != point.count:
+        buckets = [point.count]
+    if len(buckets) != len(bounds) + 1 or not _increasing(bounds) or sum(buckets) != point.count:
         return None
     has_sum = point.HasField("sum")
     return _Point(point.start_time_unix_nano, point.time_unix_nano, point.sum if has_sum else 0.0, point.count,
                   has_sum, bounds, buckets, _exemplars(point.exemplars, bounds) if point.exemplars else {})
+
+
+@lru_cache(maxsize=256)  # a metric's bounds recur in every point
+def _increasing(bounds: tuple[float, ...]) -> bool:
+    return all(a < b for a, b in pairwise(bounds))
 
 
 def _summary(point: Any) -> _Point | None:

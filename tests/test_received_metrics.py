@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -383,3 +384,171 @@ def test_exponential_histograms_are_dropped_and_counted(exporter_factory) -> Non
     assert not scrape(exporter.url).find("sizes_count")
     assert self_metrics.count("otelcol.exporter.send_failed.metric_points", exporter="prometheus",
                               reason="unsupported_type") == 2
+
+
+# -- edge cases no SDK sends: hand-made requests ---------------------------------------------------------------
+
+T0 = 1_700_000_000_000_000_000
+
+
+def _request_with(fill: Callable[[Any], None], **resource: str) -> ExportMetricsServiceRequest:
+    request = ExportMetricsServiceRequest()
+    rm = request.resource_metrics.add()
+    for key, value in {"service.name": "edge", **resource}.items():
+        rm.resource.attributes.add(key=key).value.string_value = value
+    sm = rm.scope_metrics.add()
+    sm.scope.name = "edge.scope"
+    fill(sm)
+    return request
+
+
+def _attrs(point: Any, **attrs: Any) -> None:
+    for key, value in attrs.items():
+        kv = point.attributes.add(key=key)
+        if isinstance(value, list):
+            for item in value:
+                kv.value.array_value.values.add().string_value = item
+        else:
+            kv.value.string_value = value
+
+
+def test_summaries_are_exposed_with_quantiles_sum_and_count(exporter_factory) -> None:
+    exporter, _ = exporter_factory()
+
+    def fill(sm: Any) -> None:
+        metric = sm.metrics.add(name="rpc.latency", unit="s")
+        point = metric.summary.data_points.add(start_time_unix_nano=T0, time_unix_nano=T0 + 1, count=4, sum=2.5)
+        for quantile, value in ((0.5, 0.4), (0.99, 1.5)):
+            point.quantile_values.add(quantile=quantile, value=value)
+        _attrs(point, method="get")
+
+    send(exporter, _request_with(fill))
+    got = scrape(exporter.url)
+    assert got.value("rpc_latency_seconds", quantile="0.5", method="get") == 0.4
+    assert got.value("rpc_latency_seconds", quantile="0.99") == 1.5
+    assert got.value("rpc_latency_seconds_sum") == 2.5
+    assert got.value("rpc_latency_seconds_count") == 4
+
+
+def test_malformed_points_are_dropped_and_counted_and_the_rest_kept(exporter_factory) -> None:
+    exporter, self_metrics = exporter_factory()
+
+    def fill(sm: Any) -> None:
+        bad_buckets = sm.metrics.add(name="h").histogram
+        bad_buckets.aggregation_temporality = 2
+        bad_buckets.data_points.add(time_unix_nano=T0, count=3, explicit_bounds=[1, 2], bucket_counts=[1, 2])
+        unset = sm.metrics.add(name="s").sum
+        unset.is_monotonic = True
+        unset.data_points.add(time_unix_nano=T0, as_int=1)
+        negative = sm.metrics.add(name="neg").sum
+        negative.is_monotonic, negative.aggregation_temporality = True, 2
+        negative.data_points.add(time_unix_nano=T0, as_double=-1)
+        good = sm.metrics.add(name="ok").sum
+        good.is_monotonic, good.aggregation_temporality = True, 2
+        good.data_points.add(time_unix_nano=T0, as_int=5)
+        _attrs(good.data_points[0], tags=["a", 'b"c'])
+
+    send(exporter, _request_with(fill))
+    got = scrape(exporter.url)
+    assert got.find("ok_total")[0].labels["tags"] == '["a","b\\"c"]'  # arrays as JSON
+    assert got.value("ok_total") == 5
+    assert not got.find("h_count") and not got.find("s_total") and not got.find("neg_total")
+    assert self_metrics.count("otelcol.exporter.send_failed.metric_points", exporter="prometheus",
+                              reason="invalid") == 3
+
+
+def test_a_point_without_recorded_value_ends_its_series(exporter_factory) -> None:
+    exporter, _ = exporter_factory()
+
+    def gauge(flags: int, time_ns: int) -> Callable[[Any], None]:
+        def fill(sm: Any) -> None:
+            point = sm.metrics.add(name="temp").gauge.data_points.add(time_unix_nano=time_ns, as_double=20,
+                                                                      flags=flags)
+            _attrs(point, room="a")
+        return fill
+
+    send(exporter, _request_with(gauge(0, T0)))
+    assert scrape(exporter.url).value("temp", room="a") == 20
+    send(exporter, _request_with(gauge(1, T0 + 1)))
+    assert not scrape(exporter.url).find("temp")
+
+
+def test_delta_histograms_past_the_cardinality_limit_fold_into_the_overflow_series(exporter_factory) -> None:
+    exporter, self_metrics = exporter_factory(cardinality_limit=1)
+    app = make_app(delta=True)
+    histogram = app.meter.create_histogram("size", explicit_bucket_boundaries_advisory=[10])
+    histogram.record(1, {"k": "a"})
+    histogram.record(20, {"k": "b"})
+    histogram.record(30, {"k": "c"})
+    send(exporter, app.request())
+    histogram.record(5, {"k": "b"})
+    send(exporter, app.request())
+
+    got = scrape(exporter.url)
+    assert got.value("size_count", k="a") == 1
+    overflow = {s.labels["le"]: s.value for s in got.find("size_bucket", otel_metric_overflow="true")}
+    assert overflow == {"10.0": 1, "+Inf": 3}
+    assert got.value("size_sum", otel_metric_overflow="true") == 55
+    assert self_metrics.count("flowtel.metric.overflow", metric="size") == 3
+
+
+def test_metrics_past_max_metrics_are_dropped_until_others_expire(exporter_factory) -> None:
+    exporter, self_metrics = exporter_factory(max_metrics=2)
+    app = make_app()
+    for name in ("one", "two", "three"):
+        app.meter.create_counter(name).add(1)
+    send(exporter, app.request())
+    got = scrape(exporter.url)
+    assert sorted(s.name for s in got.samples if s.name in ("one_total", "two_total", "three_total")) == [
+        "one_total", "two_total"]
+    assert self_metrics.count("otelcol.exporter.send_failed.metric_points", exporter="prometheus",
+                              reason="metric_limit") == 1
+
+
+def test_a_failure_inside_the_translation_costs_the_request_counted(exporter_factory, monkeypatch) -> None:
+    exporter, self_metrics = exporter_factory()
+    app = make_app()
+    app.meter.create_counter("fine").add(1)
+    request = app.request()
+
+    def broken(*args: Any, **kwargs: Any) -> dict[str, int]:
+        raise RuntimeError("bug")
+
+    monkeypatch.setattr(exporter.received, "consume", broken)
+    send(exporter, request)
+    assert self_metrics.count("otelcol.exporter.send_failed.metric_points", exporter="prometheus",
+                              reason="internal_error") == 1
+    monkeypatch.undo()
+    send(exporter, request)
+    assert scrape(exporter.url).value("fine_total") == 1
+
+
+def test_concurrent_senders_and_scrapes_lose_nothing(exporter_factory) -> None:
+    exporter, _ = exporter_factory()
+    apps = [make_app(delta=True, **{"service.instance.id": f"pod-{i}"}) for i in range(4)]
+    counters = [app.meter.create_counter("work") for app in apps]
+    requests: list[list[ExportMetricsServiceRequest]] = [[] for _ in apps]
+    for i, (app, counter) in enumerate(zip(apps, counters, strict=True)):
+        for n in range(30):
+            counter.add(n + i)
+            requests[i].append(app.request())
+    errors: list[BaseException] = []
+
+    def sender(batch: list[ExportMetricsServiceRequest]) -> None:
+        try:
+            for request in batch:
+                send(exporter, request)
+        except BaseException as error:  # reported by the test below
+            errors.append(error)
+
+    threads = [threading.Thread(target=sender, args=(batch,)) for batch in requests]
+    for thread in threads:
+        thread.start()
+    while any(t.is_alive() for t in threads):
+        scrape(exporter.url)
+    for thread in threads:
+        thread.join(10)
+    assert not errors
+    got = scrape(exporter.url)
+    for i in range(4):
+        assert got.value("work_total", instance=f"pod-{i}") == sum(n + i for n in range(30))
