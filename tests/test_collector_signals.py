@@ -33,6 +33,7 @@ from opentelemetry.sdk.resources import Resource
 
 from collector_proc import CollectorProcess
 from conftest import ROOT, scrape
+from ingestion import IngestionServer
 from monitoring_tools import PrometheusServer
 from otlp_sink import OTLPSink
 from test_collector_exporters import free_port, log_lines, stored_spans
@@ -366,3 +367,32 @@ def test_memory_limit_refuses_metrics_and_logs_with_retry(limits: tuple[Collecto
                      reason="memory_limit") == 1
     assert own.value("otelcol_receiver_refused_log_records_total", receiver="otlp/memory", transport="grpc",
                      reason="memory_limit") == 1
+
+
+def test_app_logs_and_metrics_reach_application_insights_through_the_collector(tmp_path: Path) -> None:
+    """The instrumented app's log record lands in the traces table (MessageData, severity Warning) and its counter
+    in customMetrics, through the collector's azuremonitor exporter, on the validating ingestion endpoint."""
+    with IngestionServer() as ingestion, OTLPSink() as sink:
+        config = yaml.safe_load(collector_config(sink.endpoint))
+        config["exporters"]["azuremonitor"] = {
+            "connection_string": ingestion.connection_string, "retry_total": 0, "disable_offline_storage": True,
+            "self_telemetry": False, "traces": False}
+        for kind in ("metrics", "logs"):
+            config["service"]["pipelines"][kind]["exporters"] = ["azuremonitor"]
+        collector = CollectorProcess(yaml.safe_dump(config), tmp_path).start()
+        try:
+            run_app(f"http://{collector.grpc['otlp']}", tmp_path)
+            assert ingestion.wait_for(lambda: ingestion.rows("MessageData") and ingestion.metric_rows("app.requests"),
+                                      30), collector.log
+            (row,) = ingestion.rows("MessageData")
+            assert row["data"]["baseData"]["message"] == "hello from the app"
+            assert row["data"]["baseData"]["severityLevel"] == 2  # Warning
+            assert row["data"]["baseData"]["properties"]["app.step"] == "done"
+            requests_by_route = {r["data"]["baseData"]["properties"]["route"]: r["data"]["baseData"]["metrics"][0]
+                                 ["value"] for r in ingestion.metric_rows("app.requests")}
+            assert requests_by_route == {"/a": 3, "/b": 4}
+            assert not ingestion.invalid
+            own = scrape(collector.prometheus["prometheus"])
+            assert own.value("otelcol_exporter_sent_log_records_total", exporter="azuremonitor") == 1
+        finally:
+            assert collector.stop() == 0
