@@ -20,7 +20,7 @@ from opentelemetry.sdk.metrics.export import AggregationTemporality, InMemoryMet
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import TracerProvider
 
-from flowtel.collector.config import AzureMonitorExporterConfig  # the collector's config first: it imports exporters
+from flowtel.collector.components import AzureMonitorExporterConfig  # the collector first: it imports exporters
 from flowtel.exporters.azure_received import ReceivedToAzure, points_in, records_in
 from flowtel.exporters.azuremonitor_collector import AzureMonitorCollectorExporter
 from flowtel.selfmetrics import SelfMetrics
