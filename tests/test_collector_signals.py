@@ -396,3 +396,37 @@ def test_app_logs_and_metrics_reach_application_insights_through_the_collector(t
             assert own.value("otelcol_exporter_sent_log_records_total", exporter="azuremonitor") == 1
         finally:
             assert collector.stop() == 0
+
+
+@pytest.mark.parametrize("capture", [False, True])
+def test_logs_leave_without_genai_content_unless_content_is_captured(capture: bool, tmp_path: Path) -> None:
+    """A GenAI message event sent as a log (what instrumentations emit when the app captures content) loses its
+    body and content attributes in a logs pipeline, as spans lose theirs, unless the config's flowtel processor
+    captures content; every other record and attribute passes unchanged."""
+    with OTLPSink() as sink:
+        config = yaml.safe_load(collector_config(sink.endpoint))
+        config["processors"]["flowtel"] = {"capture_content": capture}
+        config["service"]["pipelines"]["traces"]["processors"] = ["memory_limiter", "flowtel", "batch"]
+        collector = CollectorProcess(yaml.safe_dump(config), tmp_path).start()
+        try:
+            provider = LoggerProvider(resource=Resource.create({"service.name": "chat"}))
+            provider.add_log_record_processor(SimpleLogRecordProcessor(
+                OTLPLogExporter(endpoint=collector.grpc["otlp"], insecure=True)))
+            logger = provider.get_logger("opentelemetry.instrumentation.openai_v2")
+            logger.emit(event_name="gen_ai.user.message", body={"content": "my secret prompt"},
+                        attributes={"gen_ai.system": "openai"})
+            logger.emit(body="inference done", attributes={"gen_ai.input.messages": "[secret]", "kept": "yes"})
+            provider.shutdown()
+            collector.wait_for(lambda: len(sink.log_records()) == 2)
+        finally:
+            assert collector.stop() == 0
+    records = {r.event_name or r.body.string_value: r for r, _ in sink.log_records()}
+    event, plain = records["gen_ai.user.message"], records["inference done"]
+    attributes = {kv.key: kv.value.string_value for kv in plain.attributes}
+    assert {kv.key for kv in event.attributes} == {"gen_ai.system"}
+    if capture:
+        assert event.body.kvlist_value.values[0].value.string_value == "my secret prompt"
+        assert attributes == {"gen_ai.input.messages": "[secret]", "kept": "yes"}
+    else:
+        assert not event.HasField("body")
+        assert attributes == {"kept": "yes"}

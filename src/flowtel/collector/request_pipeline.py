@@ -20,6 +20,7 @@ from flowtel._log import logger
 from flowtel.selfmetrics import SelfMetrics
 
 from .batch import BatchConfig
+from .log_content import strip_content
 from .memory_limiter import MemoryLimiter
 from .refusal import Refused
 from .signals import Signal
@@ -40,9 +41,12 @@ Export = Callable[[Message, bytes, int], None]
 class RequestPipeline:
     def __init__(self, pipeline_id: str, signal: Signal, exporters: Sequence[SignalExporter],
                  self_metrics: SelfMetrics, *, memory_limiters: Sequence[MemoryLimiter] = (),
-                 batch: BatchConfig | None = None, max_queue: int = DEFAULT_MAX_QUEUE_ITEMS) -> None:
+                 batch: BatchConfig | None = None, max_queue: int = DEFAULT_MAX_QUEUE_ITEMS,
+                 capture_content: bool = False) -> None:
         self.id = pipeline_id
         self.signal = signal
+        # Logs may carry GenAI messages; without content capture they leave flowtel without them (log_content).
+        self._strip_content = signal.name == "logs" and not capture_content
         # Each exporter's entry point for this signal (export_metrics / export_logs), looked up once.
         self._exports: tuple[tuple[str, Export], ...] = tuple(
             (e.id, getattr(e, f"export_{signal.name}")) for e in exporters)
@@ -114,6 +118,14 @@ class RequestPipeline:
             logger.exception("pipeline %s could not join a batch of %d %s", self.id, n, self.signal.unit)
             self._self.dropped("internal_error", n, self.signal.unit)
             return
+        if self._strip_content:
+            try:
+                if strip_content(request):  # type: ignore[arg-type]
+                    payload = request.SerializeToString()
+            except Exception:  # fail closed: content that could not be removed is not sent
+                logger.exception("pipeline %s could not remove content from %d log records", self.id, n)
+                self._self.dropped("internal_error", n, self.signal.unit)
+                return
         for exporter_id, export in self._exports:
             try:
                 export(request, payload, n)

@@ -138,8 +138,13 @@ class Collector:
                 flowtel_cfg = cfg
         signal = component_type(pipeline_id)
         if signal != "traces":
+            # Logs keep GenAI message content only where the config's flowtel processors capture it.
+            used = {pid for p in self.config.service.pipelines.values() for pid in p.processors}
+            capture = any(isinstance(cfg, FlowtelProcessorConfig) and cfg.capture_content
+                          for pid, cfg in self.config.processors.items() if pid in used)
             return RequestPipeline(pipeline_id, BY_NAME[signal], [self.exporters[e] for e in exporters],
-                                   self.self_metrics, memory_limiters=limiters, batch=batch)
+                                   self.self_metrics, memory_limiters=limiters, batch=batch,
+                                   capture_content=capture)
         flowtel = None
         if flowtel_cfg is not None:
             fconfig = flowtel_cfg.flowtel_config(batch.timeout)
