@@ -225,8 +225,9 @@ class ReceivedMetrics:
             monotonic = kind_of_data == "sum" and data.is_monotonic
             kind = {"gauge": GAUGE, "histogram": HISTOGRAM, "summary": SUMMARY}.get(
                 kind_of_data, COUNTER if monotonic else GAUGE)
-            family, reason = self._family(metric_name(name, metric.unit, kind, monotonic), kind, metric.description,
-                                          now)
+            # HELP: the description, or the metric's OpenTelemetry name (lint tools want one, and it says the origin)
+            family, reason = self._family(metric_name(name, metric.unit, kind, monotonic), kind,
+                                          metric.description or metric.name, now)
         if family is None:
             dropped[reason or "invalid"] = dropped.get(reason or "invalid", 0) + len(points)
             return
