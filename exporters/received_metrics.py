@@ -215,7 +215,7 @@ class ReceivedMetrics:
             reason = "invalid"
         if reason is None:
             name = metric.name
-            if name in derived_names:
+            if name.lower() in derived_names:  # instrument names are case-insensitive
                 if self.config.duplicate_derived_metrics == "drop":
                     reason = "derived_duplicate"
                 else:

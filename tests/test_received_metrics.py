@@ -610,3 +610,18 @@ def test_a_real_prometheus_scrapes_the_received_metrics_with_their_job_and_insta
         assert prometheus.query('otelcol_exporter_sent_metric_points_total{exporter="prometheus"}')
     finally:
         prometheus.stop()
+
+
+def test_the_duplicate_policy_ignores_the_case_of_instrument_names(exporter_factory) -> None:
+    exporter, self_metrics = exporter_factory()
+    exporter.add_producer(FlowtelMetrics(FlowtelConfig(), self_metrics))
+
+    def fill(sm: Any) -> None:  # an SDK that keeps the case it was given (the Python SDK lowercases)
+        total = sm.metrics.add(name="Flow_Request").sum
+        total.is_monotonic, total.aggregation_temporality = True, 2
+        total.data_points.add(time_unix_nano=T0, as_int=1)
+
+    send(exporter, _request_with(fill))
+    assert not scrape(exporter.url).find("Flow_Request_total")
+    assert self_metrics.count("otelcol.exporter.send_failed.metric_points", exporter="prometheus",
+                              reason="derived_duplicate") == 1
