@@ -19,6 +19,7 @@ from opentelemetry.sdk._logs import LoggerProvider, LoggingHandler
 from opentelemetry.sdk._logs.export import InMemoryLogRecordExporter, SimpleLogRecordProcessor
 from opentelemetry.sdk.metrics import Counter, Histogram, MeterProvider, UpDownCounter
 from opentelemetry.sdk.metrics.export import AggregationTemporality, InMemoryMetricReader
+from opentelemetry.sdk.metrics.view import ExponentialBucketHistogramAggregation, View
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import TracerProvider
 
@@ -210,3 +211,29 @@ def test_prompt_content_in_received_logs_is_sent_only_when_captured(make_exporte
     assert ("my secret prompt" in text) is capture
     assert "gpt-4o-mini" in text  # what is not content still arrives
     assert not ingestion.invalid
+
+
+def test_histograms_keep_min_and_max_only_where_the_window_determines_them() -> None:
+    convert = ReceivedToAzure()
+    provider, reader = _metrics_app(delta=False)
+    latency = provider.get_meter("app").create_histogram("latency")
+    exponential_reader = InMemoryMetricReader()
+    exponential = MeterProvider(resource=RESOURCE, metric_readers=[exponential_reader], views=[
+        View(instrument_name="sizes", aggregation=ExponentialBucketHistogramAggregation())])
+    sizes = exponential.get_meter("app").create_histogram("sizes")
+    windows = []
+    for values in ((5, 9), (7,), (1, 20)):
+        for value in values:
+            latency.record(value)
+        data, dropped = convert.metrics_data(_request(reader))
+        assert dropped == {}
+        [point] = data.resource_metrics[0].scope_metrics[0].metrics[0].data.data_points
+        windows.append((point.count, point.sum, point.min, point.max))
+    # The first window is the whole history (min / max true); one value fixes them; two do not.
+    assert windows == [(2, 14, 5, 9), (1, 7, 7, 7), (2, 21, None, None)]
+
+    sizes.record(3)
+    sizes.record(300)
+    data, _ = convert.metrics_data(_request(exponential_reader))
+    [point] = data.resource_metrics[0].scope_metrics[0].metrics[0].data.data_points
+    assert (point.count, point.sum, point.min, point.max) == (2, 303, 3, 300)  # exponential: as a histogram row
