@@ -61,7 +61,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from functools import lru_cache
 from itertools import pairwise
-from typing import Any
+from typing import Any, TypeAlias
 
 from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import ExportMetricsServiceRequest
 from prometheus_client.metrics_core import Metric
@@ -83,7 +83,8 @@ _NO_RECORDED_VALUE = 1  # DataPointFlags.FLAG_NO_RECORDED_VALUE
 _DELTA, _CUMULATIVE = 1, 2  # AggregationTemporality
 _OVERFLOW_LABELS = {"otel_metric_overflow": "true"}
 _IDENTIFYING = ("service.name", "service.namespace", "service.instance.id")
-Key = Labels = tuple[tuple[str, str], ...]
+Key: TypeAlias = tuple[tuple[str, str], ...]  # a series' labels, sorted
+Labels: TypeAlias = tuple[tuple[str, str], ...]
 _OWN_LABELS = frozenset({"job", "instance", "otel_scope_name", "otel_scope_version"})
 _LABEL_CACHE_SIZE = 16_384  # translated label sets remembered (cleared when full)
 
@@ -206,12 +207,14 @@ class ReceivedMetrics:
     def _metric(self, metric: Any, common: Labels, common_cut: bool, derived_names: set[str], now: float,
                 dropped: dict[str, int]) -> None:
         kind_of_data = metric.WhichOneof("data")
-        data = getattr(metric, kind_of_data) if kind_of_data else None
-        points = data.data_points if data is not None else ()
+        if kind_of_data is None:
+            return
+        data = getattr(metric, kind_of_data)
+        points = data.data_points
         if not points:
             return
         reason = None
-        if kind_of_data in ("exponential_histogram", None):
+        if kind_of_data == "exponential_histogram":
             reason = "unsupported_type"
         elif kind_of_data != "gauge" and kind_of_data != "summary" and data.aggregation_temporality not in (
                 _DELTA, _CUMULATIVE):
