@@ -9,10 +9,15 @@
   sum, count, min and max (it drops bucket counts). So:
 
   - CUMULATIVE monotonic sums, histograms and summaries become the increase since the last
-    point of their series (the first point of a series, or the first after a reset: its
-    whole value since its start time); their min / max only survive where the window holds
-    one value (min = max = sum), as a cumulative min / max says nothing about the window;
-  - DELTA non-monotonic sums are added up into their running value;
+    point of their series (the first point after a reset, or of a series that started after
+    this collector: its whole value since its start time). The first point of a series that
+    started earlier is only a baseline, sent as nothing, as upstream's ``cumulativetodelta``
+    with ``initial_value: auto``: a restarted collector must not send every counter's history
+    again (what the sender counted between the last export before the restart and the first
+    after it is not sent). Their min / max only survive where the window holds one value
+    (min = max = sum), as a cumulative min / max says nothing about the window;
+  - DELTA non-monotonic sums are added up into their running value (from zero again after a
+    collector restart: the state is in memory);
   - exponential histograms and summaries travel as histogram points without buckets
     (customMetrics keeps no buckets anyway): nothing is lost that the table could hold.
 
@@ -89,8 +94,9 @@ class _Last:
 
 class ReceivedToAzure:
     def __init__(self, max_series: int = 10_000, series_expiration_s: float = 900.0,
-                 capture_content: bool = False) -> None:
+                 capture_content: bool = False, started_ns: int | None = None) -> None:
         self.capture_content = capture_content
+        self.started_ns = time.time_ns() if started_ns is None else started_ns
         self.max_series = max_series
         self.series_expiration_s = series_expiration_s
         self._lock = threading.Lock()
@@ -196,8 +202,13 @@ class ReceivedToAzure:
         if last is None and not self._room(now):
             return None, "series_limit"
         self._last[key] = _Last(start, end, value, count, now)
+        if last is None and start < self.started_ns:
+            # A series older than this collector: a previous run may have sent what it holds, so this point is
+            # only the baseline (upstream cumulativetodelta's initial_value: auto). A restart must not resend
+            # every counter's whole history.
+            return None, None
         if last is None or start != last.start_ns or value < last.value or count < last.count:
-            return (start, value, count), None  # first point or a reset: all of it is new
+            return (start, value, count), None  # a new series or a reset: all of it is new
         return (last.time_ns, value - last.value, count - last.count), None
 
     def _advance(self, key: tuple[Any, ...], start: int, end: int, value: float, count: int, now: float,

@@ -237,3 +237,16 @@ def test_histograms_keep_min_and_max_only_where_the_window_determines_them() -> 
     data, _ = convert.metrics_data(_request(exponential_reader))
     [point] = data.resource_metrics[0].scope_metrics[0].metrics[0].data.data_points
     assert (point.count, point.sum, point.min, point.max) == (2, 303, 3, 300)  # exponential: as a histogram row
+
+
+def test_a_restarted_collector_takes_older_cumulative_series_as_a_baseline() -> None:
+    provider, reader = _metrics_app(delta=False)
+    counter = provider.get_meter("app").create_counter("orders")
+    counter.add(100)  # counted, and sent to Application Insights, before this collector started
+    restarted = ReceivedToAzure()  # started now, after the series did
+    data, dropped = restarted.metrics_data(_request(reader))
+    assert (data.resource_metrics, dropped) == ([], {})  # the baseline: its 100 is not sent again
+    counter.add(5)
+    data, _ = restarted.metrics_data(_request(reader))
+    [point] = data.resource_metrics[0].scope_metrics[0].metrics[0].data.data_points
+    assert point.value == 5
