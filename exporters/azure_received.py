@@ -9,10 +9,15 @@
   sum, count, min and max (it drops bucket counts). So:
 
   - CUMULATIVE monotonic sums, histograms and summaries become the increase since the last
-    point of their series (the first point of a series, or the first after a reset: its
-    whole value since its start time); their min / max only survive where the window holds
-    one value (min = max = sum), as a cumulative min / max says nothing about the window;
-  - DELTA non-monotonic sums are added up into their running value;
+    point of their series (the first point after a reset, or of a series that started after
+    this collector: its whole value since its start time). The first point of a series that
+    started earlier is only a baseline, sent as nothing, as upstream's ``cumulativetodelta``
+    with ``initial_value: auto``: a restarted collector must not send every counter's history
+    again (what the sender counted between the last export before the restart and the first
+    after it is not sent). Their min / max only survive where the window holds one value
+    (min = max = sum), as a cumulative min / max says nothing about the window;
+  - DELTA non-monotonic sums are added up into their running value (from zero again after a
+    collector restart: the state is in memory);
   - exponential histograms and summaries travel as histogram points without buckets
     (customMetrics keeps no buckets anyway): nothing is lost that the table could hold.
 
@@ -26,7 +31,10 @@
   numbers become Application Insights severity levels in the exporter (1-8 Verbose, 9-12
   Information, 13-16 Warning, 17-20 Error, 21-24 Critical); a record with only a severity
   text (``WARNING``, ``error``...) gets the number that text names, so it is not filed as
-  Verbose. Trace and span ids become the row's operation id and parent id.
+  Verbose. Trace and span ids become the row's operation id and parent id. Unless
+  ``capture_content`` is on, prompts and completions do not leave: content attributes
+  (``semconv.CONTENT_ATTRIBUTES``, as removed from spans) are removed, and GenAI content events
+  (``gen_ai.user.message``, ``gen_ai.choice``, ... ``semconv.CONTENT_EVENTS``) lose their body.
 
 Both answer ``(data, dropped per reason)``; the exporter counts what is dropped.
 """
@@ -60,6 +68,7 @@ from opentelemetry.trace import NonRecordingSpan, SpanContext, TraceFlags, set_s
 from opentelemetry.trace.span import INVALID_SPAN
 
 from flowtel.otlp import decode_attributes, decode_value
+from flowtel.semconv import CONTENT_ATTRIBUTE_PREFIXES, CONTENT_ATTRIBUTES, CONTENT_EVENTS
 
 #: Reasons points or records are dropped (the keys of the answers).
 DROP_REASONS = ("series_limit", "out_of_order", "invalid")
@@ -84,7 +93,10 @@ class _Last:
 
 
 class ReceivedToAzure:
-    def __init__(self, max_series: int = 10_000, series_expiration_s: float = 900.0) -> None:
+    def __init__(self, max_series: int = 10_000, series_expiration_s: float = 900.0,
+                 capture_content: bool = False, started_ns: int | None = None) -> None:
+        self.capture_content = capture_content
+        self.started_ns = time.time_ns() if started_ns is None else started_ns
         self.max_series = max_series
         self.series_expiration_s = series_expiration_s
         self._lock = threading.Lock()
@@ -190,8 +202,13 @@ class ReceivedToAzure:
         if last is None and not self._room(now):
             return None, "series_limit"
         self._last[key] = _Last(start, end, value, count, now)
+        if last is None and start < self.started_ns:
+            # A series older than this collector: a previous run may have sent what it holds, so this point is
+            # only the baseline (upstream cumulativetodelta's initial_value: auto). A restart must not resend
+            # every counter's whole history.
+            return None, None
         if last is None or start != last.start_ns or value < last.value or count < last.count:
-            return (start, value, count), None  # first point or a reset: all of it is new
+            return (start, value, count), None  # a new series or a reset: all of it is new
         return (last.time_ns, value - last.value, count - last.count), None
 
     def _advance(self, key: tuple[Any, ...], start: int, end: int, value: float, count: int, now: float,
@@ -225,11 +242,20 @@ class ReceivedToAzure:
             for sl in rl.scope_logs:
                 scope = InstrumentationScope(sl.scope.name, sl.scope.version or None, sl.schema_url or None,
                                              decode_attributes(sl.scope.attributes) or None)
-                out.extend(ReadableLogRecord(_log_record(record), resource, scope) for record in sl.log_records)
+                out.extend(ReadableLogRecord(_log_record(record, self.capture_content), resource, scope)
+                           for record in sl.log_records)
         return out, {}
 
 
-def _log_record(record: Any) -> LogRecord:
+def _log_record(record: Any, capture_content: bool) -> LogRecord:
+    attributes = decode_attributes(record.attributes)
+    event_name = getattr(record, "event_name", "") or attributes.get("event.name")
+    body = decode_value(record.body) if record.HasField("body") else None
+    if not capture_content:  # fail closed: GenAI content events lose their body, content attributes go
+        attributes = {k: v for k, v in attributes.items()
+                      if k not in CONTENT_ATTRIBUTES and not k.startswith(CONTENT_ATTRIBUTE_PREFIXES)}
+        if event_name in CONTENT_EVENTS:
+            body = None
     number = record.severity_number
     if not number and record.severity_text:
         number = SEVERITY_TEXTS.get(record.severity_text.strip().upper(), 0)
@@ -245,9 +271,9 @@ def _log_record(record: Any) -> LogRecord:
         context=context,
         severity_text=record.severity_text or None,
         severity_number=SeverityNumber(number) if 0 < number <= 24 else None,
-        body=decode_value(record.body) if record.HasField("body") else None,
-        attributes=decode_attributes(record.attributes),
-        event_name=getattr(record, "event_name", "") or None,
+        body=body,
+        attributes=attributes,
+        event_name=event_name or None,
     )
 
 

@@ -66,6 +66,8 @@ class AzureMonitorExporterConfig(Model):
     root_flows_as_requests: bool = True
     #: The Azure exporter's statsbeat / SDK stats about itself.
     self_telemetry: bool = True
+    #: Send prompt / completion content found in received log records; off: it is removed (fail closed).
+    capture_content: bool = False
 
     @model_validator(mode="after")
     def _connection(self) -> AzureMonitorExporterConfig:
@@ -118,7 +120,7 @@ class AzureMonitorCollectorExporter:
         self.target = settings.ingestion_endpoint
         # Received metrics and logs: converted on their queue's thread, each to an Azure exporter of its own.
         self._config, self._settings, self._self_metrics = config, settings, self_metrics
-        self._convert = ReceivedToAzure()
+        self._convert = ReceivedToAzure(capture_content=config.capture_content)
         self._received: dict[str, tuple[Any, SendingQueue]] = {}
         self._received_lock = threading.Lock()
         self._started = False

@@ -46,7 +46,8 @@ Bounds (all counted): ``max_metrics`` received families (``metric_limit``);
 add their increase (a cumulative label set's last value is remembered for up to
 ``cardinality_limit`` folded label sets; past that, or for summaries and histograms with other
 bounds than the overflow series, points are dropped: ``cardinality_limit``); label values cut to
-``max_label_value_bytes`` UTF-8 bytes (``flowtel_received_label_values_truncated_total``).
+``label_value_max_bytes`` UTF-8 bytes (the points they label are counted in
+``flowtel_metric_labels_cut_total{metric}``, as for derived metrics).
 ``target_info`` keeps at most ``cardinality_limit`` resources. Memory is therefore bounded by
 ``max_metrics`` x 2 x ``cardinality_limit`` series, each of the size of the point it came from.
 """
@@ -60,7 +61,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from functools import lru_cache
 from itertools import pairwise
-from typing import Any
+from typing import Any, TypeAlias
 
 from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import ExportMetricsServiceRequest
 from prometheus_client.metrics_core import Metric
@@ -82,7 +83,8 @@ _NO_RECORDED_VALUE = 1  # DataPointFlags.FLAG_NO_RECORDED_VALUE
 _DELTA, _CUMULATIVE = 1, 2  # AggregationTemporality
 _OVERFLOW_LABELS = {"otel_metric_overflow": "true"}
 _IDENTIFYING = ("service.name", "service.namespace", "service.instance.id")
-Key = Labels = tuple[tuple[str, str], ...]
+Key: TypeAlias = tuple[tuple[str, str], ...]  # a series' labels, sorted
+Labels: TypeAlias = tuple[tuple[str, str], ...]
 _OWN_LABELS = frozenset({"job", "instance", "otel_scope_name", "otel_scope_version"})
 _LABEL_CACHE_SIZE = 16_384  # translated label sets remembered (cleared when full)
 
@@ -175,8 +177,8 @@ class ReceivedMetrics:
         self._targets: dict[Key, tuple[dict[str, str], float]] = {}
         self._promote_all = self.config.resource_to_telemetry_conversion.enabled
         self._promote = frozenset(self.config.promote_resource_attributes)
-        self._max_value_bytes = self.config.max_label_value_bytes
-        self._label_cache: dict[tuple[Any, ...], tuple[Key, dict[str, str], int]] = {}
+        self._max_value_bytes = self.config.label_value_max_bytes
+        self._label_cache: dict[tuple[Any, ...], tuple[Key, dict[str, str], bool]] = {}
         self._cuts = 0  # label values cut so far
 
     # -- consume -------------------------------------------------------------------------------------------------
@@ -187,6 +189,7 @@ class ReceivedMetrics:
         now = time.monotonic()
         with self._lock:
             for resource_metrics in request.resource_metrics:
+                cuts_before = self._cuts
                 resource = self._resource(resource_metrics.resource.attributes, now)
                 for scope_metrics in resource_metrics.scope_metrics:
                     scope = scope_metrics.scope
@@ -196,26 +199,29 @@ class ReceivedMetrics:
                     if scope.version:
                         scope_labels["otel_scope_version"] = self._cut(scope.version)
                     common = tuple(scope_labels.items())
+                    common_cut = self._cuts != cuts_before  # a resource or scope label was cut
                     for metric in scope_metrics.metrics:
-                        self._metric(metric, common, derived_names, now, dropped)
+                        self._metric(metric, common, common_cut, derived_names, now, dropped)
         return dropped
 
-    def _metric(self, metric: Any, common: Labels, derived_names: set[str], now: float,
+    def _metric(self, metric: Any, common: Labels, common_cut: bool, derived_names: set[str], now: float,
                 dropped: dict[str, int]) -> None:
         kind_of_data = metric.WhichOneof("data")
-        data = getattr(metric, kind_of_data) if kind_of_data else None
-        points = data.data_points if data is not None else ()
+        if kind_of_data is None:
+            return
+        data = getattr(metric, kind_of_data)
+        points = data.data_points
         if not points:
             return
         reason = None
-        if kind_of_data in ("exponential_histogram", None):
+        if kind_of_data == "exponential_histogram":
             reason = "unsupported_type"
         elif kind_of_data != "gauge" and kind_of_data != "summary" and data.aggregation_temporality not in (
                 _DELTA, _CUMULATIVE):
             reason = "invalid"
         if reason is None:
             name = metric.name
-            if name in derived_names:
+            if name.lower() in derived_names:  # instrument names are case-insensitive
                 if self.config.duplicate_derived_metrics == "drop":
                     reason = "derived_duplicate"
                 else:
@@ -225,8 +231,9 @@ class ReceivedMetrics:
             monotonic = kind_of_data == "sum" and data.is_monotonic
             kind = {"gauge": GAUGE, "histogram": HISTOGRAM, "summary": SUMMARY}.get(
                 kind_of_data, COUNTER if monotonic else GAUGE)
-            family, reason = self._family(metric_name(name, metric.unit, kind, monotonic), kind, metric.description,
-                                          now)
+            # HELP: the description, or the metric's OpenTelemetry name (lint tools want one, and it says the origin)
+            family, reason = self._family(metric_name(name, metric.unit, kind, monotonic), kind,
+                                          metric.description or metric.name, now)
         if family is None:
             dropped[reason or "invalid"] = dropped.get(reason or "invalid", 0) + len(points)
             return
@@ -241,7 +248,10 @@ class ReceivedMetrics:
             if parsed is None or (counter and not parsed.value >= 0):  # a counter is never negative (nor NaN)
                 reason = "invalid"
             else:
-                reason = self._apply(family, *self._labels(point.attributes, common), parsed, delta, now)
+                key, series_labels, cut = self._labels(point.attributes, common)
+                if (cut or common_cut) and self._self is not None:
+                    self._self.labels_cut(family.name)
+                reason = self._apply(family, key, series_labels, parsed, delta, now)
             if reason is not None:
                 dropped[reason] = dropped.get(reason, 0) + 1
 
@@ -285,8 +295,9 @@ class ReceivedMetrics:
                 self._self.metric_overflow("target_info")
         return _Resource({**promoted, **added}, info)
 
-    def _labels(self, attributes: Any, common: Labels) -> tuple[Key, dict[str, str]]:
-        """A point's series key and labels: its attributes', then the resource's and scope's ``common`` ones.
+    def _labels(self, attributes: Any, common: Labels) -> tuple[Key, dict[str, str], bool]:
+        """A point's series key and labels (its attributes', then the resource's and scope's ``common`` ones), and
+        whether one of its attributes' values was cut.
 
         Label sets recur in every export, so their translation is remembered (a bounded cache)."""
         raw = decode_attributes(attributes)
@@ -296,9 +307,7 @@ class ReceivedMetrics:
         except TypeError:  # a map-valued attribute is not hashable: translate it every time
             cache_key, hit = None, None
         if hit is not None:
-            if hit[2] and self._self is not None:  # each point with a cut value counts, as when first seen
-                self._self.add("flowtel.received.label_values.truncated", hit[2])
-            return hit[0], hit[1]
+            return hit
         cuts_before = self._cuts
         merged = dict(common)
         for k, v in labels([(k, self._cut(label_value(v))) for k, v in raw.items()]).items():
@@ -308,8 +317,8 @@ class ReceivedMetrics:
         if cache_key is not None:
             if len(self._label_cache) >= _LABEL_CACHE_SIZE:
                 self._label_cache.clear()
-            self._label_cache[cache_key] = (key, merged, self._cuts - cuts_before)
-        return key, merged
+            self._label_cache[cache_key] = (key, merged, self._cuts != cuts_before)
+        return key, merged, self._cuts != cuts_before
 
     def _cut(self, value: str) -> str:
         if len(value) * 4 <= self._max_value_bytes:  # fast path: short enough whatever its characters
@@ -318,10 +327,8 @@ class ReceivedMetrics:
         if len(encoded) <= self._max_value_bytes:
             return value
         self._cuts += 1
-        if self._self is not None:
-            self._self.add("flowtel.received.label_values.truncated", 1)
-        warn_once("received-label-cut", "received metric label values longer than %d bytes are cut to it; counted "
-                  "in flowtel_received_label_values_truncated_total", self._max_value_bytes)
+        warn_once("received-label-cut", "received metric label values longer than %d bytes are cut to that "
+                  "(label_value_max_bytes); counted in flowtel_metric_labels_cut_total", self._max_value_bytes)
         return encoded[:self._max_value_bytes].decode(errors="ignore")
 
     def _apply(self, family: _Family, key: Key, series_labels: dict[str, str], point: _Point, delta: bool,

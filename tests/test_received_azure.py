@@ -4,11 +4,13 @@ the same loss accounting as spans."""
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
+from opentelemetry._logs import SeverityNumber
 from opentelemetry.exporter.otlp.proto.common._log_encoder import encode_logs
 from opentelemetry.exporter.otlp.proto.common.metrics_encoder import encode_metrics
 from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import ExportLogsServiceRequest
@@ -17,6 +19,7 @@ from opentelemetry.sdk._logs import LoggerProvider, LoggingHandler
 from opentelemetry.sdk._logs.export import InMemoryLogRecordExporter, SimpleLogRecordProcessor
 from opentelemetry.sdk.metrics import Counter, Histogram, MeterProvider, UpDownCounter
 from opentelemetry.sdk.metrics.export import AggregationTemporality, InMemoryMetricReader
+from opentelemetry.sdk.metrics.view import ExponentialBucketHistogramAggregation, View
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import TracerProvider
 
@@ -181,3 +184,69 @@ def test_cumulative_replays_and_resets_and_the_series_bound(make_exporter) -> No
     data, dropped = convert.metrics_data(_request(reader))
     assert dropped == {"series_limit": 1}
     assert [p.value for p in data.resource_metrics[0].scope_metrics[0].metrics[0].data.data_points] == [2]
+
+
+def _genai_log_request() -> ExportLogsServiceRequest:
+    """A GenAI content event as an instrumentation that captures content emits it, through the SDK's logger."""
+    sent = InMemoryLogRecordExporter()
+    provider = LoggerProvider(resource=RESOURCE)
+    provider.add_log_record_processor(SimpleLogRecordProcessor(sent))
+    emitter = provider.get_logger("opentelemetry.instrumentation.openai_v2")
+    emitter.emit(event_name="gen_ai.user.message", body={"content": "my secret prompt"},
+                 attributes={"gen_ai.system": "openai"}, severity_number=SeverityNumber.INFO)
+    emitter.emit(event_name="gen_ai.client.inference.operation.details", body="details",
+                 attributes={"gen_ai.input.messages": "[{\"content\": \"my secret prompt\"}]",
+                             "gen_ai.request.model": "gpt-4o-mini"}, severity_number=SeverityNumber.INFO)
+    return ExportLogsServiceRequest.FromString(encode_logs(sent.get_finished_logs()).SerializeToString())
+
+
+@pytest.mark.parametrize("capture", [False, True], ids=["content-off", "content-on"])
+def test_prompt_content_in_received_logs_is_sent_only_when_captured(make_exporter, ingestion, capture: bool) -> None:
+    exporter, _ = make_exporter(capture_content=capture)
+    request = _genai_log_request()
+    exporter.export_logs(request, request.SerializeToString(), records_in(request))
+    assert ingestion.wait_for(lambda: len(ingestion.rows()) == 2, 10)
+
+    text = json.dumps(ingestion.rows())
+    assert ("my secret prompt" in text) is capture
+    assert "gpt-4o-mini" in text  # what is not content still arrives
+    assert not ingestion.invalid
+
+
+def test_histograms_keep_min_and_max_only_where_the_window_determines_them() -> None:
+    convert = ReceivedToAzure()
+    provider, reader = _metrics_app(delta=False)
+    latency = provider.get_meter("app").create_histogram("latency")
+    exponential_reader = InMemoryMetricReader()
+    exponential = MeterProvider(resource=RESOURCE, metric_readers=[exponential_reader], views=[
+        View(instrument_name="sizes", aggregation=ExponentialBucketHistogramAggregation())])
+    sizes = exponential.get_meter("app").create_histogram("sizes")
+    windows = []
+    for values in ((5, 9), (7,), (1, 20)):
+        for value in values:
+            latency.record(value)
+        data, dropped = convert.metrics_data(_request(reader))
+        assert dropped == {}
+        [point] = data.resource_metrics[0].scope_metrics[0].metrics[0].data.data_points
+        windows.append((point.count, point.sum, point.min, point.max))
+    # The first window is the whole history (min / max true); one value fixes them; two do not.
+    assert windows == [(2, 14, 5, 9), (1, 7, 7, 7), (2, 21, None, None)]
+
+    sizes.record(3)
+    sizes.record(300)
+    data, _ = convert.metrics_data(_request(exponential_reader))
+    [point] = data.resource_metrics[0].scope_metrics[0].metrics[0].data.data_points
+    assert (point.count, point.sum, point.min, point.max) == (2, 303, 3, 300)  # exponential: as a histogram row
+
+
+def test_a_restarted_collector_takes_older_cumulative_series_as_a_baseline() -> None:
+    provider, reader = _metrics_app(delta=False)
+    counter = provider.get_meter("app").create_counter("orders")
+    counter.add(100)  # counted, and sent to Application Insights, before this collector started
+    restarted = ReceivedToAzure()  # started now, after the series did
+    data, dropped = restarted.metrics_data(_request(reader))
+    assert (data.resource_metrics, dropped) == ([], {})  # the baseline: its 100 is not sent again
+    counter.add(5)
+    data, _ = restarted.metrics_data(_request(reader))
+    [point] = data.resource_metrics[0].scope_metrics[0].metrics[0].data.data_points
+    assert point.value == 5

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import re
+import subprocess
 import threading
 import time
+import urllib.request
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -35,6 +37,7 @@ from flowtel.processors.metrics import FlowtelMetrics
 from flowtel.selfmetrics import SelfMetrics
 
 from conftest import scrape
+from monitoring_tools import PrometheusServer, tool
 
 
 @pytest.mark.parametrize(("name", "unit", "kind", "monotonic", "expected"), [
@@ -357,7 +360,7 @@ def test_cardinality_limit_folds_new_label_sets_into_the_overflow_series(exporte
 
 
 def test_long_label_values_are_cut_to_the_byte_limit_and_counted(exporter_factory) -> None:
-    exporter, self_metrics = exporter_factory(max_label_value_bytes=16)
+    exporter, self_metrics = exporter_factory(label_value_max_bytes=16)
     app = make_app()
     app.meter.create_counter("words").add(1, {"word": "é" * 20, "short": "ok"})
     send(exporter, app.request())
@@ -365,7 +368,8 @@ def test_long_label_values_are_cut_to_the_byte_limit_and_counted(exporter_factor
     labels_seen = scrape(exporter.url).find("words_total")[0].labels
     assert labels_seen["word"] == "é" * 8
     assert labels_seen["short"] == "ok"
-    assert self_metrics.count("flowtel.received.label_values.truncated") == 1
+    send(exporter, app.request())  # each point whose labels were cut counts
+    assert self_metrics.count("flowtel.metric.labels.cut", metric="words") == 2
 
 
 def test_exponential_histograms_are_dropped_and_counted(exporter_factory) -> None:
@@ -552,3 +556,73 @@ def test_concurrent_senders_and_scrapes_lose_nothing(exporter_factory) -> None:
     got = scrape(exporter.url)
     for i in range(4):
         assert got.value("work_total", instance=f"pod-{i}") == sum(n + i for n in range(30))
+
+
+# -- the real Prometheus tools -----------------------------------------------------------------------------------
+
+
+def _everything(exporter: PrometheusExporter) -> None:
+    app = make_app()
+    meter = app.meter
+    meter.create_counter("http.requests", unit="{request}").add(3, {"route": "/a"})
+    meter.create_histogram("http.server.duration", unit="s",
+                           explicit_bucket_boundaries_advisory=[0.1, 1.0]).record(0.3, {"route": "/a"})
+    meter.create_up_down_counter("queue.depth").add(4)
+    meter.create_gauge("cpu.utilization", unit="1").set(0.25)
+    send(exporter, app.request())
+
+
+def test_the_exposition_passes_promtool_lint(exporter_factory) -> None:
+    exporter, _ = exporter_factory()
+    _everything(exporter)
+    with urllib.request.urlopen(exporter.url, timeout=10) as response:
+        text = response.read()
+    done = subprocess.run([tool("promtool"), "check", "metrics"], input=text, capture_output=True, timeout=60)
+    received_problems = [line for line in done.stdout.decode().splitlines() + done.stderr.decode().splitlines()
+                         if any(name in line for name in ("http_requests", "http_server_duration", "queue_depth",
+                                                          "cpu_utilization", "target_info"))]
+    assert received_problems == []
+    assert b"http_requests_total" in text  # the lint saw the received families
+
+
+def test_a_real_prometheus_scrapes_the_received_metrics_with_their_job_and_instance(exporter_factory,
+                                                                                  tmp_path) -> None:
+    exporter, _ = exporter_factory()
+    _everything(exporter)
+    prometheus = PrometheusServer(tmp_path, {
+        "global": {"scrape_interval": "1s", "scrape_timeout": "1s"},
+        "scrape_configs": [{"job_name": "flowtel", "honor_labels": True,
+                            "static_configs": [{"targets": [exporter.url.split("/")[2]]}]}],
+    }).start()
+    try:
+        deadline = time.monotonic() + 30
+        while not prometheus.query("http_requests_total") and time.monotonic() < deadline:
+            time.sleep(0.2)
+        [requests] = prometheus.query("http_requests_total")
+        assert requests["metric"]["job"] == "prod/shop" and requests["metric"]["instance"] == "pod-1"
+        assert requests["value"][1] == "3"
+        [p50] = prometheus.query('histogram_quantile(0.5, http_server_duration_seconds_bucket{route="/a"})')
+        assert 0.1 < float(p50["value"][1]) <= 1.0
+        assert prometheus.query("queue_depth")[0]["value"][1] == "4"
+        assert prometheus.query("cpu_utilization_ratio")[0]["value"][1] == "0.25"
+        [info] = prometheus.query("target_info")
+        assert info["metric"]["deployment_environment"] == "test"
+        # The collector's own metrics come from the scrape target itself.
+        assert prometheus.query('otelcol_exporter_sent_metric_points_total{exporter="prometheus"}')
+    finally:
+        prometheus.stop()
+
+
+def test_the_duplicate_policy_ignores_the_case_of_instrument_names(exporter_factory) -> None:
+    exporter, self_metrics = exporter_factory()
+    exporter.add_producer(FlowtelMetrics(FlowtelConfig(), self_metrics))
+
+    def fill(sm: Any) -> None:  # an SDK that keeps the case it was given (the Python SDK lowercases)
+        total = sm.metrics.add(name="Flow_Request").sum
+        total.is_monotonic, total.aggregation_temporality = True, 2
+        total.data_points.add(time_unix_nano=T0, as_int=1)
+
+    send(exporter, _request_with(fill))
+    assert not scrape(exporter.url).find("Flow_Request_total")
+    assert self_metrics.count("otelcol.exporter.send_failed.metric_points", exporter="prometheus",
+                              reason="derived_duplicate") == 1

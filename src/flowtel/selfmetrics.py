@@ -28,8 +28,10 @@ _COUNTERS: dict[str, tuple[str, str, tuple[str, ...]]] = {
     "flowtel.spans.processed": ("{span}", "Spans enriched and forwarded to exporters", ()),
     "flowtel.traces.released": ("{trace}", "Local traces released for derivation, by reason", ("reason",)),
     "flowtel.metric.overflow": ("{measurement}", "Measurements folded into a metric's overflow series", ("metric",)),
-    "flowtel.received.label_values.truncated": ("{value}", "Label values of received metrics cut to the "
-                                                "prometheus exporter's max_label_value_bytes", ()),
+    "flowtel.metric.labels.cut": ("{measurement}", "Measurements whose label values were cut to "
+                                  "label_value_max_bytes", ("metric",)),
+    "flowtel.token_counts.ignored": ("{value}", "Token counts ignored because they were negative or not integers",
+                                     ()),
     "flowtel.processing.errors": ("{span}", "Spans forwarded unenriched because flowtel's logic failed on them",
                                   ("stage",)),
     "flowtel.feedback.uncorrelated": ("{feedback}", "Feedback recorded without the request it judges, by reason "
@@ -153,6 +155,9 @@ class SelfMetrics:
 
     def metric_overflow(self, metric: str) -> None:
         self.add("flowtel.metric.overflow", 1, metric)
+
+    def labels_cut(self, metric: str) -> None:
+        self.add("flowtel.metric.labels.cut", 1, metric)
 
     def processing_error(self, stage: str, count: int = 1) -> None:
         self.add("flowtel.processing.errors", count, stage)

@@ -34,8 +34,8 @@ class ReceivedMetricsConfig(Model):
     cardinality_limit: int = Field(2000, ge=1)
     #: Distinct received metric families; metrics past it are dropped (counted).
     max_metrics: int = Field(1000, ge=1)
-    #: Label values longer than this (UTF-8 bytes) are cut to it.
-    max_label_value_bytes: int = Field(1024, ge=16)
+    #: Label values longer than this (UTF-8 bytes) are cut to it (the derived metrics' limit and default).
+    label_value_max_bytes: int = Field(256, ge=16)
 
 
 class _EndpointConfig(Model):
