@@ -430,3 +430,66 @@ def test_logs_leave_without_genai_content_unless_content_is_captured(capture: bo
     else:
         assert not event.HasField("body")
         assert attributes == {"kept": "yes"}
+
+
+def test_sigterm_hands_queued_metrics_and_logs_to_the_exporters(tmp_path: Path) -> None:
+    """With a long batch timeout nothing leaves before SIGTERM; the drain sends it all (in-memory queues)."""
+    with OTLPSink() as sink:
+        config = yaml.safe_load(collector_config(sink.endpoint, batch="1h"))
+        collector = CollectorProcess(yaml.safe_dump(config), tmp_path).start()
+        try:
+            resource = Resource.create({"service.name": "drain"})
+            reader = PeriodicExportingMetricReader(
+                OTLPMetricExporter(endpoint=collector.grpc["otlp"], insecure=True), export_interval_millis=3_600_000)
+            meters = MeterProvider(resource=resource, metric_readers=[reader])
+            meters.get_meter("drain").create_counter("drained.count").add(11)
+            assert meters.force_flush()
+            logs = LoggerProvider(resource=resource)
+            logs.add_log_record_processor(SimpleLogRecordProcessor(
+                OTLPLogExporter(endpoint=collector.grpc["otlp"], insecure=True)))
+            logs.get_logger("drain").emit(body="drained")
+            meters.shutdown()  # exports the cumulative counter once more
+            logs.shutdown()
+            assert not sink.metrics() and not sink.log_records()  # held by the batch timeout
+        finally:
+            assert collector.stop() == 0
+    assert [p.as_int for p in sink.metrics()["drained.count"]] == [11, 11]
+    assert [r.body.string_value for r, _ in sink.log_records()] == ["drained"]
+
+
+def test_request_pipeline_cuts_batches_between_requests_and_bounds_its_queue() -> None:
+    """The worker joins queued requests into one export of at most send_batch_max_size items (cut only between
+    requests) and refuses a request that would pass the queue bound. Hand-made requests: an edge case."""
+    from flowtel.collector.batch import BatchConfig
+    from flowtel.collector.refusal import Refused
+    from flowtel.collector.request_pipeline import RequestPipeline
+    from flowtel.collector.signals import LOGS
+    from flowtel.selfmetrics import SelfMetrics
+
+    got: list[tuple[int, list[str]]] = []
+
+    class Exporter:
+        id = "capture"
+
+        def export_logs(self, request: ExportLogsServiceRequest, payload: bytes, records: int) -> None:
+            assert ExportLogsServiceRequest.FromString(payload) == request
+            got.append((records, [r.body.string_value for rl in request.resource_logs for sl in rl.scope_logs
+                                  for r in sl.log_records]))
+
+    def request(*bodies: str) -> bytes:
+        message = ExportLogsServiceRequest()
+        scope = message.resource_logs.add().scope_logs.add()
+        for body in bodies:
+            scope.log_records.add().body.string_value = body
+        return message.SerializeToString()
+
+    pipeline = RequestPipeline("logs", LOGS, [Exporter()], SelfMetrics(), max_queue=6,
+                               batch=BatchConfig(timeout=3600, send_batch_size=100, send_batch_max_size=3))
+    for bodies in (("a", "b"), ("c",), ("d", "e"), ("f",)):
+        pipeline.admit(len(bodies))
+        pipeline.consume(request(*bodies), len(bodies))
+    with pytest.raises(Refused) as info:
+        pipeline.admit(1)
+    assert info.value.reason == "queue_full"
+    pipeline.shutdown()  # never started: the drain runs on this thread
+    assert got == [(3, ["a", "b", "c"]), (3, ["d", "e", "f"])]

@@ -48,7 +48,7 @@ class Host(Protocol):
 
 @dataclass(frozen=True)
 class Factory:
-    type: str
+    type_name: str  # the component type, as in config ids (`otlp`, `otlp/backend` -> otlp)
     config: type[Model]
     #: Signals a pipeline of which may list this component (none for extensions).
     signals: frozenset[str] = frozenset()
@@ -111,16 +111,16 @@ def _azuremonitor(host: Host, eid: str, cfg: AzureMonitorExporterConfig, signals
 
 
 FACTORIES: dict[str, dict[str, Factory]] = {
-    "receivers": {f.type: f for f in (
+    "receivers": {f.type_name: f for f in (
         Factory("otlp", OTLPReceiverConfig, ALL, _otlp_receiver),
         Factory("feedback", FeedbackReceiverConfig, frozenset({"traces"}), _feedback_receiver),
     )},
-    "processors": {f.type: f for f in (
+    "processors": {f.type_name: f for f in (
         Factory("flowtel", FlowtelProcessorConfig, frozenset({"traces"})),
         Factory("memory_limiter", MemoryLimiterConfig, ALL),
         Factory("batch", BatchConfig, ALL),
     )},
-    "exporters": {f.type: f for f in (
+    "exporters": {f.type_name: f for f in (
         # Traces pipelines: the flowtel processor's derived metrics; metrics pipelines: what it receives.
         Factory("prometheus", PrometheusExporterConfig, frozenset({"traces", "metrics"}), _prometheus),
         Factory("otlp", OTLPExporterConfig, ALL, _otlp),
@@ -128,7 +128,7 @@ FACTORIES: dict[str, dict[str, Factory]] = {
         Factory("debug", DebugExporterConfig, ALL, _debug),
         Factory("azuremonitor", AzureMonitorExporterConfig, ALL, _azuremonitor),
     )},
-    "extensions": {f.type: f for f in (
+    "extensions": {f.type_name: f for f in (
         Factory("health_check", HealthCheckConfig),
         Factory("bearertokenauth", BearerTokenAuthConfig),
         Factory("file_storage", FileStorageConfig),
