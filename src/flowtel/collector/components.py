@@ -26,7 +26,14 @@ from flowtel.exporters.prometheus import PrometheusExporter, PrometheusSettings
 from flowtel.selfmetrics import SelfMetrics
 
 from .batch import BatchConfig
-from .extensions import BearerTokenAuthConfig, FileStorageConfig, HealthCheckConfig
+from .extensions import (
+    BearerTokenAuthConfig,
+    FileStorage,
+    FileStorageConfig,
+    HealthCheck,
+    HealthCheckConfig,
+    ServiceStatus,
+)
 from .feedback_receiver import FeedbackReceiver, FeedbackReceiverConfig
 from .flowtel_processor import FlowtelProcessorConfig
 from .memory_limiter import MemoryLimiterConfig
@@ -40,6 +47,7 @@ class Host(Protocol):
     """What a component's create function may ask of the collector that builds it."""
 
     self_metrics: SelfMetrics
+    status: ServiceStatus
 
     def storage_directory(self, storage: str | None, component_id: str) -> str | None: ...
     def read_token(self, authenticator: str) -> str: ...
@@ -53,7 +61,8 @@ class Factory:
     #: Signals a pipeline of which may list this component (none for extensions).
     signals: frozenset[str] = frozenset()
     #: Exporters: (host, id, config, signals used) -> exporter. Receivers: (host, id, config, intakes by
-    #: signal) -> servers to start. Processors and extensions are built by the pipeline and the service.
+    #: signal) -> servers to start. Extensions: (host, id, config) -> the running extension (start, shutdown).
+    #: Processors are built by the pipeline that lists them.
     create: Callable[..., Any] | None = None
 
 
@@ -129,8 +138,8 @@ FACTORIES: dict[str, dict[str, Factory]] = {
         Factory("azuremonitor", AzureMonitorExporterConfig, ALL, _azuremonitor),
     )},
     "extensions": {f.type_name: f for f in (
-        Factory("health_check", HealthCheckConfig),
-        Factory("bearertokenauth", BearerTokenAuthConfig),
-        Factory("file_storage", FileStorageConfig),
+        Factory("health_check", HealthCheckConfig, create=lambda host, xid, cfg: HealthCheck(cfg, host.status)),
+        Factory("bearertokenauth", BearerTokenAuthConfig, create=lambda host, xid, cfg: BearerToken(cfg.read_token())),
+        Factory("file_storage", FileStorageConfig, create=lambda host, xid, cfg: FileStorage(cfg)),
     )},
 }

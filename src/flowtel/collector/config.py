@@ -12,7 +12,7 @@ import difflib
 import re
 import types
 import typing
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -20,10 +20,6 @@ from pydantic import BaseModel, Field, ValidationError
 
 from .components import FACTORIES
 from .confmap import ConfigFileError, Document, Path, Problem, dotted, load, parse
-from .extensions import HealthCheckConfig
-from .feedback_receiver import FeedbackReceiverConfig
-from .otlp_receiver import OTLPReceiverConfig
-from .prometheus_config import PrometheusExporterConfig
 from .settings import (
     Auth,
     Model,
@@ -311,20 +307,30 @@ def _check_references(doc: Document, service: ServiceConfig, components: dict[st
     return problems
 
 
+def _settings(cfg: BaseModel, path: Path = ()) -> Iterator[tuple[Path, Any, Any]]:
+    """Every setting of a component, nested ones included: (path, value, field info). Checks that apply to a kind
+    of setting wherever a component has it (authenticators, listening endpoints) walk this, not each type."""
+    for name, info in type(cfg).model_fields.items():
+        value = getattr(cfg, name)
+        yield (*path, name), value, info
+        if isinstance(value, BaseModel):
+            yield from _settings(value, (*path, name))
+
+
+def _listens(info: Any) -> bool:
+    """A ``host:port`` a server listens on (``Endpoint``), not a URL or target it sends to."""
+    metadata = [*info.metadata, *(typing.get_args(info.annotation)[1:]
+                                  if typing.get_origin(info.annotation) is typing.Annotated else ())]
+    return any(getattr(m, "func", None) is _check_endpoint for m in metadata)
+
+
 def _check_component_refs(doc: Document, path: Path, cfg: Any, enabled: set[str]) -> list[Problem]:
     out: list[Problem] = []
-    auths: list[tuple[Path, Auth]] = []
-    if isinstance(cfg, OTLPReceiverConfig):
-        for proto in ("grpc", "http"):
-            server = getattr(cfg.protocols, proto)
-            if server is not None and server.auth is not None:
-                auths.append(((*path, "protocols", proto, "auth", "authenticator"), server.auth))
-    elif isinstance(cfg, (PrometheusExporterConfig, FeedbackReceiverConfig)) and cfg.auth is not None:
-        auths.append(((*path, "auth", "authenticator"), cfg.auth))
-    for where, auth in auths:
-        if component_type(auth.authenticator) != "bearertokenauth" or auth.authenticator not in enabled:
-            out.append(doc.problem(where, "a bearertokenauth extension listed in service.extensions",
-                                   auth.authenticator))
+    for where, value, _ in _settings(cfg):
+        if isinstance(value, Auth) and (component_type(value.authenticator) != "bearertokenauth"
+                                        or value.authenticator not in enabled):
+            out.append(doc.problem((*path, *where, "authenticator"),
+                                   "a bearertokenauth extension listed in service.extensions", value.authenticator))
     queue_storage = getattr(getattr(cfg, "sending_queue", None), "storage", None)
     for key, storage in ((("sending_queue", "storage"), queue_storage), (("storage",), getattr(cfg, "storage", None))):
         if storage is not None and (component_type(storage) != "file_storage" or storage not in enabled):
@@ -347,23 +353,13 @@ def _check_ports(doc: Document, service: ServiceConfig, components: dict[str, di
                  receivers: list[str], exporters: list[str]) -> list[Problem]:
     """Two listeners on one port (and overlapping addresses) would fail at start; say so now, at the later one."""
     listeners: list[tuple[Path, str]] = []
-    for rid in receivers:
-        cfg = components["receivers"].get(rid)
-        if isinstance(cfg, OTLPReceiverConfig):
-            for proto in ("grpc", "http"):
-                server = getattr(cfg.protocols, proto)
-                if server is not None:
-                    listeners.append((("receivers", rid, "protocols", proto, "endpoint"), server.endpoint))
-        elif isinstance(cfg, FeedbackReceiverConfig):
-            listeners.append((("receivers", rid, "endpoint"), cfg.endpoint))
-    for eid in exporters:
-        cfg = components["exporters"].get(eid)
-        if isinstance(cfg, PrometheusExporterConfig):
-            listeners.append((("exporters", eid, "endpoint"), cfg.endpoint))
-    for xid in dict.fromkeys(service.extensions):
-        cfg = components["extensions"].get(xid)
-        if isinstance(cfg, HealthCheckConfig):
-            listeners.append((("extensions", xid, "endpoint"), cfg.endpoint))
+    used = [("receivers", cid) for cid in receivers] + [("exporters", cid) for cid in exporters] + [
+        ("extensions", cid) for cid in dict.fromkeys(service.extensions)]
+    for section, cid in used:
+        cfg = components[section].get(cid)
+        if cfg is not None:
+            listeners.extend(((section, cid, *where), value) for where, value, info in _settings(cfg)
+                             if isinstance(value, str) and _listens(info))
     listeners.sort(key=lambda item: doc.line(item[0]) or 0)
     seen: list[tuple[str, int, Path]] = []
     out: list[Problem] = []

@@ -68,13 +68,19 @@ class OTLPReceiverConfig(Model):
 
 
 class BearerToken:
-    """Constant-time check of ``Authorization: Bearer <token>``."""
+    """Constant-time check of ``Authorization: Bearer <token>``: the running ``bearertokenauth`` extension."""
 
     def __init__(self, token: str) -> None:
         self._expected = f"Bearer {token}".encode()
 
     def check(self, header: str | None) -> bool:
         return hmac.compare_digest((header or "").encode(), self._expected)
+
+    def start(self) -> None:
+        pass
+
+    def shutdown(self) -> None:
+        pass
 
 
 class _IntakeBase:

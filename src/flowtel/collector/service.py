@@ -27,7 +27,7 @@ from flowtel.selfmetrics import SelfMetrics
 from .batch import BatchConfig
 from .components import FACTORIES
 from .config import CollectorConfig, component_type
-from .extensions import BearerTokenAuthConfig, FileStorageConfig, HealthCheck, HealthCheckConfig, ServiceStatus
+from .extensions import ServiceStatus
 from .flowtel_processor import FlowtelProcessorConfig
 from .memory_limiter import MemoryLimiter, MemoryLimiterConfig
 from .otlp_grpc import GRPCTransport
@@ -59,19 +59,9 @@ class Collector:
         self.listening = Listening()
         self._stopped = threading.Event()
         service = config.service
-        self._tokens: dict[str, BearerToken] = {}
-        self._storage: dict[str, str] = {}
-        self._health: dict[str, HealthCheck] = {}
-        for ext_id in service.extensions:
-            ext = config.extensions[ext_id]
-            if isinstance(ext, BearerTokenAuthConfig):
-                self._tokens[ext_id] = BearerToken(ext.read_token())
-            elif isinstance(ext, FileStorageConfig):
-                if ext.create_directory:
-                    os.makedirs(ext.directory, mode=0o700, exist_ok=True)
-                self._storage[ext_id] = ext.directory
-            elif isinstance(ext, HealthCheckConfig):
-                self._health[ext_id] = HealthCheck(ext, self.status)
+        self.extensions: dict[str, Any] = {
+            xid: FACTORIES["extensions"][component_type(xid)].create(self, xid, config.extensions[xid])  # type: ignore[misc]
+            for xid in service.extensions}
 
         # Each exporter is built once, for every signal of the pipelines that list it.
         exporter_signals: dict[str, set[str]] = {}
@@ -111,13 +101,13 @@ class Collector:
                 self._receivers.append(server)
 
     def token(self, auth: Auth | None) -> BearerToken | None:
-        return self._tokens[auth.authenticator] if auth is not None else None
+        return self.extensions[auth.authenticator] if auth is not None else None  # type: ignore[no-any-return]
 
     def storage_directory(self, storage: str | None, eid: str) -> str | None:
         """A per-exporter directory inside a ``file_storage`` extension's, for exporters that keep data on disk."""
         if storage is None:
             return None
-        return os.path.join(self._storage[storage], re.sub(r"[^A-Za-z0-9_.-]", "_", eid))
+        return os.path.join(self.extensions[storage].directory, re.sub(r"[^A-Za-z0-9_.-]", "_", eid))
 
     def read_token(self, authenticator: str) -> str:
         return self.config.extensions[authenticator].read_token()  # type: ignore[no-any-return]
@@ -159,9 +149,10 @@ class Collector:
                               memory_limiters=limiters, batch=batch)
 
     def start(self) -> Collector:
-        for ext_id, health in self._health.items():
-            health.start()
-            self.listening.health[ext_id] = health.url
+        for ext_id, extension in self.extensions.items():
+            extension.start()
+            if getattr(extension, "kind", None):  # an extension that serves (health_check)
+                getattr(self.listening, extension.kind)[ext_id] = extension.url
         for exporter in self.exporters.values():
             exporter.start()
             if isinstance(exporter, PrometheusExporter):
@@ -217,8 +208,8 @@ class Collector:
         for limiter in self._limiters.values():
             limiter.shutdown()
         self.meter_provider.shutdown()
-        for health in self._health.values():
-            health.shutdown()
+        for extension in self.extensions.values():
+            extension.shutdown()
         logger.info("flowtel collector stopped in %.1fs", time.monotonic() - started)
 
 
