@@ -30,13 +30,13 @@ from opentelemetry.sdk._logs.export import SimpleLogRecordProcessor
 from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.metrics.export import PeriodicExportingMetricReader
 from opentelemetry.sdk.resources import Resource
+from test_collector_exporters import free_port, log_lines, stored_spans
 
 from collector_proc import CollectorProcess
 from conftest import ROOT, scrape
 from ingestion import IngestionServer
 from monitoring_tools import PrometheusServer
 from otlp_sink import OTLPSink
-from test_collector_exporters import free_port, log_lines, stored_spans
 
 BIN = Path(sys.executable).parent
 APP = str(ROOT / "tests/apps/signals_app.py")
