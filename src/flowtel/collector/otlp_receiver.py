@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import hmac
 from collections.abc import Sequence
+from typing import Protocol
 
 from google.protobuf.message import Message
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
@@ -83,12 +84,26 @@ class BearerToken:
         pass
 
 
+class _Admits(Protocol):
+    def admit(self, n: int) -> None: ...
+
+
 class _IntakeBase:
     signal: Signal = TRACES
 
-    def __init__(self, receiver_id: str, self_metrics: SelfMetrics) -> None:
+    def __init__(self, receiver_id: str, self_metrics: SelfMetrics, pipelines: Sequence[_Admits]) -> None:
         self.receiver_id = receiver_id
         self._self = self_metrics
+        self._admits = tuple(pipelines)
+
+    def admit_early(self, transport: str) -> None:
+        """Before a body is read: refuse (``Refused``, counted) while any pipeline would refuse it anyway."""
+        try:
+            for pipeline in self._admits:
+                pipeline.admit(0)
+        except Refused as refused:
+            self.refuse_request(transport, refused.reason, refused.message)
+            raise
 
     def refuse_request(self, transport: str, reason: str, detail: str) -> None:
         self._self.add("flowtel.receiver.refused.requests", 1, self.receiver_id, transport, reason)
@@ -101,7 +116,7 @@ class Intake(_IntakeBase):
     """What both transports do with a decoded traces request: adapt, fan out to pipelines, count, answer."""
 
     def __init__(self, receiver_id: str, pipelines: Sequence[TracesPipeline], self_metrics: SelfMetrics) -> None:
-        super().__init__(receiver_id, self_metrics)
+        super().__init__(receiver_id, self_metrics, pipelines)
         self._pipelines = tuple(pipelines)
 
     def accept(self, request: ExportTraceServiceRequest, transport: str,  # type: ignore[override]
@@ -145,7 +160,7 @@ class RequestIntake(_IntakeBase):
 
     def __init__(self, receiver_id: str, signal: Signal, pipelines: Sequence[RequestPipeline],
                  self_metrics: SelfMetrics) -> None:
-        super().__init__(receiver_id, self_metrics)
+        super().__init__(receiver_id, self_metrics, pipelines)
         self.signal = signal
         self._pipelines = tuple(pipelines)
         self._accepted = f"otelcol.receiver.accepted.{signal.unit}"
