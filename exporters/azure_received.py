@@ -169,7 +169,7 @@ class ReceivedToAzure:
             if kind == "gauge" or (not data.is_monotonic and not delta) or (data.is_monotonic and delta):
                 return NumberDataPoint(attributes, start, end, value), None  # already as the exporter wants it
             if not data.is_monotonic:  # DELTA up-down: the running value
-                last, reason = self._advance(key, start, end, value, 0, now, add=True)
+                last, reason = self._running(key, start, end, value, now)
                 if reason is not None or last is None:
                     return None, reason
                 return NumberDataPoint(attributes, last.start_ns, end, last.value), None
@@ -211,13 +211,14 @@ class ReceivedToAzure:
             return (start, value, count), None  # a new series or a reset: all of it is new
         return (last.time_ns, value - last.value, count - last.count), None
 
-    def _advance(self, key: tuple[Any, ...], start: int, end: int, value: float, count: int, now: float,
-                 add: bool) -> tuple[_Last | None, str | None]:
+    def _running(self, key: tuple[Any, ...], start: int, end: int, value: float,
+                 now: float) -> tuple[_Last | None, str | None]:
+        """The running value of a DELTA up-down counter after adding this point."""
         last = self._last.get(key)
         if last is None:
             if not self._room(now):
                 return None, "series_limit"
-            last = self._last[key] = _Last(start, end, value, count, now)
+            last = self._last[key] = _Last(start, end, value, 0, now)
             return last, None
         if end <= last.time_ns or (start and start < last.time_ns):
             return None, "out_of_order"
