@@ -24,6 +24,8 @@ import requests
 import yaml
 from opentelemetry.exporter.otlp.proto.grpc._log_exporter import OTLPLogExporter
 from opentelemetry.exporter.otlp.proto.grpc.metric_exporter import OTLPMetricExporter
+from opentelemetry.exporter.otlp.proto.http._log_exporter import OTLPLogExporter as HTTPLogExporter
+from opentelemetry.exporter.otlp.proto.http.metric_exporter import OTLPMetricExporter as HTTPMetricExporter
 from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import ExportLogsServiceRequest
 from opentelemetry.sdk._logs import LoggerProvider
 from opentelemetry.sdk._logs.export import SimpleLogRecordProcessor
@@ -37,6 +39,7 @@ from conftest import ROOT, scrape
 from ingestion import IngestionServer
 from monitoring_tools import PrometheusServer
 from otlp_sink import OTLPSink
+from tls_certs import self_signed
 
 BIN = Path(sys.executable).parent
 APP = str(ROOT / "tests/apps/signals_app.py")
@@ -493,3 +496,48 @@ def test_request_pipeline_cuts_batches_between_requests_and_bounds_its_queue() -
     assert info.value.reason == "queue_full"
     pipeline.shutdown()  # never started: the drain runs on this thread
     assert got == [(3, ["a", "b", "c"]), (3, ["d", "e", "f"])]
+
+
+def test_metrics_and_logs_over_tls_with_the_real_exporters(tmp_path: Path) -> None:
+    """The same TLS receivers take the SDK's metric and log exporters (gRPC and HTTP) as they take spans."""
+    cert, key = self_signed(tmp_path, "server")
+    tls = {"cert_file": str(cert), "key_file": str(key)}
+    config = yaml.safe_dump({
+        "receivers": {"otlp": {"protocols": {"grpc": {"endpoint": "127.0.0.1:0", "tls": tls},
+                                             "http": {"endpoint": "127.0.0.1:0", "tls": tls}}}},
+        "exporters": {"debug": {}, "prometheus": {"endpoint": "127.0.0.1:0"}},
+        "service": {"pipelines": {"traces": {"receivers": ["otlp"], "exporters": ["prometheus"]},
+                                  "metrics": {"receivers": ["otlp"], "exporters": ["debug"]},
+                                  "logs": {"receivers": ["otlp"], "exporters": ["debug"]}}}})
+    collector = CollectorProcess(config, tmp_path).start()
+    try:
+        credentials = grpc.ssl_channel_credentials(root_certificates=cert.read_bytes())
+        session = requests.Session()
+        session.trust_env = False  # REQUESTS_CA_BUNDLE would replace the exporter's certificate_file
+        base = collector.http["otlp"]
+        assert base.startswith("https://")
+        metric_exporters = [
+            OTLPMetricExporter(endpoint=collector.grpc["otlp"], credentials=credentials),
+            HTTPMetricExporter(endpoint=base + "/v1/metrics", certificate_file=str(cert), session=session)]
+        log_exporters = [
+            OTLPLogExporter(endpoint=collector.grpc["otlp"], credentials=credentials),
+            HTTPLogExporter(endpoint=base + "/v1/logs", certificate_file=str(cert), session=session)]
+        resource = Resource.create({"service.name": "tls"})
+        for exporter in metric_exporters:
+            meters = MeterProvider(resource=resource, metric_readers=[
+                PeriodicExportingMetricReader(exporter, export_interval_millis=3_600_000)])
+            meters.get_meter("tls").create_counter("tls.count").add(1)
+            assert meters.force_flush()
+            meters.shutdown()
+        for exporter in log_exporters:
+            logs = LoggerProvider(resource=resource)
+            logs.add_log_record_processor(SimpleLogRecordProcessor(exporter))
+            logs.get_logger("tls").emit(body="over tls")
+            logs.shutdown()
+        own = _own(collector)
+        for transport in ("grpc", "http"):
+            # each meter provider exported its counter twice: at force_flush and at shutdown
+            assert own.value("otelcol_receiver_accepted_metric_points_total", transport=transport) == 2, transport
+            assert own.value("otelcol_receiver_accepted_log_records_total", transport=transport) == 1, transport
+    finally:
+        assert collector.stop() == 0
