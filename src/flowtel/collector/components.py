@@ -10,7 +10,7 @@ receiver or exporter is its own module plus one entry in ``FACTORIES``.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from flowtel.exporters.azuremonitor_collector import AzureMonitorExporterConfig
@@ -36,7 +36,7 @@ from .extensions import (
 )
 from .feedback_receiver import FeedbackReceiver, FeedbackReceiverConfig
 from .flowtel_processor import FlowtelProcessorConfig
-from .memory_limiter import MemoryLimiterConfig
+from .memory_limiter import MemoryLimiter, MemoryLimiterConfig
 from .otlp_receiver import AnyIntake, BearerToken, Intake, OTLPReceiverConfig
 from .prometheus_config import PrometheusExporterConfig
 from .settings import Auth, Model, split_endpoint
@@ -52,6 +52,16 @@ class Host(Protocol):
     def storage_directory(self, storage: str | None, component_id: str) -> str | None: ...
     def read_token(self, authenticator: str) -> str: ...
     def token(self, auth: Auth | None) -> BearerToken | None: ...
+    def memory_limiter(self, processor_id: str, config: MemoryLimiterConfig) -> MemoryLimiter: ...
+
+
+@dataclass
+class PipelineParts:
+    """What a pipeline's processors make of it: each processor's create function sets its part, in order."""
+
+    memory_limiters: list[MemoryLimiter] = field(default_factory=list)
+    batch: BatchConfig = field(default_factory=BatchConfig)
+    flowtel: FlowtelProcessorConfig | None = None
 
 
 @dataclass(frozen=True)
@@ -62,7 +72,7 @@ class Factory:
     signals: frozenset[str] = frozenset()
     #: Exporters: (host, id, config, signals used) -> exporter. Receivers: (host, id, config, intakes by
     #: signal) -> servers to start. Extensions: (host, id, config) -> the running extension (start, shutdown).
-    #: Processors are built by the pipeline that lists them.
+    #: Processors: (host, id, config, PipelineParts of the pipeline listing it) -> None, setting their part.
     create: Callable[..., Any] | None = None
 
 
@@ -88,6 +98,19 @@ def _feedback_receiver(host: Host, rid: str, cfg: FeedbackReceiverConfig,
     intake = intakes["traces"]
     assert isinstance(intake, Intake)
     return [FeedbackReceiver(rid, cfg, intake, token)]
+
+
+# --- processors: each sets its part of the pipeline that lists it ----------------------------------------------
+def _flowtel(host: Host, pid: str, cfg: FlowtelProcessorConfig, parts: PipelineParts) -> None:
+    parts.flowtel = cfg
+
+
+def _memory_limiter(host: Host, pid: str, cfg: MemoryLimiterConfig, parts: PipelineParts) -> None:
+    parts.memory_limiters.append(host.memory_limiter(pid, cfg))  # one per id, shared by its pipelines
+
+
+def _batch(host: Host, pid: str, cfg: BatchConfig, parts: PipelineParts) -> None:
+    parts.batch = cfg
 
 
 # --- exporters ----------------------------------------------------------------------------------------------
@@ -125,9 +148,9 @@ FACTORIES: dict[str, dict[str, Factory]] = {
         Factory("feedback", FeedbackReceiverConfig, frozenset({"traces"}), _feedback_receiver),
     )},
     "processors": {f.type_name: f for f in (
-        Factory("flowtel", FlowtelProcessorConfig, frozenset({"traces"})),
-        Factory("memory_limiter", MemoryLimiterConfig, ALL),
-        Factory("batch", BatchConfig, ALL),
+        Factory("flowtel", FlowtelProcessorConfig, frozenset({"traces"}), _flowtel),
+        Factory("memory_limiter", MemoryLimiterConfig, ALL, _memory_limiter),
+        Factory("batch", BatchConfig, ALL, _batch),
     )},
     "exporters": {f.type_name: f for f in (
         # Traces pipelines: the flowtel processor's derived metrics; metrics pipelines: what it receives.

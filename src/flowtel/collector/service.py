@@ -24,11 +24,9 @@ from flowtel.exporters.prometheus import PrometheusExporter
 from flowtel.processors.metrics import FlowtelMetrics
 from flowtel.selfmetrics import SelfMetrics
 
-from .batch import BatchConfig
-from .components import FACTORIES
+from .components import FACTORIES, PipelineParts
 from .config import CollectorConfig, component_type
 from .extensions import ServiceStatus
-from .flowtel_processor import FlowtelProcessorConfig
 from .memory_limiter import MemoryLimiter, MemoryLimiterConfig
 from .otlp_grpc import GRPCTransport
 from .otlp_receiver import AnyIntake, BearerToken, Intake, RequestIntake
@@ -112,26 +110,23 @@ class Collector:
     def read_token(self, authenticator: str) -> str:
         return self.config.extensions[authenticator].read_token()  # type: ignore[no-any-return]
 
+    def memory_limiter(self, processor_id: str, config: MemoryLimiterConfig) -> MemoryLimiter:
+        if processor_id not in self._limiters:
+            self._limiters[processor_id] = MemoryLimiter(processor_id, config)
+        return self._limiters[processor_id]
+
     def _pipeline(self, pipeline_id: str, processors: list[str], exporters: list[str]) -> Pipeline:
-        limiters: list[MemoryLimiter] = []
-        batch = BatchConfig()
-        flowtel_cfg: FlowtelProcessorConfig | None = None
+        parts = PipelineParts()
         for pid in processors:
-            cfg = self.config.processors[pid]
-            if isinstance(cfg, MemoryLimiterConfig):
-                if pid not in self._limiters:
-                    self._limiters[pid] = MemoryLimiter(pid, cfg)
-                limiters.append(self._limiters[pid])
-            elif isinstance(cfg, BatchConfig):
-                batch = cfg
-            elif isinstance(cfg, FlowtelProcessorConfig):
-                flowtel_cfg = cfg
+            FACTORIES["processors"][component_type(pid)].create(  # type: ignore[misc]
+                self, pid, self.config.processors[pid], parts)
+        limiters, batch, flowtel_cfg = parts.memory_limiters, parts.batch, parts.flowtel
         signal = component_type(pipeline_id)
         if signal != "traces":
             # Logs keep GenAI message content only where the config's flowtel processors capture it.
             used = {pid for p in self.config.service.pipelines.values() for pid in p.processors}
-            capture = any(isinstance(cfg, FlowtelProcessorConfig) and cfg.capture_content
-                          for pid, cfg in self.config.processors.items() if pid in used)
+            capture = any(component_type(pid) == "flowtel" and self.config.processors[pid].capture_content
+                          for pid in used)
             return RequestPipeline(pipeline_id, BY_NAME[signal], [self.exporters[e] for e in exporters],
                                    self.self_metrics, memory_limiters=limiters, batch=batch,
                                    capture_content=capture)
