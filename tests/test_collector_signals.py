@@ -541,3 +541,28 @@ def test_metrics_and_logs_over_tls_with_the_real_exporters(tmp_path: Path) -> No
             assert own.value("otelcol_receiver_accepted_log_records_total", transport=transport) == 1, transport
     finally:
         assert collector.stop() == 0
+
+
+def test_an_apps_own_copy_of_a_derived_metric_is_dropped_and_counted(tmp_path: Path) -> None:
+    """Prompt flow serving sends its standard metrics itself while the collector derives them from its spans: with
+    the shipped config the received copy is dropped (counted, reason derived_duplicate), so Prometheus never sees a
+    second flow_request_total family or double counts; the app's other metrics pass."""
+    collector = CollectorProcess(default_config_on_free_ports(), tmp_path,
+                                 env={"FLOWTEL_LISTEN_HOST": "127.0.0.1"}).start()
+    try:
+        reader = PeriodicExportingMetricReader(OTLPMetricExporter(endpoint=collector.grpc["otlp"], insecure=True),
+                                               export_interval_millis=3_600_000)
+        meters = MeterProvider(resource=Resource.create({"service.name": "pf-serving"}), metric_readers=[reader])
+        meter = meters.get_meter("promptflow")
+        meter.create_counter("flow_request", unit="1").add(2, {"flow": "chat", "response_code": "200"})
+        meter.create_counter("app.other").add(1)
+        assert meters.force_flush()
+        url = collector.prometheus["prometheus"]
+        collector.wait_for(lambda: scrape(url).find("app_other_total"))
+        served = scrape(url)
+        assert not served.find("flow_request_total", flow="chat")
+        assert served.value("otelcol_exporter_send_failed_metric_points_total", exporter="prometheus",
+                            reason="derived_duplicate") == 1
+        meters.shutdown()
+    finally:
+        assert collector.stop() == 0
