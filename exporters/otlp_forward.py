@@ -87,6 +87,14 @@ class OTLPHTTPExporterConfig(_ForwardConfig):
     def url(self) -> str:
         return self.signal_url("traces") or ""
 
+    def check_signals(self, signals: list[str]) -> str | None:
+        """What is missing for the signals of the pipelines listing this exporter (config validation)."""
+        missing = [s for s in signals if self.signal_url(s) is None]
+        if not missing:
+            return None
+        return (f"endpoint, or {' and '.join(f'{s}_endpoint' for s in missing)}: a pipeline of "
+                f"{' and '.join(missing)} uses this exporter")
+
 
 def _read(path: str | None) -> bytes | None:
     if path is None:

@@ -739,3 +739,26 @@ def test_memory_limit_as_a_percentage_of_available_memory() -> None:
     total = available_mib()
     assert total > 0
     assert (limit, spike) == (total * 50 // 100, total * 10 // 100)
+
+
+def test_an_otlphttp_exporter_needs_an_endpoint_for_every_signal_it_sends() -> None:
+    text = """\
+receivers:
+  otlp: {protocols: {grpc: {endpoint: "127.0.0.1:0"}}}
+exporters:
+  otlphttp: {traces_endpoint: "http://backend:4318/v1/traces"}
+service:
+  pipelines:
+    traces: {receivers: [otlp], exporters: [otlphttp]}
+    metrics: {receivers: [otlp], exporters: [otlphttp]}
+    logs: {receivers: [otlp], exporters: [otlphttp]}
+"""
+    assert problems(text) == [
+        "test.yaml:4: exporters.otlphttp: expected endpoint, or metrics_endpoint and logs_endpoint: a pipeline of "
+        "metrics and logs uses this exporter"]
+    fixed = text.replace('{traces_endpoint: "http://backend:4318/v1/traces"}',
+                         '{traces_endpoint: "http://t/v1/traces", metrics_endpoint: "http://m/v1/metrics", '
+                         'logs_endpoint: "http://l/v1/logs"}')
+    urls = load_config(text=fixed, name="test.yaml").exporters["otlphttp"]
+    assert [urls.signal_url(s) for s in ("traces", "metrics", "logs")] == ["http://t/v1/traces", "http://m/v1/metrics",
+                                                                          "http://l/v1/logs"]

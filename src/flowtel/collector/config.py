@@ -303,6 +303,16 @@ def _check_references(doc: Document, service: ServiceConfig, components: dict[st
             cfg = components[section].get(cid)
             if cfg is not None:
                 problems.extend(_check_component_refs(doc, (section, cid), cfg, enabled))
+    # A component may need settings for some signals only (otlphttp: an endpoint for each signal it sends).
+    signals_of: dict[str, list[str]] = {}
+    for pipeline_id, pipeline in service.pipelines.items():
+        for eid in pipeline.exporters:
+            signals_of.setdefault(eid, []).append(component_type(pipeline_id))
+    for eid, signals in signals_of.items():
+        check = getattr(components["exporters"].get(eid), "check_signals", None)
+        expected = check(sorted(set(signals), key=signals.index)) if check is not None else None
+        if expected:
+            problems.append(doc.problem(("exporters", eid), expected))
     problems.extend(_check_ports(doc, service, components, used_receivers, used_exporters))
     return problems
 
