@@ -324,10 +324,13 @@ class _Call:
 class LossAccounting:
     """Counts what one Azure exporter delivers and what it finally loses; see the module docstring."""
 
-    def __init__(self, exporter: Any, self_metrics: SelfMetrics | None, exporter_id: str = EXPORTER_ID) -> None:
+    def __init__(self, exporter: Any, self_metrics: SelfMetrics | None, exporter_id: str = EXPORTER_ID,
+                 logs: bool = False) -> None:
+        """``logs``: a log exporter's, whose every item is a log record (its rows look like span events')."""
         self.exporter = exporter
         self.self_metrics = self_metrics
         self.exporter_id = exporter_id
+        self.logs = logs
         self._local = threading.local()
         self.attached = False
         client = getattr(exporter, "client", None)
@@ -346,6 +349,10 @@ class LossAccounting:
                 self_metrics.add("otelcol.exporter.send_failed.metric_points", 0, exporter_id, reason)
             self_metrics.add("otelcol.exporter.sent.spans", 0, exporter_id)
             self_metrics.add("otelcol.exporter.sent.metric_points", 0, exporter_id)
+            if logs:
+                for reason in LOSS_REASONS:
+                    self_metrics.add("otelcol.exporter.send_failed.log_records", 0, exporter_id, reason)
+                self_metrics.add("otelcol.exporter.sent.log_records", 0, exporter_id)
         self.attached = True
 
     def _call(self) -> _Call:
@@ -466,6 +473,9 @@ class LossAccounting:
     def _sent(self, items: Iterable[Any]) -> None:
         if self.self_metrics is None:
             return
+        if self.logs:
+            self.self_metrics.add("otelcol.exporter.sent.log_records", len(list(items)), self.exporter_id)
+            return
         spans = metrics = 0
         for item in items:
             kind = _kind(item)
@@ -486,6 +496,10 @@ class LossAccounting:
                   "%s): %s; counted in otelcol_exporter_send_failed_*_total", self.exporter_id, reason, why)
         if self.self_metrics is None:
             return
+        if self.logs:
+            self.self_metrics.add("otelcol.exporter.send_failed.log_records", len(items), self.exporter_id, reason)
+            self.self_metrics.dropped(f"{EXPORTER_ID}_{reason}", len(items), "log_records")
+            return
         if spans:
             self.self_metrics.dropped(f"{EXPORTER_ID}_{reason}", spans)
             self.self_metrics.add("otelcol.exporter.send_failed.spans", spans, self.exporter_id, reason)
@@ -493,9 +507,11 @@ class LossAccounting:
             self.self_metrics.add("otelcol.exporter.send_failed.metric_points", metrics, self.exporter_id, reason)
 
 
-def account(exporter: Any, self_metrics: SelfMetrics | None, exporter_id: str = EXPORTER_ID) -> LossAccounting:
-    """Attach loss accounting to an ``AzureMonitorTraceExporter`` / ``AzureMonitorMetricExporter``."""
-    accounting = LossAccounting(exporter, self_metrics, exporter_id)
+def account(exporter: Any, self_metrics: SelfMetrics | None, exporter_id: str = EXPORTER_ID,
+            logs: bool = False) -> LossAccounting:
+    """Attach loss accounting to an ``AzureMonitorTraceExporter`` / ``AzureMonitorMetricExporter`` /
+    ``AzureMonitorLogExporter`` (``logs=True``)."""
+    accounting = LossAccounting(exporter, self_metrics, exporter_id, logs)
     exporter._flowtel_accounting = accounting
     return accounting
 
@@ -612,14 +628,26 @@ def build_trace_exporter(settings: AzureMonitorSettings, self_metrics: SelfMetri
 
 
 def build_metric_exporter(settings: AzureMonitorSettings, self_metrics: SelfMetrics | None = None, *,
-                          exporter_id: str = EXPORTER_ID, **exporter_kwargs: Any) -> Any:
-    """``AzureMonitorMetricExporter`` from ``settings`` with loss accounting (DELTA for counters and histograms).
+                          exporter_id: str = EXPORTER_ID, signal: str = "metrics", **exporter_kwargs: Any) -> Any:
+    """``AzureMonitorMetricExporter`` from ``settings`` with loss accounting (DELTA for counters and histograms);
+    ``signal`` names its offline storage's subdirectory.
 
     Wrap it in ``DerivedMetricsExporter`` so it also gets flowtel's derived metrics.
     """
     from azure.monitor.opentelemetry.exporter import AzureMonitorMetricExporter
 
     settings.apply_self_telemetry_switch()
-    exporter = AzureMonitorMetricExporter(**settings.exporter_kwargs("metrics"), **exporter_kwargs)
+    exporter = AzureMonitorMetricExporter(**settings.exporter_kwargs(signal), **exporter_kwargs)
     account(exporter, self_metrics, exporter_id)
+    return exporter
+
+
+def build_log_exporter(settings: AzureMonitorSettings, self_metrics: SelfMetrics | None = None, *,
+                       exporter_id: str = EXPORTER_ID, signal: str = "logs", **exporter_kwargs: Any) -> Any:
+    """``AzureMonitorLogExporter`` from ``settings`` with loss accounting counted in log records."""
+    from azure.monitor.opentelemetry.exporter import AzureMonitorLogExporter
+
+    settings.apply_self_telemetry_switch()
+    exporter = AzureMonitorLogExporter(**settings.exporter_kwargs(signal), **exporter_kwargs)
+    account(exporter, self_metrics, exporter_id, logs=True)
     return exporter

@@ -1,7 +1,7 @@
-"""``otlp`` and ``otlphttp`` exporters: forward enriched spans to another OTLP backend.
+"""``otlp`` and ``otlphttp`` exporters: forward enriched spans, metrics and logs to another OTLP backend.
 
-Both send the serialized ``ExportTraceServiceRequest`` the pipeline built, through a
-``SendingQueue`` (bounded, retried, optionally on disk). Retryable answers follow the
+Both send the serialized request the pipeline built (one ``SendingQueue`` per signal:
+bounded, retried, optionally on disk, counted in the signal's own self-metrics). Retryable answers follow the
 OTLP specification: gRPC UNAVAILABLE, RESOURCE_EXHAUSTED (with RetryInfo), ABORTED,
 CANCELLED, DEADLINE_EXCEEDED, OUT_OF_RANGE, DATA_LOSS; HTTP 429, 502, 503, 504 (with
 Retry-After); connection failures. Partial success is counted, not retried, as the
@@ -11,21 +11,22 @@ specification says.
 from __future__ import annotations
 
 import gzip
+from collections.abc import Callable, Iterable
 from typing import Literal
 
 import grpc
 import requests
 from google.protobuf import json_format
+from google.protobuf.message import Message
 from google.rpc import error_details_pb2, status_pb2
-from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceResponse
 from pydantic import Field, field_validator, model_validator
 
 from flowtel.collector.settings import ClientTLS, Model, PositiveDuration
+from flowtel.collector.signals import BY_NAME, TRACES, Signal
 from flowtel.selfmetrics import SelfMetrics
 
 from .sending_queue import QueueSettings, RetrySettings, SendingQueue, SendResult
 
-_EXPORT_METHOD = "/opentelemetry.proto.collector.trace.v1.TraceService/Export"
 _RETRYABLE_GRPC = {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.RESOURCE_EXHAUSTED, grpc.StatusCode.ABORTED,
                    grpc.StatusCode.CANCELLED, grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.OUT_OF_RANGE,
                    grpc.StatusCode.DATA_LOSS}
@@ -57,23 +58,42 @@ class OTLPExporterConfig(_ForwardConfig):
 
 
 class OTLPHTTPExporterConfig(_ForwardConfig):
-    """``otlphttp``: OTLP/HTTP protobuf; ``endpoint`` + ``/v1/traces``, or ``traces_endpoint`` as is."""
+    """``otlphttp``: OTLP/HTTP protobuf; ``endpoint`` + ``/v1/traces`` (``/v1/metrics``, ``/v1/logs``), or
+    ``traces_endpoint`` (``metrics_endpoint``, ``logs_endpoint``) as is."""
 
     endpoint: str | None = None
     traces_endpoint: str | None = None
+    metrics_endpoint: str | None = None
+    logs_endpoint: str | None = None
 
     @model_validator(mode="after")
     def _one_endpoint(self) -> OTLPHTTPExporterConfig:
-        if not (self.endpoint or self.traces_endpoint):
-            raise ValueError("endpoint or traces_endpoint, e.g. http://backend:4318")
-        for url in (self.endpoint, self.traces_endpoint):
+        if not (self.endpoint or self.traces_endpoint or self.metrics_endpoint or self.logs_endpoint):
+            raise ValueError("endpoint or traces_endpoint / metrics_endpoint / logs_endpoint, e.g. "
+                             "http://backend:4318")
+        for url in (self.endpoint, self.traces_endpoint, self.metrics_endpoint, self.logs_endpoint):
             if url and not url.startswith(("http://", "https://")):
                 raise ValueError(f"an http:// or https:// URL, got {url!r}")
         return self
 
+    def signal_url(self, signal: str) -> str | None:
+        """Where ``signal`` goes: its own ``<signal>_endpoint``, else ``endpoint`` + its path; none if neither."""
+        own = getattr(self, f"{signal}_endpoint")
+        if own:
+            return str(own)
+        return f"{self.endpoint.rstrip('/')}{BY_NAME[signal].http_path}" if self.endpoint else None
+
     @property
     def url(self) -> str:
-        return self.traces_endpoint or f"{(self.endpoint or '').rstrip('/')}/v1/traces"
+        return self.signal_url("traces") or ""
+
+    def check_signals(self, signals: list[str]) -> str | None:
+        """What is missing for the signals of the pipelines listing this exporter (config validation)."""
+        missing = [s for s in signals if self.signal_url(s) is None]
+        if not missing:
+            return None
+        return (f"endpoint, or {' and '.join(f'{s}_endpoint' for s in missing)}: a pipeline of "
+                f"{' and '.join(missing)} uses this exporter")
 
 
 def _read(path: str | None) -> bytes | None:
@@ -95,7 +115,8 @@ def _retry_delay(error: grpc.RpcError) -> float | None:
 
 
 class GRPCSender:
-    def __init__(self, config: OTLPExporterConfig) -> None:
+    def __init__(self, config: OTLPExporterConfig, signal: Signal = TRACES) -> None:
+        self._rejected_field = signal.rejected_field
         target = config.endpoint
         insecure = config.tls.insecure or target.startswith("http://")
         target = target.split("://", 1)[-1]
@@ -105,8 +126,8 @@ class GRPCSender:
             credentials = grpc.ssl_channel_credentials(
                 _read(config.tls.ca_file), _read(config.tls.key_file), _read(config.tls.cert_file))
             self._channel = grpc.secure_channel(target, credentials)
-        self._export = self._channel.unary_unary(_EXPORT_METHOD, request_serializer=None,
-                                                 response_deserializer=ExportTraceServiceResponse.FromString)
+        self._export = self._channel.unary_unary(signal.export_method, request_serializer=None,
+                                                 response_deserializer=signal.response.FromString)
         self._metadata = tuple((k.lower(), v) for k, v in config.headers.items())
         self._compression = grpc.Compression.Gzip if config.compression == "gzip" else grpc.Compression.NoCompression
 
@@ -120,7 +141,7 @@ class GRPCSender:
             return SendResult(False, retryable=code in _RETRYABLE_GRPC, reason=reason,
                               retry_after_s=_retry_delay(error))
         partial = response.partial_success
-        return SendResult.success(partial.rejected_spans, partial.error_message)
+        return SendResult.success(getattr(partial, self._rejected_field), partial.error_message)
 
     def close(self) -> None:
         self._channel.close()
@@ -141,8 +162,13 @@ def _error_message(response: requests.Response) -> str:
 
 
 class HTTPSender:
-    def __init__(self, config: OTLPHTTPExporterConfig) -> None:
-        self._url = config.url
+    def __init__(self, config: OTLPHTTPExporterConfig, signal: Signal = TRACES) -> None:
+        url = config.signal_url(signal.name)
+        if url is None:
+            raise ValueError(f"no endpoint for {signal.name}: set endpoint or {signal.name}_endpoint")
+        self._url = url
+        self._response = signal.response
+        self._rejected_field = signal.rejected_field
         self._session = requests.Session()
         self._session.headers.update(config.headers)
         self._session.headers["Content-Type"] = "application/x-protobuf"
@@ -161,10 +187,10 @@ class HTTPSender:
             return SendResult(False, retryable=True, reason=f"{type(error).__name__}: {error}")
         if 200 <= response.status_code < 300:
             try:
-                partial = ExportTraceServiceResponse.FromString(response.content).partial_success
+                partial = self._response.FromString(response.content).partial_success  # type: ignore[attr-defined]
             except Exception:
                 return SendResult.success()
-            return SendResult.success(partial.rejected_spans, partial.error_message)
+            return SendResult.success(getattr(partial, self._rejected_field), partial.error_message)
         retry_after = response.headers.get("Retry-After")
         delay = float(retry_after) if retry_after and retry_after.isdigit() else None
         return SendResult(False, retryable=response.status_code in _RETRYABLE_HTTP,
@@ -174,22 +200,47 @@ class HTTPSender:
         self._session.close()
 
 
-class ForwardingExporter:
-    """A traces exporter: ``export`` queues a batch; ``shutdown`` drains within the deadline."""
+Sender = GRPCSender | HTTPSender
 
-    def __init__(self, exporter_id: str, sender: GRPCSender | HTTPSender, config: _ForwardConfig,
-                 self_metrics: SelfMetrics, storage_dir: str | None = None) -> None:
+
+class ForwardingExporter:
+    """An exporter for every signal it is used for: ``export`` (spans), ``export_metrics`` and ``export_logs``
+    queue a batch; ``shutdown`` drains within the deadline. Each signal has its own queue and sender (and, when
+    persistent, its own directory: ``<dir>`` for spans as before, ``<dir>@metrics``, ``<dir>@logs``)."""
+
+    def __init__(self, exporter_id: str, make_sender: Callable[[Signal], Sender], config: _ForwardConfig,
+                 self_metrics: SelfMetrics, storage_dir: str | None = None,
+                 signals: Iterable[str] = ("traces",)) -> None:
         self.id = exporter_id
-        self._sender = sender
-        self.queue = SendingQueue(exporter_id, sender, config.sending_queue, config.retry_on_failure, self_metrics,
-                                  config.timeout, storage_dir)
-        self.target = getattr(sender, "_url", None) or getattr(config, "endpoint", "")
+        self._senders: list[Sender] = []
+        self._queues: dict[str, SendingQueue] = {}
+        for name in signals:
+            signal = BY_NAME[name]
+            sender = make_sender(signal)
+            self._senders.append(sender)
+            directory = None if storage_dir is None else storage_dir if name == "traces" else f"{storage_dir}@{name}"
+            self._queues[name] = SendingQueue(exporter_id, sender, config.sending_queue, config.retry_on_failure,
+                                              self_metrics, config.timeout, directory, signal=name)
+        first = self._senders[0] if self._senders else None
+        self.target = getattr(first, "_url", None) or getattr(config, "endpoint", "")
+
+    @property
+    def queue(self) -> SendingQueue:
+        """The spans' queue (tests read its size)."""
+        return self._queues["traces"]
 
     def start(self) -> None:
-        self.queue.start()
+        for queue in self._queues.values():
+            queue.start()
 
     def export(self, payload: bytes, spans: int) -> None:
-        self.queue.put(payload, spans)
+        self._queues["traces"].put(payload, spans)
+
+    def export_metrics(self, request: Message, payload: bytes, points: int) -> None:
+        self._queues["metrics"].put(payload, points)
+
+    def export_logs(self, request: Message, payload: bytes, records: int) -> None:
+        self._queues["logs"].put(payload, records)
 
     @property
     def holding(self) -> int:
@@ -197,5 +248,7 @@ class ForwardingExporter:
         return self.queue.holding
 
     def shutdown(self, deadline: float) -> None:
-        self.queue.shutdown(deadline)
-        self._sender.close()
+        for queue in self._queues.values():
+            queue.shutdown(deadline)
+        for sender in self._senders:
+            sender.close()

@@ -17,7 +17,7 @@ import os
 import threading
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from opentelemetry.sdk.metrics import (
     Counter,
@@ -41,10 +41,19 @@ from prometheus_client.metrics_core import Metric
 from prometheus_client.samples import Exemplar
 
 from flowtel._fork import reinit_after_fork
+from flowtel._log import logger, warn_once
 from flowtel._wsgi import TLSSettings, WSGIEndpoint, bearer_auth
 from flowtel.config import ConfigError
-from flowtel.processors.catalog import prometheus_name
+from flowtel.processors.catalog import ALL_METRICS, prometheus_name
 from flowtel.processors.metrics import Consumer, FlowtelMetrics
+from flowtel.selfmetrics import SelfMetrics
+
+if TYPE_CHECKING:  # the collector's modules import the in-process ones, not the other way round
+    from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import ExportMetricsServiceRequest
+
+    from flowtel.collector.prometheus_config import ReceivedMetricsConfig
+
+    from .received_metrics import ReceivedMetrics
 
 _CUMULATIVE = {cls: AggregationTemporality.CUMULATIVE for cls in (
     Counter, UpDownCounter, Histogram, ObservableCounter, ObservableUpDownCounter, ObservableGauge)}
@@ -198,10 +207,10 @@ class PrometheusEndpoint:
     """Serves ``/metrics`` for a ``PrometheusMetricReader`` (any path answers, as prometheus-client does)."""
 
     def __init__(self, reader: PrometheusMetricReader, settings: PrometheusSettings | None = None,
-                 extra_collectors: Iterable[Any] = ()) -> None:
+                 extra_collectors: Iterable[Any] = (), bridge: Any = None) -> None:
         settings = settings or PrometheusSettings.from_env()
         self.registry = CollectorRegistry(auto_describe=False)
-        self.registry.register(_Bridge(reader))  # type: ignore[arg-type]
+        self.registry.register(bridge or _Bridge(reader))  # type: ignore[arg-type]
         for collector in extra_collectors:
             self.registry.register(collector)
         app = bearer_auth(make_wsgi_app(self.registry), settings.bearer_token)
@@ -223,27 +232,47 @@ class PrometheusEndpoint:
         self._endpoint.shutdown()
 
 
+class _ExporterBridge:
+    """One scrape: the reader's families (derived and self metrics), then received ones under other names."""
+
+    def __init__(self, reader: PrometheusMetricReader, received: ReceivedMetrics) -> None:
+        self._reader = reader
+        self._received = received
+
+    def collect(self) -> list[Metric]:
+        own = self._reader.families()
+        taken = {m.name for m in own} | {s.name for m in own for s in m.samples}
+        return [*own, *self._received.families(exclude=taken)]
 
 
 class PrometheusExporter:
-    """The collector's ``prometheus`` exporter: a pull endpoint for derived and self metrics.
+    """The collector's ``prometheus`` exporter: a pull endpoint for derived, received and self metrics.
 
     In a traces pipeline it takes no spans; every ``flowtel`` processor of the pipelines it is
     listed in adds its derived metrics (``add_producer``), and the collector's own metrics
-    are always served.
+    are always served. In a metrics pipeline ``export_metrics`` hands the received OTLP
+    metrics to its ``ReceivedMetrics`` (``received_metrics``), served on the same endpoint.
     """
 
-    def __init__(self, exporter_id: str, settings: PrometheusSettings) -> None:
+    def __init__(self, exporter_id: str, settings: PrometheusSettings, config: ReceivedMetricsConfig | None = None,
+                 self_metrics: SelfMetrics | None = None) -> None:
         self.id = exporter_id
         self.reader = PrometheusMetricReader()
+        self._self = self_metrics
+        from .received_metrics import ReceivedMetrics, reserved_family_names
+
+        self.received = ReceivedMetrics(config, self_metrics, reserved_names=reserved_family_names())
+        self._derived_names: set[str] = set()
         self._settings = settings
         self._endpoint: PrometheusEndpoint | None = None
 
     def add_producer(self, metrics: FlowtelMetrics) -> None:
         self.reader.add_producer(metrics)
+        self._derived_names.update(spec.name for spec in ALL_METRICS)
 
     def start(self) -> None:
-        self._endpoint = PrometheusEndpoint(self.reader, self._settings).start()
+        self._endpoint = PrometheusEndpoint(self.reader, self._settings,
+                                            bridge=_ExporterBridge(self.reader, self.received)).start()
 
     @property
     def url(self) -> str:
@@ -251,6 +280,24 @@ class PrometheusExporter:
 
     def export(self, payload: bytes, spans: int) -> None:
         pass
+
+    def export_metrics(self, request: ExportMetricsServiceRequest, payload: bytes, points: int) -> None:
+        """Expose the received metrics; points it cannot expose are counted per reason and logged once."""
+        try:
+            dropped = self.received.consume(request, derived_names=self._derived_names)
+        except Exception:  # a bug costs this request's points, counted, not the pipeline
+            logger.exception("exporter %s: failed exposing %d received metric points", self.id, points)
+            dropped = {"internal_error": points}
+        lost = 0
+        for reason, count in dropped.items():
+            lost += count
+            warn_once(f"prometheus-received:{self.id}:{reason}",
+                      "exporter %s dropped received metric points (reason: %s); counted in "
+                      "otelcol_exporter_send_failed_metric_points_total", self.id, reason)
+            if self._self is not None:
+                self._self.add("otelcol.exporter.send_failed.metric_points", count, self.id, reason)
+        if self._self is not None and points > lost:
+            self._self.add("otelcol.exporter.sent.metric_points", points - lost, self.id)
 
     def shutdown(self, deadline: float) -> None:
         if self._endpoint is not None:

@@ -162,14 +162,23 @@ class _Item:
     attempt_ends: float = 0.0  # monotonic time by which the attempt under way has its answer (its timeout)
 
 
+#: What one item of each signal is, as the collector's own metrics name it (``otelcol_exporter_sent_<unit>``).
+UNITS = {"traces": "spans", "metrics": "metric_points", "logs": "log_records"}
+
+
 class SendingQueue:
     def __init__(self, exporter_id: str, send: Send, queue: QueueSettings, retry: RetrySettings,
                  self_metrics: SelfMetrics, timeout_s: float, storage_dir: str | None = None, *,
                  counts_delivery: bool = True, signal: str = "traces") -> None:
         """``counts_delivery=False``: the sender counts what it delivered itself (Azure Monitor's accounting).
-        ``signal`` is written in each stored batch, so a queue never sends another signal's files."""
+        ``signal`` is written in each stored batch, so a queue never sends another signal's files; it names what a
+        batch's count counts (spans, metric points, log records) and so the counters."""
         self._id = exporter_id
         self._signal = signal
+        unit = self._unit = UNITS[signal]
+        self._sent = f"otelcol.exporter.sent.{unit}"
+        self._send_failed = f"otelcol.exporter.send_failed.{unit}"
+        self._enqueue_failed = f"otelcol.exporter.enqueue_failed.{unit}"
         self._counts_delivery = counts_delivery
         self._send = send
         self._queue_settings = queue
@@ -186,8 +195,11 @@ class SendingQueue:
         if self._dir is not None:
             os.makedirs(self._dir, mode=0o700, exist_ok=True)
             self._recover()
-        self_metrics.register_gauge("exporter_queue", lambda: len(self._items), {"exporter": exporter_id})
-        self_metrics.register_gauge("exporter_queue_capacity", lambda: queue.queue_size, {"exporter": exporter_id})
+        # One queue per signal of an exporter; metrics' and logs' carry the upstream data_type label.
+        labels = {"exporter": exporter_id} if unit == "spans" else {
+            "exporter": exporter_id, "data_type": "metrics" if unit == "metric_points" else "logs"}
+        self_metrics.register_gauge("exporter_queue", lambda: len(self._items), labels)
+        self_metrics.register_gauge("exporter_queue_capacity", lambda: queue.queue_size, labels)
 
     def _recover(self) -> None:
         assert self._dir is not None
@@ -210,16 +222,16 @@ class SendingQueue:
                 continue
             self._items.append(_Item(spans, None, path))
         if self._items:
-            logger.info("exporter %s: %d stored batch(es) (%d spans) recovered from %s", self._id, len(self._items),
-                        sum(i.spans for i in self._items), self._dir)
+            logger.info("exporter %s: %d stored batch(es) (%d %s) recovered from %s", self._id, len(self._items),
+                        sum(i.spans for i in self._items), self._unit.replace("_", " "), self._dir)
 
     def _damaged(self, path: str, damaged: DamagedBatch, *, remove: bool = False) -> None:
         """Count a stored batch that cannot be trusted; move it to ``corrupt/`` (or remove an unfinished one)."""
         assert self._dir is not None
         self._self.add("flowtel.exporter.queue.damaged_files", 1, self._id, damaged.reason)
         if damaged.items:
-            self._self.add("otelcol.exporter.send_failed.spans", damaged.items, self._id, "damaged_file")
-            self._self.dropped("queue_file_damaged", damaged.items)
+            self._self.add(self._send_failed, damaged.items, self._id, "damaged_file")
+            self._self.dropped("queue_file_damaged", damaged.items, self._unit)
         try:
             if remove:
                 os.remove(path)
@@ -242,18 +254,18 @@ class SendingQueue:
     def put(self, payload: bytes, spans: int) -> bool:
         with self._cond:
             if len(self._items) >= self._queue_settings.queue_size or self._stopping.is_set():
-                self._self.add("otelcol.exporter.enqueue_failed.spans", spans, self._id)
-                self._self.dropped("exporter_queue_full", spans)
-                warn_once(f"enqueue:{self._id}", "exporter %s: queue full (%d batches); spans dropped and counted",
-                          self._id, self._queue_settings.queue_size)
+                self._self.add(self._enqueue_failed, spans, self._id)
+                self._self.dropped("exporter_queue_full", spans, self._unit)
+                warn_once(f"enqueue:{self._id}", "exporter %s: queue full (%d batches); %s dropped and counted",
+                          self._id, self._queue_settings.queue_size, self._unit)
                 return False
             item = _Item(spans, payload)
             if self._dir is not None:
                 try:
                     item.path = self._store(payload, spans)
                 except OSError as error:  # disk full, directory gone: refuse this batch, keep running
-                    self._self.add("otelcol.exporter.enqueue_failed.spans", spans, self._id)
-                    self._self.dropped("storage_error", spans)
+                    self._self.add(self._enqueue_failed, spans, self._id)
+                    self._self.dropped("storage_error", spans, self._unit)
                     warn_once(f"store:{self._id}", "exporter %s: cannot store a batch (%s); spans dropped and "
                               "counted", self._id, error)
                     return False
@@ -298,8 +310,8 @@ class SendingQueue:
                 self._deliver(item)
             except Exception:  # a bug must cost this batch, counted, not the consumer thread
                 logger.exception("exporter %s: failed delivering a batch of %d spans", self._id, item.spans)
-                self._self.add("otelcol.exporter.send_failed.spans", item.spans, self._id, "internal_error")
-                self._self.dropped("internal_error", item.spans)
+                self._self.add(self._send_failed, item.spans, self._id, "internal_error")
+                self._self.dropped("internal_error", item.spans, self._unit)
                 self._forget(item)
             finally:
                 with self._cond:
@@ -326,11 +338,11 @@ class SendingQueue:
             result = self._attempt(payload)
             if result.ok:
                 if self._counts_delivery:
-                    self._self.add("otelcol.exporter.sent.spans", item.spans - result.rejected, self._id)
+                    self._self.add(self._sent, item.spans - result.rejected, self._id)
                 if result.rejected:
-                    self._self.add("otelcol.exporter.send_failed.spans", result.rejected, self._id,
+                    self._self.add(self._send_failed, result.rejected, self._id,
                                    "rejected_by_backend")
-                    self._self.dropped("rejected_by_backend", result.rejected)
+                    self._self.dropped("rejected_by_backend", result.rejected, self._unit)
                     warn_once(f"partial:{self._id}", "exporter %s: backend rejected %d span(s): %s", self._id,
                               result.rejected, result.reason)
                 self._forget(item)
@@ -362,8 +374,8 @@ class SendingQueue:
             return SendResult(False, retryable=True, reason=f"{type(error).__name__}: {error}")
 
     def _give_up(self, item: _Item, reason: str, kind: str) -> None:
-        self._self.add("otelcol.exporter.send_failed.spans", item.spans, self._id, kind)
-        self._self.dropped(f"export_{kind}", item.spans)
+        self._self.add(self._send_failed, item.spans, self._id, kind)
+        self._self.dropped(f"export_{kind}", item.spans, self._unit)
         warn_once(f"giveup:{self._id}:{kind}", "exporter %s: dropped %d span(s) (%s): %s", self._id, item.spans,
                   kind, reason)
         self._forget(item)
@@ -419,11 +431,11 @@ class SendingQueue:
             return
         for items, what in ((queued, "still queued"), (in_flight, "in flight with no answer")):
             if items:
-                spans = sum(i.spans for i in items)
-                self._self.add("otelcol.exporter.send_failed.spans", spans, self._id, "shutdown")
-                self._self.dropped("shutdown_timeout", spans)
-                logger.warning("exporter %s: %d span(s) %s at the shutdown deadline were dropped", self._id, spans,
-                               what)
+                count = sum(i.spans for i in items)
+                self._self.add(self._send_failed, count, self._id, "shutdown")
+                self._self.dropped("shutdown_timeout", count, self._unit)
+                logger.warning("exporter %s: %d %s %s at the shutdown deadline were dropped", self._id, count,
+                               self._unit.replace("_", " "), what)
 
 
 def _jitter(interval: float, factor: float) -> float:

@@ -128,11 +128,13 @@ _BASE_REQUIRED: dict[str, dict[str, Callable[[Any], bool]]] = {
     "MessageData": {"message": lambda v: _str(v, 32768)},
     "EventData": {"name": lambda v: _str(v, 512) and bool(v)},
 }
+_SEVERITY_LEVELS = ("Verbose", "Information", "Warning", "Error", "Critical")
 _BASE_OPTIONAL: dict[str, dict[str, Callable[[Any], bool]]] = {
     "RequestData": {"url": lambda v: _str(v, 2048), "source": lambda v: _str(v, 1024)},
     "RemoteDependencyData": {"resultCode": lambda v: _str(v, 1024), "data": lambda v: _str(v, 8192),
                              "target": lambda v: _str(v, 1024)},
-    "MessageData": {"severityLevel": lambda v: v in ("Verbose", "Information", "Warning", "Error", "Critical")},
+    # Names (the .NET SDK) or their numbers 0-4 (the JavaScript SDKs, and the Python exporter's log rows).
+    "MessageData": {"severityLevel": lambda v: v in _SEVERITY_LEVELS or (type(v) is int and 0 <= v < 5)},
 }
 
 

@@ -34,6 +34,7 @@ ALERTS = {
     "tokenRateSpike": "FlowtelTokenRateSpike",
     "feedbackThumbsDownRatio": "FlowtelFeedbackThumbsDownRatioHigh",
     "collectorDropping": "FlowtelCollectorDroppingData",
+    "collectorDroppingAppTelemetry": "FlowtelCollectorDroppingAppTelemetry",
     "collectorDown": "FlowtelCollectorDown",
 }
 

@@ -137,10 +137,10 @@ def test_default_config_is_the_embedded_one_byte_for_byte() -> None:
 def test_default_config_validates_embedded_and_from_file(runs: Runs) -> None:
     embedded = runs["default"]
     assert (embedded.returncode, embedded.stdout, embedded.stderr) == (
-        0, "<embedded default>: valid (pipelines: traces)\n", "")
+        0, "<embedded default>: valid (pipelines: traces, metrics, logs)\n", "")
     on_disk = runs["default-file"]
     assert (on_disk.returncode, on_disk.stdout, on_disk.stderr) == (
-        0, "collector-config/default.yaml: valid (pipelines: traces)\n", "")
+        0, "collector-config/default.yaml: valid (pipelines: traces, metrics, logs)\n", "")
 
 
 def test_default_config_reads_its_environment() -> None:
@@ -341,7 +341,11 @@ service:
       exporters: [prometheus, otlp, otlphttp/backend]
     metrics:
       receivers: [otlp]
+      processors: [flowtel]
       exporters: [prometheus]
+    profiles:
+      receivers: [otlp]
+      exporters: [otlp]
 """
 
 
@@ -372,9 +376,11 @@ def test_validate_lists_every_problem_with_file_line_key_and_expectation(runs: R
         "any work is done, got ['flowtel', 'memory_limiter', 'batch']",
         f"{f}:48: service.pipelines.traces.exporters[2]: expected a component defined under exporters, "
         "got 'otlphttp/backend'",
-        f"{f}:49: service.pipelines.metrics: expected a traces pipeline (traces or traces/name): flowtel's "
-        "collector takes traces and derives metrics from them, got 'metrics'",
-        "14 problem(s) found",
+        f"{f}:51: service.pipelines.metrics.processors[0]: expected a processor that supports metrics (flowtel "
+        "takes traces only), got 'flowtel'",
+        f"{f}:53: service.pipelines.profiles: expected a pipeline of one of the signals traces, metrics, logs (as "
+        "signal or signal/name), got 'profiles'",
+        "15 problem(s) found",
     ]
     # the line numbers above are where those keys are written
     lines = BROKEN.splitlines()
@@ -440,7 +446,7 @@ def test_unreadable_or_non_mapping_files(tmp_path: Path, capsys: pytest.CaptureF
     assert problems("- receivers\n- service\n") == [
         "test.yaml:1: (top level): expected a mapping of receivers, processors, exporters, extensions and "
         "service, got 'list'"]
-    assert problems("") == ["test.yaml: service: expected a service section with at least one traces pipeline"]
+    assert problems("") == ["test.yaml: service: expected a service section with at least one pipeline"]
 
 
 def test_collector_with_a_broken_config_exits_2_before_listening(runs: Runs, tmp_path: Path) -> None:
@@ -721,7 +727,7 @@ def test_every_problem_line_has_the_documented_shape(tmp_path: Path) -> None:
     path.write_text(BROKEN)
     with pytest.raises(ConfigFileError) as info:
         load_config(str(path))
-    assert len(info.value.problems) == 14
+    assert len(info.value.problems) == 15
     assert all(doc_shape.match(str(p)) for p in info.value.problems), str(info.value)
 
 
@@ -855,3 +861,26 @@ def test_the_ports_checked_are_those_the_collector_listens_on() -> None:
     assert [key for key, _ in cli._listening_endpoints(forward)] == [
         "extensions.health_check.endpoint", "receivers.otlp.protocols.grpc.endpoint",
         "receivers.otlp.protocols.http.endpoint", "exporters.prometheus.endpoint"]
+
+
+def test_an_otlphttp_exporter_needs_an_endpoint_for_every_signal_it_sends() -> None:
+    text = """\
+receivers:
+  otlp: {protocols: {grpc: {endpoint: "127.0.0.1:0"}}}
+exporters:
+  otlphttp: {traces_endpoint: "http://backend:4318/v1/traces"}
+service:
+  pipelines:
+    traces: {receivers: [otlp], exporters: [otlphttp]}
+    metrics: {receivers: [otlp], exporters: [otlphttp]}
+    logs: {receivers: [otlp], exporters: [otlphttp]}
+"""
+    assert problems(text) == [
+        "test.yaml:4: exporters.otlphttp: expected endpoint, or metrics_endpoint and logs_endpoint: a pipeline of "
+        "metrics and logs uses this exporter"]
+    fixed = text.replace('{traces_endpoint: "http://backend:4318/v1/traces"}',
+                         '{traces_endpoint: "http://t/v1/traces", metrics_endpoint: "http://m/v1/metrics", '
+                         'logs_endpoint: "http://l/v1/logs"}')
+    urls = load_config(text=fixed, name="test.yaml").exporters["otlphttp"]
+    assert [urls.signal_url(s) for s in ("traces", "metrics", "logs")] == ["http://t/v1/traces", "http://m/v1/metrics",
+                                                                          "http://l/v1/logs"]

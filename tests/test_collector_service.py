@@ -102,8 +102,15 @@ def test_default_config_serves_otlp_metrics_and_health() -> None:
 
 
 
-def test_every_exporter_type_has_a_factory() -> None:
+def test_every_component_comes_from_the_one_registry() -> None:
+    from flowtel.collector.components import FACTORIES
     from flowtel.collector.config import COMPONENTS
-    from flowtel.collector.service import EXPORTER_FACTORIES
 
-    assert set(COMPONENTS["exporters"]) == set(EXPORTER_FACTORIES)
+    assert {section: set(types) for section, types in COMPONENTS.items()} == {
+        section: set(factories) for section, factories in FACTORIES.items()}
+    for section in ("receivers", "exporters"):
+        for factory in FACTORIES[section].values():
+            assert factory.create is not None and factory.signals, factory
+    assert {t for t, f in FACTORIES["exporters"].items() if "logs" in f.signals} == {
+        "otlp", "otlphttp", "debug", "azuremonitor"}
+    assert FACTORIES["processors"]["flowtel"].signals == {"traces"}

@@ -287,7 +287,12 @@ def test_toggles_shape_the_config(renders: dict[str, list[dict[str, Any]]]) -> N
     assert persist["exporters"]["otlp/forward"]["sending_queue"] == {"storage": "file_storage", "queue_size": 5000}
     assert persist["exporters"]["otlp/forward"]["headers"] == {"x-scope-orgid": "flowtel"}
 
+    # forward and appInsights take the apps' metrics and logs too, not only the enriched spans
+    for kind in ("metrics", "logs"):
+        assert "otlp/forward" in persist["service"]["pipelines"][kind]["exporters"], kind
     every = parsed("everything")
+    for kind in ("traces", "metrics", "logs"):
+        assert {"azuremonitor", "otlp/forward"} <= set(every["service"]["pipelines"][kind]["exporters"]), kind
     assert every["exporters"]["azuremonitor"]["storage"] == "file_storage"
     assert every["receivers"]["otlp"]["protocols"]["grpc"]["auth"] == {"authenticator": "bearertokenauth/otlp"}
     assert every["receivers"]["feedback"]["auth"] == {"authenticator": "bearertokenauth/feedback"}
@@ -368,6 +373,11 @@ def test_gateway_routes_by_trace_id_through_the_headless_service(renders: dict[s
     assert gw["service"]["pipelines"]["traces"] == {"receivers": ["otlp"], "processors": ["memory_limiter"],
                                                    "exporters": ["loadbalancing"]}
     assert gw["receivers"]["otlp"]["protocols"]["grpc"]["endpoint"] == "0.0.0.0:4317"
+    # The apps' logs follow their traces; their metrics go by service.name, so each app's series stays on one pod.
+    assert gw["service"]["pipelines"]["logs"]["exporters"] == ["loadbalancing"]
+    assert gw["service"]["pipelines"]["metrics"]["exporters"] == ["loadbalancing/metrics"]
+    assert gw["exporters"]["loadbalancing/metrics"]["routing_key"] == "service"
+    assert gw["exporters"]["loadbalancing/metrics"]["resolver"] == lb["resolver"]
 
     deployment = find(docs, "Deployment", f"{RELEASE}-gateway")
     assert container(deployment)["image"].startswith("otel/opentelemetry-collector-contrib:0.")

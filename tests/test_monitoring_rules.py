@@ -63,11 +63,12 @@ def test_rules_carry_severity_labels_and_annotations_from_values() -> None:
         "FlowtelFlowLatencyP95High": "warning", "FlowtelFlowErrorRatioHigh": "critical",
         "FlowtelNodeFailureRatioHigh": "warning", "FlowtelTokenRateSpike": "warning",
         "FlowtelFeedbackThumbsDownRatioHigh": "warning", "FlowtelCollectorDroppingData": "warning",
-        "FlowtelCollectorDown": "critical"}
+        "FlowtelCollectorDroppingAppTelemetry": "warning", "FlowtelCollectorDown": "critical"}
     assert {name: rule["for"] for name, rule in rules.items()} == {
         "FlowtelFlowLatencyP95High": "10m", "FlowtelFlowErrorRatioHigh": "10m", "FlowtelNodeFailureRatioHigh": "10m",
         "FlowtelTokenRateSpike": "15m", "FlowtelFeedbackThumbsDownRatioHigh": "30m",
-        "FlowtelCollectorDroppingData": "5m", "FlowtelCollectorDown": "5m"}
+        "FlowtelCollectorDroppingData": "5m", "FlowtelCollectorDroppingAppTelemetry": "5m",
+        "FlowtelCollectorDown": "5m"}
     # The Azure monitoring lab's latency alert (seed 002) is on 4000 ms.
     assert rules["FlowtelFlowLatencyP95High"]["expr"].endswith("> 4000")
     for name, rule in rules.items():
@@ -97,6 +98,7 @@ BOUNDARY = [
     ("alerts.feedbackThumbsDownRatio.minFeedbackPerSecond=0.008", "FlowtelFeedbackThumbsDownRatioHigh"),  # 0.0083/s
     ("alerts.collectorDown.for=8m", "FlowtelCollectorDown"),  # down 6 min at 12m: pending, not firing
     ("alerts.collectorDropping.for=15m", "FlowtelCollectorDroppingData"),
+    ("alerts.collectorDroppingAppTelemetry.for=15m", "FlowtelCollectorDroppingAppTelemetry"),
 ]
 
 

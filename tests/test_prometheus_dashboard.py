@@ -29,7 +29,13 @@ import openai
 import pytest
 import yaml
 from opentelemetry import trace
+from opentelemetry.exporter.otlp.proto.http._log_exporter import OTLPLogExporter
+from opentelemetry.exporter.otlp.proto.http.metric_exporter import OTLPMetricExporter
 from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+from opentelemetry.sdk._logs import LoggerProvider
+from opentelemetry.sdk._logs.export import SimpleLogRecordProcessor
+from opentelemetry.sdk.metrics import MeterProvider
+from opentelemetry.sdk.metrics.export import PeriodicExportingMetricReader
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor
@@ -90,6 +96,11 @@ service:
       processors: [flowtel, batch]
       exporters: [prometheus, otlp/sink, otlphttp/down, otlphttp/stuck]
     traces/refusing: {receivers: [otlp/refusing], processors: [memory_limiter/tiny], exporters: [debug]}
+    # The apps' own metrics and logs: delivered to the sink, failed at the dead backend, refused when over the limit.
+    metrics: {receivers: [otlp], processors: [batch], exporters: [prometheus, otlp/sink, otlphttp/down]}
+    logs: {receivers: [otlp], processors: [batch], exporters: [otlp/sink, otlphttp/down]}
+    metrics/refusing: {receivers: [otlp/refusing], processors: [memory_limiter/tiny], exporters: [debug]}
+    logs/refusing: {receivers: [otlp/refusing], processors: [memory_limiter/tiny], exporters: [debug]}
 """
 #: What each round sends as feedback, one scoring request each ("meh" is no known word: unscored).
 ROUND_FEEDBACK = (["thumbup", "thumbdown", "meh"], ["thumbup", "thumbup", "thumbup", "thumbdown", "meh"])
@@ -213,7 +224,8 @@ def test_dashboard_model_is_a_grafana_dashboard_for_any_prometheus() -> None:
                    "Flow latency p50 / p95 / p99", "Streaming first-byte latency", "Node latency", "Node failures",
                    "RPC latency by api_call", "RPC errors by api_call", "Tokens per model", "Thumbs-down ratio",
                    "A/B comparison", "Spans accepted / refused", "Spans dropped", "Exporters: sent and failed",
-                   "Queues", "Held traces", "Collectors up"):
+                   "Queues", "Held traces", "Collectors up", "Metric points accepted / refused",
+                   "Log records accepted / refused", "Metric points and log records: sent, failed, dropped"):
         assert wanted in titles, wanted
     # Panels do not overlap on the 24-column grid.
     cells: set[tuple[int, int]] = set()
@@ -262,10 +274,41 @@ def _refused_request(url: str) -> None:
     body = json.dumps({"resourceSpans": [{"resource": {}, "scopeSpans": [{"spans": [span]}]}]}).encode()
     status, _, _ = post(url + "/v1/traces", body, {"Content-Type": "application/json"})
     assert status == 503
+    point = {"asInt": "1", "timeUnixNano": "2"}
+    metric = {"name": "refused", "gauge": {"dataPoints": [point]}}
+    metrics = {"resourceMetrics": [{"scopeMetrics": [{"metrics": [metric]}]}]}
+    logs = {"resourceLogs": [{"scopeLogs": [{"logRecords": [{"body": {"stringValue": "refused"}}]}]}]}
+    for path, request in (("/v1/metrics", metrics), ("/v1/logs", logs)):
+        status, _, _ = post(url + path, json.dumps(request).encode(), {"Content-Type": "application/json"})
+        assert status == 503, path
+
+
+class AppSignals:
+    """The app's own metrics and logs, sent with the SDK's OTLP/HTTP exporters: one counter point and one log
+    record per round."""
+
+    def __init__(self, endpoint: str) -> None:
+        resource = Resource.create({"service.name": "chat-app"})
+        self.reader = PeriodicExportingMetricReader(OTLPMetricExporter(endpoint=endpoint + "/v1/metrics"),
+                                                    export_interval_millis=3_600_000)
+        self.meters = MeterProvider(resource=resource, metric_readers=[self.reader])
+        self.counter = self.meters.get_meter("chat-app").create_counter("app.rounds")
+        self.logs = LoggerProvider(resource=resource)
+        self.logs.add_log_record_processor(SimpleLogRecordProcessor(OTLPLogExporter(endpoint=endpoint + "/v1/logs")))
+
+    def round(self) -> None:
+        self.counter.add(1)
+        assert self.meters.force_flush(10_000)
+        self.logs.get_logger("chat-app").emit(body="round done")
+
+    def shutdown(self) -> None:
+        self.meters.shutdown()
+        self.logs.shutdown()
 
 
 def _run_round(feedback: list[str], app: ScoringApp, collector: CollectorProcess, provider: TracerProvider,
-               llm_url: str) -> None:
+               llm_url: str, signals: AppSignals) -> None:
+    signals.round()
     for body in feedback:
         exchange = seed_client(app.url, collector.feedback["feedback"], body)
         assert exchange.feedback_status == 200
@@ -351,19 +394,21 @@ def test_every_dashboard_and_rule_expression_returns_data(tmp_path: Path, fake_l
         prometheus.start()
         try:
             provider = tracing_to(collector.http["otlp"])
+            signals = AppSignals(collector.http["otlp"])
             with ScoringApp(fake_llm.base_url) as app:
                 first, second = ROUND_FEEDBACK
-                _run_round(first, app, collector, provider, fake_llm.base_url)
+                _run_round(first, app, collector, provider, fake_llm.base_url, signals)
                 _settled(collector, requests=len(first) + 3, feedback=len(first), refused=1)
                 t_a = _scraped_after(prometheus, time.time())
                 calls_before = len(fake_llm.requests)
-                _run_round(second, app, collector, provider, fake_llm.base_url)
+                _run_round(second, app, collector, provider, fake_llm.base_url, signals)
                 calls = [(path, body) for path, body in fake_llm.requests[calls_before:]
                          if not str(body.get("model")).startswith("fail-")]
                 failed_calls = len(fake_llm.requests[calls_before:]) - len(calls)
                 _settled(collector, requests=len(first) + len(second) + 6, feedback=len(first) + len(second),
                          refused=2)
                 t_b = _scraped_after(prometheus, time.time())
+            signals.shutdown()
             window = f"{t_b - t_a}ms"
             seconds = (t_b - t_a) / 1000
             at = t_b / 1000
@@ -447,6 +492,17 @@ def test_every_dashboard_and_rule_expression_returns_data(tmp_path: Path, fake_l
                                                                    "exporter", "reason")
             assert ("otlphttp/stuck",) in _values(panel("Exporters: sent and failed", "C"), "exporter")
             assert [float(r["value"][1]) for r in panel("Collectors up", "A")] == [1.0]
+            # The app's metrics and logs: one point and one record accepted, and one of each refused, this round.
+            for title in ("Metric points accepted / refused", "Log records accepted / refused"):
+                accepted = _values(panel(title, "A"), "receiver", "transport")
+                assert accepted[("otlp", "http")] * seconds == pytest.approx(1), title
+                refused = _values(panel(title, "B"), "receiver", "reason")
+                assert refused[("otlp/refusing", "memory_limit")] * seconds == pytest.approx(1), title
+            exported = "Metric points and log records: sent, failed, dropped"
+            for ref in "AB":
+                assert _values(panel(exported, ref), "exporter")[("otlp/sink",)] * seconds == pytest.approx(1), ref
+            for ref in "CD":
+                assert ("otlphttp/down", "permanent_error") in _values(panel(exported, ref), "exporter", "reason")
 
             # ---- every rule expression, over the same window ----
             rules = alert_rules(render_rules(f"alerts.rateWindow={window}"))

@@ -4,7 +4,10 @@ It follows the OpenTelemetry SDK's own environment conventions (``OTEL_TRACES_EX
 ``OTEL_METRICS_EXPORTER``, ``OTEL_EXPORTER_OTLP_*``, ``OTEL_RESOURCE_ATTRIBUTES``,
 ``OTEL_TRACES_SAMPLER``), with two defaults chosen for an offline first run: traces go to
 OTLP only when an OTLP endpoint is set, and metrics go to the Prometheus endpoint (plus
-OTLP when an endpoint is set).
+OTLP when an endpoint is set). Logs follow the SDK's configurator: with an OTLP endpoint
+set (or ``OTEL_LOGS_EXPORTER``), records emitted through the OpenTelemetry logs API (and
+Python ``logging`` when ``OTEL_PYTHON_LOGGING_AUTO_INSTRUMENTATION_ENABLED=true``) are
+exported, so one ``OTEL_EXPORTER_OTLP_ENDPOINT`` sends all three signals.
 """
 
 from __future__ import annotations
@@ -90,7 +93,7 @@ def _otlp_endpoint_set(env: Mapping[str, str], signal: str) -> bool:
 def _exporter_names(env: Mapping[str, str], signal: str, default: list[str]) -> list[str]:
     """The exporter entry points for a signal; flowtel's default ``otlp`` follows the OTLP protocol variables
     exactly as a named one does (``http/protobuf`` is the HTTP exporter, not the gRPC one)."""
-    sdk_signal: _otel_sdk.Signal = "traces" if signal == "TRACES" else "metrics"
+    sdk_signal: _otel_sdk.Signal = {"TRACES": "traces", "METRICS": "metrics", "LOGS": "logs"}[signal]  # type: ignore[assignment]
     if env.get(f"OTEL_{signal}_EXPORTER") is None:
         return [_otel_sdk.exporter_entry_point(name, sdk_signal) for name in default]
     return _otel_sdk.exporter_names_from_env(sdk_signal)
@@ -193,10 +196,33 @@ def configure(
     if endpoint is not None:
         endpoint.start()
         logger.info("flowtel Prometheus endpoint listening on %s", endpoint.url)
+    if set_global:
+        _configure_logs(env, resource)
     if instrument_promptflow_streaming:
         _instrument_promptflow()
     return Flowtel(config, tracer_provider, meter_provider, processor, endpoint, exporters, pushed, self_metrics,
                    azure)
+
+
+def _configure_logs(env: Mapping[str, str], resource: Resource) -> None:
+    """The SDK configurator's logs set-up (flowtel has nothing to add to logs): a global ``LoggerProvider`` with a
+    batch processor per exporter named by ``OTEL_LOGS_EXPORTER`` (default: OTLP when an endpoint is set)."""
+    import logging
+
+    from opentelemetry._logs import set_logger_provider
+    from opentelemetry.sdk._logs import LoggerProvider, LoggingHandler
+    from opentelemetry.sdk._logs.export import BatchLogRecordProcessor
+
+    names = _exporter_names(env, "LOGS", ["otlp"] if _otlp_endpoint_set(env, "LOGS") else [])
+    if not names:
+        return
+    _, _, log_classes = _otel_sdk.import_exporters([], [], names)
+    provider = LoggerProvider(resource=resource)
+    for cls in log_classes.values():
+        provider.add_log_record_processor(BatchLogRecordProcessor(cls()))
+    set_logger_provider(provider)
+    if env.get("OTEL_PYTHON_LOGGING_AUTO_INSTRUMENTATION_ENABLED", "").strip().lower() == "true":
+        logging.getLogger().addHandler(LoggingHandler(logger_provider=provider))
 
 
 def _azure_monitor(env: Mapping[str, str], requested: AzureMonitorSettings | bool | None, trace_names: list[str],

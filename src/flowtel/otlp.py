@@ -18,9 +18,10 @@ import json
 import struct
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 from google.protobuf import json_format
+from google.protobuf.message import Message
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 from opentelemetry.proto.common.v1.common_pb2 import AnyValue, KeyValue
 
@@ -459,27 +460,34 @@ def encode_request(items: Sequence[tuple[Any, ...]]) -> bytes:
     return bytes(out)
 
 
-_JSON_ID_KEYS = ("traceId", "spanId", "parentSpanId")
+_JSON_ID_KEYS = frozenset(("traceId", "spanId", "parentSpanId"))
 
 
-def _hex_ids_to_base64(obj: dict[str, Any]) -> None:
-    for key in _JSON_ID_KEYS:
-        value = obj.get(key)
-        if isinstance(value, str) and value:
-            obj[key] = base64.b64encode(bytes.fromhex(value)).decode()
+def _hex_ids_to_base64(data: dict[str, Any]) -> None:
+    """Ids anywhere in an OTLP/JSON body (spans, links, exemplars, log records), walked without recursion:
+    each object and array is visited once, so the cost is linear in the body."""
+    stack: list[Any] = [data]
+    while stack:
+        node = stack.pop()
+        if isinstance(node, dict):
+            for key, value in node.items():
+                if key in _JSON_ID_KEYS and isinstance(value, str):
+                    if value:
+                        try:
+                            node[key] = base64.b64encode(bytes.fromhex(value)).decode()
+                        except ValueError:
+                            raise ValueError(f"{key} must be hex, got {value[:40]!r}") from None
+                elif isinstance(value, (dict, list)):
+                    stack.append(value)
+        elif isinstance(node, list):
+            stack.extend(item for item in node if isinstance(item, (dict, list)))
 
 
-def _objects(value: Any, where: str) -> list[dict[str, Any]]:
-    """``value`` as a JSON array of objects (absent or null is empty), else ``ValueError`` naming ``where``."""
-    if value is None:
-        return []
-    if not isinstance(value, list) or not all(isinstance(item, dict) for item in value):
-        raise ValueError(f"{where} must be an array of objects")
-    return value
+M = TypeVar("M", bound=Message)
 
 
-def parse_json_request(body: bytes) -> ExportTraceServiceRequest:
-    """OTLP/JSON: protobuf JSON mapping, except that trace and span ids are hex, not base64.
+def parse_json_message(body: bytes, message_type: type[M]) -> M:
+    """OTLP/JSON for any signal: protobuf JSON mapping, except that trace and span ids are hex, not base64.
 
     Raises ``ValueError`` (with the reason) for anything that is not a valid request.
     """
@@ -489,15 +497,15 @@ def parse_json_request(body: bytes) -> ExportTraceServiceRequest:
         raise ValueError("JSON nested too deeply") from None
     if not isinstance(data, dict):
         raise ValueError("the body must be a JSON object")
-    for rs in _objects(data.get("resourceSpans"), "resourceSpans"):
-        for ss in _objects(rs.get("scopeSpans"), "resourceSpans[].scopeSpans"):
-            for span in _objects(ss.get("spans"), "scopeSpans[].spans"):
-                _hex_ids_to_base64(span)
-                for link in _objects(span.get("links"), "spans[].links"):
-                    _hex_ids_to_base64(link)
-    request = ExportTraceServiceRequest()
+    _hex_ids_to_base64(data)
+    request = message_type()
     json_format.ParseDict(data, request, ignore_unknown_fields=True)
     return request
+
+
+def parse_json_request(body: bytes) -> ExportTraceServiceRequest:
+    """An OTLP/JSON traces request (``parse_json_message``)."""
+    return parse_json_message(body, ExportTraceServiceRequest)
 
 
 def readable_spans(request: ExportTraceServiceRequest) -> list[Any]:

@@ -57,9 +57,30 @@ _COUNTERS: dict[str, tuple[str, str, tuple[str, ...]]] = {
     "otelcol.exporter.sent.metric_points": ("{datapoint}", "Metric points an exporter delivered", ("exporter",)),
     "otelcol.exporter.send_failed.metric_points": ("{datapoint}", "Metric points an exporter gave up on, by reason",
                                                    ("exporter", "reason")),
+    "otelcol.exporter.enqueue_failed.metric_points": ("{datapoint}", "Metric points an exporter's full queue could "
+                                                      "not take", ("exporter",)),
+    "otelcol.exporter.sent.log_records": ("{record}", "Log records an exporter delivered", ("exporter",)),
+    "otelcol.exporter.send_failed.log_records": ("{record}", "Log records an exporter gave up on, by reason",
+                                                 ("exporter", "reason")),
+    "otelcol.exporter.enqueue_failed.log_records": ("{record}", "Log records an exporter's full queue could not take",
+                                                    ("exporter",)),
+    "otelcol.receiver.accepted.metric_points": ("{datapoint}", "Metric points a receiver accepted into the pipeline",
+                                                ("receiver", "transport")),
+    "otelcol.receiver.refused.metric_points": ("{datapoint}", "Metric points a receiver refused, by reason (the "
+                                               "client was told)", ("receiver", "transport", "reason")),
+    "otelcol.receiver.accepted.log_records": ("{record}", "Log records a receiver accepted into the pipeline",
+                                              ("receiver", "transport")),
+    "otelcol.receiver.refused.log_records": ("{record}", "Log records a receiver refused, by reason (the client "
+                                             "was told)", ("receiver", "transport", "reason")),
+    # Lost after being accepted, by reason, like flowtel.spans.dropped (metric points and log records).
+    "flowtel.metric_points.dropped": ("{datapoint}", "Metric points flowtel lost after accepting them, by reason",
+                                      ("reason",)),
+    "flowtel.log_records.dropped": ("{record}", "Log records flowtel lost after accepting them, by reason",
+                                    ("reason",)),
 }
 _GAUGES: dict[str, tuple[str, str, str]] = {
-    "queue": ("flowtel.queue.size", "{span}", "Spans waiting between intake and the flowtel worker"),
+    "queue": ("flowtel.queue.size", "{item}", "Spans, metric points or log records waiting between intake and a "
+                                              "pipeline's worker"),
     "held_spans": ("flowtel.spans.held", "{span}", "Spans held until their local trace completes"),
     "held_traces": ("flowtel.traces.held", "{trace}", "Local traces waiting for their root span"),
     "feedback_waiting": ("flowtel.feedback.waiting", "{feedback}", "Feedback spans waiting for their request"),
@@ -70,6 +91,8 @@ _GAUGES: dict[str, tuple[str, str, str]] = {
 #: Series that exist from the start, so alerts and dashboards have them before the first loss.
 _ZEROS: dict[str, tuple[Labels, ...]] = {
     "flowtel.spans.dropped": tuple((("reason", r),) for r in DROP_REASONS),
+    "flowtel.metric_points.dropped": tuple((("reason", r),) for r in DROP_REASONS),
+    "flowtel.log_records.dropped": tuple((("reason", r),) for r in DROP_REASONS),
     "flowtel.spans.processed": ((),),
     "flowtel.feedback.uncorrelated": ((("reason", "no_trace_context"),), (("reason", "not_found"),)),
 }
@@ -128,10 +151,11 @@ class SelfMetrics:
         """Sum of every registered gauge called one of ``names``, across its labels (what the process holds)."""
         return sum(gauge() for name in names for gauge in list(self._gauges[name].values()))
 
-    def dropped(self, reason: str, count: int = 1) -> None:
-        self.add("flowtel.spans.dropped", count, reason)
-        warn_once(f"dropped:{reason}", "flowtel dropped spans (reason: %s); counted in flowtel_spans_dropped_total",
-                  reason)
+    def dropped(self, reason: str, count: int = 1, unit: str = "spans") -> None:
+        """Count data lost after it was accepted; ``unit``: spans, metric_points or log_records."""
+        self.add(f"flowtel.{unit}.dropped", count, reason)
+        warn_once(f"dropped:{unit}:{reason}", "flowtel dropped %s (reason: %s); counted in flowtel_%s_dropped_total",
+                  unit.replace("_", " "), reason, unit)
 
     def processed(self, count: int) -> None:
         self.add("flowtel.spans.processed", count)

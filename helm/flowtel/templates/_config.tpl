@@ -1,7 +1,8 @@
 {{/*
 The flowtel collector config: `.Values.config` with the toggles applied, as YAML. Built as a dict and
 rendered with toYaml, so a value can never break the YAML around it. The ConfigMap holds it and its
-checksum rolls the pods. Toggles add to the pipeline named `traces`, which the config must have.
+checksum rolls the pods. Toggles add to the pipeline named `traces`, which the config must have, and
+(forward, appInsights) to the pipelines named `metrics` and `logs` when the config has them.
 */}}
 {{- define "flowtel.config" -}}
 {{- $v := .Values -}}
@@ -17,6 +18,13 @@ checksum rolls the pods. Toggles add to the pipeline named `traces`, which the c
 {{- fail "config.service.pipelines.traces is required: the chart's toggles add exporters to it" -}}
 {{- end -}}
 {{- $tracesExporters := get $traces "exporters" | default list -}}
+{{- /* the apps' own metrics and logs pipelines, when the config has them */ -}}
+{{- $signalPipelines := list -}}
+{{- range $name := list "metrics" "logs" -}}
+{{- if hasKey $pipelines $name -}}
+{{- $signalPipelines = append $signalPipelines (get $pipelines $name) -}}
+{{- end -}}
+{{- end -}}
 {{- $feedback := hasKey $receivers "feedback" -}}
 
 {{- /* persistence: one directory on the pod's volume for every exporter that keeps data on disk. */ -}}
@@ -63,6 +71,9 @@ checksum rolls the pods. Toggles add to the pipeline named `traces`, which the c
 {{- end -}}
 {{- $_ := set $exporters "otlp/forward" $fwd -}}
 {{- $tracesExporters = append $tracesExporters "otlp/forward" -}}
+{{- range $p := $signalPipelines -}}
+{{- $_ := set $p "exporters" (append (get $p "exporters" | default list) "otlp/forward") -}}
+{{- end -}}
 {{- end -}}
 
 {{- /* appInsights: the connection string is the Secret's, read through the environment. */ -}}
@@ -73,6 +84,9 @@ checksum rolls the pods. Toggles add to the pipeline named `traces`, which the c
 {{- end -}}
 {{- $_ := set $exporters "azuremonitor" $ai -}}
 {{- $tracesExporters = append $tracesExporters "azuremonitor" -}}
+{{- range $p := $signalPipelines -}}
+{{- $_ := set $p "exporters" (append (get $p "exporters" | default list) "azuremonitor") -}}
+{{- end -}}
 {{- end -}}
 
 {{- /* gateway: a feedback request lands on any pod, but its trace is held by the pod the gateway routes

@@ -117,6 +117,31 @@ deployment and variant parts only when the series has them. */}}
     "runbook" `The collector logs each loss reason once. memory_limit / queue_full: the collector is overloaded, add replicas (the HPA, or the gateway tier for many replicas) or raise resources and max_queue_size. send_failed / enqueue_failed / exporter_queue_full: the backend is down or slow; see the exporter queue panels and the backend's health. A persistent queue (persistence.enabled) keeps batches across restarts.`)) }}
 {{- end }}{{ end }}
 
+{{- /* The apps' own metric points and log records (metrics and logs pipelines). An exporter's full queue is
+counted in the dropped counters too (reason exporter_queue_full). */}}
+{{- with $a.collectorDroppingAppTelemetry }}{{ if .enabled }}
+{{- $appLosses := list
+  (list "dropped" "flowtel_metric_points_dropped_total" "metric points")
+  (list "refused" "otelcol_receiver_refused_metric_points_total" "metric points")
+  (list "send_failed" "otelcol_exporter_send_failed_metric_points_total" "metric points")
+  (list "dropped" "flowtel_log_records_dropped_total" "log records")
+  (list "refused" "otelcol_receiver_refused_log_records_total" "log records")
+  (list "send_failed" "otelcol_exporter_send_failed_log_records_total" "log records") }}
+{{- $appParts := list }}
+{{- range $appLosses }}
+{{- $appParts = append $appParts (printf `label_replace(label_replace(increase(%s{%s}[%s]), "loss", "%s", "", ""), "data", "%s", "", "") > 0` (index . 1) $target $w (index . 0) (index . 2)) }}
+{{- end }}
+{{- $collectorRules = append $collectorRules (dict
+  "alert" "FlowtelCollectorDroppingAppTelemetry"
+  "expr" (join " or " $appParts)
+  "for" .for
+  "labels" (dict "severity" .severity)
+  "annotations" (dict
+    "summary" `flowtel collector {{ $labels.instance }} is losing the apps' {{ $labels.data }} ({{ $labels.loss }})`
+    "description" (printf `{{ $value | humanize }} {{ $labels.data }} were {{ $labels.loss }} over the last %s by flowtel collector {{ $labels.instance }}{{ with $labels.reason }} (reason {{ . }}){{ end }}{{ with $labels.receiver }} at receiver {{ . }}{{ end }}{{ with $labels.exporter }} at exporter {{ . }}{{ end }}. dropped: lost after acceptance (flowtel_metric_points_dropped_total, flowtel_log_records_dropped_total); refused: the client was told to retry; send_failed: an exporter gave up.` $w)
+    "runbook" `The collector logs each loss reason once. memory_limit / queue_full: the collector is overloaded, add replicas or raise resources. send_failed / exporter_queue_full: the backend is down or slow; see the exporter queue panels. Prometheus exporter reasons (name_conflict, derived_duplicate, cardinality_limit, out_of_order ...): the app sends metrics the endpoint cannot serve as they are; collector-config/README.md explains each.`)) }}
+{{- end }}{{ end }}
+
 {{- with $a.collectorDown }}{{ if .enabled }}
 {{- $collectorRules = append $collectorRules (dict
   "alert" "FlowtelCollectorDown"

@@ -12,40 +12,24 @@ import difflib
 import re
 import types
 import typing
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from pydantic import BaseModel, Field, ValidationError
 
-from flowtel.exporters.azuremonitor_collector import AzureMonitorExporterConfig
-from flowtel.exporters.debug import DebugExporterConfig
-from flowtel.exporters.otlp_forward import OTLPExporterConfig, OTLPHTTPExporterConfig
-
-from .batch import BatchConfig
+from .components import FACTORIES
 from .confmap import ConfigFileError, Document, Path, Problem, dotted, load, parse
-from .extensions import BearerTokenAuthConfig, FileStorageConfig, HealthCheckConfig
-from .feedback_receiver import FeedbackReceiverConfig
-from .flowtel_processor import FlowtelProcessorConfig
-from .memory_limiter import MemoryLimiterConfig
-from .otlp_receiver import OTLPReceiverConfig
 from .settings import (
     Auth,
-    Endpoint,
     Model,
     PositiveDuration,
-    ServerTLS,
     _check_endpoint,
     _readable,
     parse_duration,
     split_endpoint,
 )
-
-
-class PrometheusExporterConfig(Model):
-    endpoint: Endpoint = "localhost:9464"
-    tls: ServerTLS | None = None
-    auth: Auth | None = None
+from .signals import SIGNALS
 
 
 class PipelineConfig(Model):
@@ -70,15 +54,10 @@ class ServiceConfig(Model):
     shutdown_timeout: PositiveDuration = 30.0
 
 
+#: Section -> component type -> config model, from the one registry (``components.FACTORIES``).
 COMPONENTS: dict[str, dict[str, type[Model]]] = {
-    "receivers": {"otlp": OTLPReceiverConfig, "feedback": FeedbackReceiverConfig},
-    "processors": {"flowtel": FlowtelProcessorConfig, "memory_limiter": MemoryLimiterConfig, "batch": BatchConfig},
-    "exporters": {"prometheus": PrometheusExporterConfig, "otlp": OTLPExporterConfig,
-                  "otlphttp": OTLPHTTPExporterConfig, "debug": DebugExporterConfig,
-                  "azuremonitor": AzureMonitorExporterConfig},
-    "extensions": {"health_check": HealthCheckConfig, "bearertokenauth": BearerTokenAuthConfig,
-                   "file_storage": FileStorageConfig},
-}
+    section: {ctype: factory.config for ctype, factory in factories.items()}
+    for section, factories in FACTORIES.items()}
 _TOP_LEVEL = (*COMPONENTS, "service")
 
 
@@ -272,7 +251,7 @@ def build(doc: Document) -> CollectorConfig:
         if service is not None:
             problems.extend(_check_references(doc, service, components))
     else:
-        problems.append(doc.problem(("service",), "a service section with at least one traces pipeline"))
+        problems.append(doc.problem(("service",), "a service section with at least one pipeline"))
     if problems:
         problems.sort(key=lambda p: p.line or 0)
         raise ConfigFileError(problems)
@@ -292,9 +271,10 @@ def _check_references(doc: Document, service: ServiceConfig, components: dict[st
     problems.extend(_twice(doc, ("service", "extensions"), service.extensions, "extension"))
     for pipeline_id, pipeline in service.pipelines.items():
         path: Path = ("service", "pipelines", pipeline_id)
-        if component_type(pipeline_id) != "traces":
-            problems.append(doc.problem(path, "a traces pipeline (traces or traces/name): flowtel's collector "
-                                              "takes traces and derives metrics from them", pipeline_id))
+        signal = component_type(pipeline_id)
+        if signal not in SIGNALS:
+            problems.append(doc.problem(path, "a pipeline of one of the signals traces, metrics, logs (as signal or "
+                                              f"signal/name){_did_you_mean(signal, SIGNALS)}", pipeline_id))
         elif (bad := _bad_id(pipeline_id)) is not None:
             problems.append(doc.problem(path, bad, pipeline_id))
         for section in ("receivers", "processors", "exporters"):
@@ -302,6 +282,11 @@ def _check_references(doc: Document, service: ServiceConfig, components: dict[st
             for i, ref in enumerate(refs):
                 if ref not in components[section]:
                     problems.append(doc.problem((*path, section, i), f"a component defined under {section}", ref))
+                elif (signal in SIGNALS and (factory := FACTORIES[section].get(component_type(ref))) is not None
+                      and signal not in factory.signals):
+                    takes = ", ".join(s for s in SIGNALS if s in factory.signals)
+                    problems.append(doc.problem((*path, section, i), f"a {section[:-1]} that supports {signal} "
+                                                f"({component_type(ref)} takes {takes} only)", ref))
             problems.extend(_twice(doc, (*path, section), refs, f"{section[:-1]} in a pipeline"))
         types_ = [component_type(p) for p in dict.fromkeys(pipeline.processors)]
         for ptype in ("flowtel", "batch"):
@@ -318,24 +303,44 @@ def _check_references(doc: Document, service: ServiceConfig, components: dict[st
             cfg = components[section].get(cid)
             if cfg is not None:
                 problems.extend(_check_component_refs(doc, (section, cid), cfg, enabled))
+    # A component may need settings for some signals only (otlphttp: an endpoint for each signal it sends).
+    signals_of: dict[str, list[str]] = {}
+    for pipeline_id, pipeline in service.pipelines.items():
+        for eid in pipeline.exporters:
+            signals_of.setdefault(eid, []).append(component_type(pipeline_id))
+    for eid, signals in signals_of.items():
+        check = getattr(components["exporters"].get(eid), "check_signals", None)
+        expected = check(sorted(set(signals), key=signals.index)) if check is not None else None
+        if expected:
+            problems.append(doc.problem(("exporters", eid), expected))
     problems.extend(_check_ports(doc, service, components, used_receivers, used_exporters))
     return problems
 
 
+def _settings(cfg: BaseModel, path: Path = ()) -> Iterator[tuple[Path, Any, Any]]:
+    """Every setting of a component, nested ones included: (path, value, field info). Checks that apply to a kind
+    of setting wherever a component has it (authenticators, listening endpoints) walk this, not each type."""
+    for name, info in type(cfg).model_fields.items():
+        value = getattr(cfg, name)
+        yield (*path, name), value, info
+        if isinstance(value, BaseModel):
+            yield from _settings(value, (*path, name))
+
+
+def _listens(info: Any) -> bool:
+    """A ``host:port`` a server listens on (``Endpoint``), not a URL or target it sends to."""
+    metadata = [*info.metadata, *(typing.get_args(info.annotation)[1:]
+                                  if typing.get_origin(info.annotation) is typing.Annotated else ())]
+    return any(getattr(m, "func", None) is _check_endpoint for m in metadata)
+
+
 def _check_component_refs(doc: Document, path: Path, cfg: Any, enabled: set[str]) -> list[Problem]:
     out: list[Problem] = []
-    auths: list[tuple[Path, Auth]] = []
-    if isinstance(cfg, OTLPReceiverConfig):
-        for proto in ("grpc", "http"):
-            server = getattr(cfg.protocols, proto)
-            if server is not None and server.auth is not None:
-                auths.append(((*path, "protocols", proto, "auth", "authenticator"), server.auth))
-    elif isinstance(cfg, (PrometheusExporterConfig, FeedbackReceiverConfig)) and cfg.auth is not None:
-        auths.append(((*path, "auth", "authenticator"), cfg.auth))
-    for where, auth in auths:
-        if component_type(auth.authenticator) != "bearertokenauth" or auth.authenticator not in enabled:
-            out.append(doc.problem(where, "a bearertokenauth extension listed in service.extensions",
-                                   auth.authenticator))
+    for where, value, _ in _settings(cfg):
+        if isinstance(value, Auth) and (component_type(value.authenticator) != "bearertokenauth"
+                                        or value.authenticator not in enabled):
+            out.append(doc.problem((*path, *where, "authenticator"),
+                                   "a bearertokenauth extension listed in service.extensions", value.authenticator))
     queue_storage = getattr(getattr(cfg, "sending_queue", None), "storage", None)
     for key, storage in ((("sending_queue", "storage"), queue_storage), (("storage",), getattr(cfg, "storage", None))):
         if storage is not None and (component_type(storage) != "file_storage" or storage not in enabled):
@@ -358,23 +363,13 @@ def _check_ports(doc: Document, service: ServiceConfig, components: dict[str, di
                  receivers: list[str], exporters: list[str]) -> list[Problem]:
     """Two listeners on one port (and overlapping addresses) would fail at start; say so now, at the later one."""
     listeners: list[tuple[Path, str]] = []
-    for rid in receivers:
-        cfg = components["receivers"].get(rid)
-        if isinstance(cfg, OTLPReceiverConfig):
-            for proto in ("grpc", "http"):
-                server = getattr(cfg.protocols, proto)
-                if server is not None:
-                    listeners.append((("receivers", rid, "protocols", proto, "endpoint"), server.endpoint))
-        elif isinstance(cfg, FeedbackReceiverConfig):
-            listeners.append((("receivers", rid, "endpoint"), cfg.endpoint))
-    for eid in exporters:
-        cfg = components["exporters"].get(eid)
-        if isinstance(cfg, PrometheusExporterConfig):
-            listeners.append((("exporters", eid, "endpoint"), cfg.endpoint))
-    for xid in dict.fromkeys(service.extensions):
-        cfg = components["extensions"].get(xid)
-        if isinstance(cfg, HealthCheckConfig):
-            listeners.append((("extensions", xid, "endpoint"), cfg.endpoint))
+    used = [("receivers", cid) for cid in receivers] + [("exporters", cid) for cid in exporters] + [
+        ("extensions", cid) for cid in dict.fromkeys(service.extensions)]
+    for section, cid in used:
+        cfg = components[section].get(cid)
+        if cfg is not None:
+            listeners.extend(((section, cid, *where), value) for where, value, info in _settings(cfg)
+                             if isinstance(value, str) and _listens(info))
     listeners.sort(key=lambda item: doc.line(item[0]) or 0)
     seen: list[tuple[str, int, Path]] = []
     out: list[Problem] = []

@@ -48,6 +48,21 @@ class FileStorageConfig(Model):
     create_directory: bool = True
 
 
+class FileStorage:
+    """A running ``file_storage``: the directory exporters keep their queues in (one sub-directory each)."""
+
+    def __init__(self, config: FileStorageConfig) -> None:
+        if config.create_directory:
+            os.makedirs(config.directory, mode=0o700, exist_ok=True)
+        self.directory = config.directory
+
+    def start(self) -> None:
+        pass
+
+    def shutdown(self) -> None:
+        pass
+
+
 class ServiceStatus:
     """Shared by the service and the health endpoint: starting -> ready -> draining."""
 
@@ -62,6 +77,8 @@ class ServiceStatus:
 
 class HealthCheck:
     """``GET <path>``: 200 while the collector is ready, 503 while starting or draining (liveness and readiness)."""
+
+    kind = "health"  # the service lists where it listens under this name
 
     def __init__(self, config: HealthCheckConfig, status: ServiceStatus) -> None:
         self._config = config

@@ -43,6 +43,9 @@ class FeedbackReceiverConfig(Model):
 
 
 class FeedbackReceiver:
+    kind = "feedback"  # the service lists where it listens under this name
+    path = "/feedback"
+
     def __init__(self, receiver_id: str, config: FeedbackReceiverConfig, intake: Intake, token: str | None) -> None:
         self._intake = intake
         # No span processors: the handler hands each ended span to _submit, which raises into the request.

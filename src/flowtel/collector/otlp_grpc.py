@@ -1,4 +1,5 @@
-"""OTLP/gRPC transport of the ``otlp`` receiver, served with grpcio.
+"""OTLP/gRPC transport of the ``otlp`` receiver, served with grpcio: TraceService, MetricsService and
+LogsService, each registered only when a pipeline of its signal takes this receiver (UNIMPLEMENTED otherwise).
 
 The handler takes raw bytes (no deserializer in grpcio) so a malformed message becomes
 INVALID_ARGUMENT with the reason, not an opaque INTERNAL. grpcio itself enforces
@@ -14,15 +15,12 @@ import grpc
 from google.protobuf.duration_pb2 import Duration
 from google.protobuf.message import DecodeError
 from google.rpc import code_pb2, error_details_pb2, status_pb2
-from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 
 from flowtel.otlp import MalformedRequest
 
-from .otlp_receiver import MIB, BearerToken, GRPCServerConfig, Intake
+from .otlp_receiver import MIB, AnyIntake, BearerToken, GRPCServerConfig
 from .refusal import Refused
 from .settings import split_endpoint
-
-_SERVICE = "opentelemetry.proto.collector.trace.v1.TraceService"
 
 
 def _unavailable(context: grpc.ServicerContext, refused: Refused) -> None:
@@ -36,17 +34,20 @@ def _unavailable(context: grpc.ServicerContext, refused: Refused) -> None:
 
 
 class GRPCTransport:
-    def __init__(self, config: GRPCServerConfig, intake: Intake, token: BearerToken | None,
+    kind = "grpc"  # the service lists where it listens under this name
+
+    def __init__(self, config: GRPCServerConfig, intakes: dict[str, AnyIntake], token: BearerToken | None,
                  max_workers: int = 8) -> None:
         self._config = config
-        self._intake = intake
         self._token = token
         limit = int(config.max_recv_msg_size_mib * MIB)
         self._server = grpc.server(
             futures.ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="flowtel-grpc"),
             options=[("grpc.max_receive_message_length", limit), ("grpc.so_reuseport", 0)])
-        handler = grpc.unary_unary_rpc_method_handler(self._export)
-        self._server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(_SERVICE, {"Export": handler}),))
+        self._server.add_generic_rpc_handlers(tuple(
+            grpc.method_handlers_generic_handler(intake.signal.grpc_service, {
+                "Export": grpc.unary_unary_rpc_method_handler(self._handler(intake))})
+            for intake in intakes.values()))
         host, port = split_endpoint(config.endpoint)
         address = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
         if config.tls is not None:
@@ -63,20 +64,25 @@ class GRPCTransport:
         self.host = host
         self.tls = config.tls is not None
 
-    def _export(self, raw: bytes, context: grpc.ServicerContext) -> bytes:
-        intake = self._intake
+    def _handler(self, intake: AnyIntake) -> Any:
+        def export(raw: bytes, context: grpc.ServicerContext) -> bytes:
+            return self._export(intake, raw, context)
+        return export
+
+    def _export(self, intake: AnyIntake, raw: bytes, context: grpc.ServicerContext) -> bytes:
+        request_type = intake.signal.request
         if self._token is not None:
             header = dict(context.invocation_metadata()).get("authorization")
             if not self._token.check(header if isinstance(header, str) else None):
                 intake.refuse_request("grpc", "unauthenticated", "missing or wrong bearer token")
                 context.abort(grpc.StatusCode.UNAUTHENTICATED, "missing or wrong bearer token")
         try:
-            request = ExportTraceServiceRequest.FromString(raw)
+            request = request_type.FromString(raw)
         except DecodeError as error:
             intake.refuse_request("grpc", "malformed", str(error))
-            context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"malformed ExportTraceServiceRequest: {error}")
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"malformed {request_type.__name__}: {error}")
         try:
-            response = intake.accept(request, "grpc", raw)
+            response = intake.accept(request, "grpc", raw)  # type: ignore[arg-type]
         except Refused as refused:
             _unavailable(context, refused)
         except MalformedRequest as error:

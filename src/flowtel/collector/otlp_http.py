@@ -1,4 +1,5 @@
-"""OTLP/HTTP transport of the ``otlp`` receiver: ``POST /v1/traces``, protobuf or JSON, gzip or deflate.
+"""OTLP/HTTP transport of the ``otlp`` receiver: ``POST /v1/traces``, ``/v1/metrics``, ``/v1/logs`` (each only
+when a pipeline of its signal takes this receiver), protobuf or JSON, gzip or deflate.
 
 The body is read only up to ``max_request_body_size`` and decompressed only up to the
 same limit, so neither a huge body nor a gzip bomb costs more than the limit. Errors
@@ -14,13 +15,12 @@ from typing import Any
 from google.protobuf import json_format
 from google.protobuf.message import DecodeError, Message
 from google.rpc import status_pb2
-from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 
 from flowtel._log import logger
 from flowtel._wsgi import WSGIEndpoint
-from flowtel.otlp import MalformedRequest, parse_json_request
+from flowtel.otlp import MalformedRequest
 
-from .otlp_receiver import BearerToken, HTTPServerConfig, Intake
+from .otlp_receiver import AnyIntake, BearerToken, HTTPServerConfig
 from .refusal import Refused
 from .settings import split_endpoint
 
@@ -28,7 +28,7 @@ _PROTOBUF = "application/x-protobuf"
 _JSON = "application/json"
 #: google.rpc.Code for the HTTP statuses this receiver answers with, as the upstream receiver maps them.
 _GRPC_CODE = {400: 3, 401: 16, 404: 5, 405: 12, 411: 3, 413: 8, 415: 3, 500: 13, 503: 14}
-_OTHER_SIGNALS = ("/v1/metrics", "/v1/logs", "/v1development/profiles")
+_PROFILES = "/v1development/profiles"
 
 
 class _Reject(Exception):
@@ -86,9 +86,14 @@ def _decompress(body: bytes, encoding: str, limit: int) -> bytes:
 
 
 class HTTPTransport:
-    def __init__(self, config: HTTPServerConfig, intake: Intake, token: BearerToken | None) -> None:
+    kind = "http"  # the service lists where it listens under this name
+
+    def __init__(self, config: HTTPServerConfig, intakes: dict[str, AnyIntake], token: BearerToken | None) -> None:
         self._config = config
-        self._intake = intake
+        # Path -> the intake of its signal; requests to a signal no pipeline takes here answer 404.
+        self._routes: dict[str, AnyIntake] = {
+            getattr(config, f"{signal}_url_path"): intake for signal, intake in intakes.items()}
+        self._intake = next(iter(intakes.values()))  # counts refusals that come before a route is known
         self._token = token
         host, port = split_endpoint(config.endpoint)
         self._endpoint = WSGIEndpoint(self._app, host, port, name="flowtel-otlp-http",
@@ -110,10 +115,11 @@ class HTTPTransport:
 
     def _app(self, environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
         content_type = environ.get("CONTENT_TYPE", "").split(";")[0].strip().lower()
+        intake = self._routes.get(environ.get("PATH_INFO", ""), self._intake)
         try:
             body = self._handle(environ, content_type)
         except _Reject as reject:
-            self._intake.refuse_request("http", reject.reason, reject.message)
+            intake.refuse_request("http", reject.reason, reject.message)
             return self._status(start_response, reject.status, reject.message, content_type, reject.headers)
         except Refused as refused:
             retry = str(max(1, round(refused.retry_after_s)))
@@ -121,15 +127,20 @@ class HTTPTransport:
                                 [("Retry-After", retry)])
         except Exception:  # a bug of ours, not the client's: answer 500 and keep serving, as upstream does
             logger.exception("receiver %s (http): internal error on a request", self._intake.receiver_id)
-            self._intake.refuse_request("http", "internal_error", "internal error (see the log)")
+            intake.refuse_request("http", "internal_error", "internal error (see the log)")
             return self._status(start_response, "500 Internal Server Error", "internal error", content_type, [])
         start_response("200 OK", [("Content-Type", content_type), ("Content-Length", str(len(body)))])
         return [body]
 
     def _handle(self, environ: dict[str, Any], content_type: str) -> bytes:
         path = environ.get("PATH_INFO", "")
-        if path != self._config.traces_url_path:
-            hint = " (flowtel's collector takes traces only)" if path in _OTHER_SIGNALS else ""
+        intake = self._routes.get(path)
+        if intake is None:
+            config = self._config
+            hint = {config.traces_url_path: " (no traces pipeline takes this receiver)",
+                    config.metrics_url_path: " (no metrics pipeline takes this receiver)",
+                    config.logs_url_path: " (no logs pipeline takes this receiver)",
+                    _PROFILES: " (flowtel's collector takes no profiles)"}.get(path, "")
             raise _Reject("404 Not Found", "not_found", f"no OTLP endpoint at {path}{hint}")
         if environ.get("REQUEST_METHOD") != "POST":
             raise _Reject("405 Method Not Allowed", "method", "use POST", [("Allow", "POST")])
@@ -152,11 +163,12 @@ class HTTPTransport:
             raise _Reject("400 Bad Request", "malformed", "body shorter than Content-Length")
         body = _decompress(body, environ.get("HTTP_CONTENT_ENCODING", "").strip().lower(), limit)
         try:
-            request = parse_json_request(body) if content_type == _JSON else ExportTraceServiceRequest.FromString(body)
+            signal = intake.signal
+            request = signal.parse_json(body) if content_type == _JSON else signal.request.FromString(body)
         except (DecodeError, ValueError, json_format.ParseError, UnicodeDecodeError) as error:
             raise _Reject("400 Bad Request", "malformed", f"malformed OTLP {content_type} body: {error}") from None
         try:
-            response = self._intake.accept(request, "http", None if content_type == _JSON else body)
+            response = intake.accept(request, "http", None if content_type == _JSON else body)  # type: ignore[arg-type]
         except MalformedRequest as error:
             raise _Reject("400 Bad Request", "malformed", str(error)) from None
         return _encode(response, content_type)

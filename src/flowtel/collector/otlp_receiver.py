@@ -1,4 +1,4 @@
-"""``otlp`` receiver: OTLP/gRPC (grpcio) and OTLP/HTTP (protobuf and JSON) for traces.
+"""``otlp`` receiver: OTLP/gRPC (grpcio) and OTLP/HTTP (protobuf and JSON) for traces, metrics and logs.
 
 Defaults and answers follow the upstream receiver: ``localhost:4317`` / ``localhost:4318``,
 4 MiB gRPC messages and 20 MiB HTTP bodies, 400 / INVALID_ARGUMENT for malformed data,
@@ -6,13 +6,17 @@ Defaults and answers follow the upstream receiver: ``localhost:4317`` / ``localh
 UNAUTHENTICATED without the configured bearer token, 503 / UNAVAILABLE with a retry delay
 when the collector is over its memory or queue limits. Spans with invalid ids are
 rejected one by one and reported through OTLP partial success; the rest are accepted.
+Metrics and logs get the same limits, auth, TLS and answers; a signal no pipeline takes
+from this receiver answers 404 / UNIMPLEMENTED, as upstream.
 """
 
 from __future__ import annotations
 
 import hmac
 from collections.abc import Sequence
+from typing import Protocol
 
+from google.protobuf.message import Message
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
     ExportTraceServiceRequest,
     ExportTraceServiceResponse,
@@ -25,7 +29,9 @@ from flowtel.selfmetrics import SelfMetrics
 
 from .pipeline import TracesPipeline
 from .refusal import Refused
+from .request_pipeline import RequestPipeline
 from .settings import Auth, EmptyIsDefault, Endpoint, Model, ServerTLS
+from .signals import TRACES, Signal
 
 MIB = 1 << 20
 
@@ -41,6 +47,8 @@ class HTTPServerConfig(Model):
     endpoint: Endpoint = "localhost:4318"
     max_request_body_size: int = Field(20 * MIB, gt=0)
     traces_url_path: str = Field("/v1/traces", pattern=r"^/")
+    metrics_url_path: str = Field("/v1/metrics", pattern=r"^/")
+    logs_url_path: str = Field("/v1/logs", pattern=r"^/")
     tls: ServerTLS | None = None
     auth: Auth | None = None
 
@@ -61,7 +69,7 @@ class OTLPReceiverConfig(Model):
 
 
 class BearerToken:
-    """Constant-time check of ``Authorization: Bearer <token>``."""
+    """Constant-time check of ``Authorization: Bearer <token>``: the running ``bearertokenauth`` extension."""
 
     def __init__(self, token: str) -> None:
         self._expected = f"Bearer {token}".encode()
@@ -69,14 +77,33 @@ class BearerToken:
     def check(self, header: str | None) -> bool:
         return hmac.compare_digest((header or "").encode(), self._expected)
 
+    def start(self) -> None:
+        pass
 
-class Intake:
-    """What both transports do with a decoded request: adapt, fan out to pipelines, count, answer."""
+    def shutdown(self) -> None:
+        pass
 
-    def __init__(self, receiver_id: str, pipelines: Sequence[TracesPipeline], self_metrics: SelfMetrics) -> None:
+
+class _Admits(Protocol):
+    def admit(self, n: int) -> None: ...
+
+
+class _IntakeBase:
+    signal: Signal = TRACES
+
+    def __init__(self, receiver_id: str, self_metrics: SelfMetrics, pipelines: Sequence[_Admits]) -> None:
         self.receiver_id = receiver_id
-        self._pipelines = tuple(pipelines)
         self._self = self_metrics
+        self._admits = tuple(pipelines)
+
+    def admit_early(self, transport: str) -> None:
+        """Before a body is read: refuse (``Refused``, counted) while any pipeline would refuse it anyway."""
+        try:
+            for pipeline in self._admits:
+                pipeline.admit(0)
+        except Refused as refused:
+            self.refuse_request(transport, refused.reason, refused.message)
+            raise
 
     def refuse_request(self, transport: str, reason: str, detail: str) -> None:
         self._self.add("flowtel.receiver.refused.requests", 1, self.receiver_id, transport, reason)
@@ -84,7 +111,15 @@ class Intake:
                   "receiver %s (%s) refused a request (%s): %s; counted in flowtel_receiver_refused_requests_total",
                   self.receiver_id, transport, reason, detail)
 
-    def accept(self, request: ExportTraceServiceRequest, transport: str,
+
+class Intake(_IntakeBase):
+    """What both transports do with a decoded traces request: adapt, fan out to pipelines, count, answer."""
+
+    def __init__(self, receiver_id: str, pipelines: Sequence[TracesPipeline], self_metrics: SelfMetrics) -> None:
+        super().__init__(receiver_id, self_metrics, pipelines)
+        self._pipelines = tuple(pipelines)
+
+    def accept(self, request: ExportTraceServiceRequest, transport: str,  # type: ignore[override]
                raw: bytes | None = None) -> ExportTraceServiceResponse:
         """``request`` as parsed (and so validated) by upb; ``raw`` its bytes when the transport has them."""
         try:
@@ -118,3 +153,34 @@ class Intake:
             response.partial_success.rejected_spans = first.rejected
             response.partial_success.error_message = first.error_message
         return response
+
+
+class RequestIntake(_IntakeBase):
+    """A metrics or logs request: count its items, check every pipeline's limits, hand its bytes to each."""
+
+    def __init__(self, receiver_id: str, signal: Signal, pipelines: Sequence[RequestPipeline],
+                 self_metrics: SelfMetrics) -> None:
+        super().__init__(receiver_id, self_metrics, pipelines)
+        self.signal = signal
+        self._pipelines = tuple(pipelines)
+        self._accepted = f"otelcol.receiver.accepted.{signal.unit}"
+        self._refused = f"otelcol.receiver.refused.{signal.unit}"
+
+    def accept(self, request: Message, transport: str, raw: bytes | None = None) -> Message:
+        n = self.signal.count(request)
+        # Bytes are immutable, so every pipeline shares one payload; JSON arrives parsed and is serialized once.
+        payload = raw if raw is not None else request.SerializeToString()
+        try:
+            for pipeline in self._pipelines:
+                pipeline.admit(n)
+            for pipeline in self._pipelines:
+                pipeline.consume(payload, n)
+        except Refused as refused:
+            self._self.add(self._refused, n, self.receiver_id, transport, refused.reason)
+            self.refuse_request(transport, refused.reason, refused.message)
+            raise
+        self._self.add(self._accepted, n, self.receiver_id, transport)
+        return self.signal.response()
+
+
+AnyIntake = Intake | RequestIntake

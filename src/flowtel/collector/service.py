@@ -13,7 +13,6 @@ import os
 import re
 import threading
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -21,29 +20,22 @@ from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.resources import Resource
 
 from flowtel._log import logger
-from flowtel.exporters.debug import DebugExporter, DebugExporterConfig
-from flowtel.exporters.otlp_forward import (
-    ForwardingExporter,
-    GRPCSender,
-    HTTPSender,
-    OTLPExporterConfig,
-    OTLPHTTPExporterConfig,
-)
-from flowtel.exporters.prometheus import PrometheusExporter, PrometheusSettings
+from flowtel.exporters.prometheus import PrometheusExporter
 from flowtel.processors.metrics import FlowtelMetrics
 from flowtel.selfmetrics import SelfMetrics
 
-from .batch import BatchConfig
-from .config import CollectorConfig, PrometheusExporterConfig, component_type
-from .extensions import BearerTokenAuthConfig, FileStorageConfig, HealthCheck, HealthCheckConfig, ServiceStatus
-from .feedback_receiver import FeedbackReceiver, FeedbackReceiverConfig
-from .flowtel_processor import FlowtelProcessorConfig
+from .components import FACTORIES, PipelineParts
+from .config import CollectorConfig, component_type
+from .extensions import ServiceStatus
 from .memory_limiter import MemoryLimiter, MemoryLimiterConfig
 from .otlp_grpc import GRPCTransport
-from .otlp_http import HTTPTransport
-from .otlp_receiver import BearerToken, Intake, OTLPReceiverConfig
+from .otlp_receiver import AnyIntake, BearerToken, Intake, RequestIntake
 from .pipeline import TracesExporter, TracesPipeline
-from .settings import split_endpoint
+from .request_pipeline import RequestPipeline
+from .settings import Auth
+from .signals import BY_NAME
+
+Pipeline = TracesPipeline | RequestPipeline
 
 
 @dataclass
@@ -65,22 +57,19 @@ class Collector:
         self.listening = Listening()
         self._stopped = threading.Event()
         service = config.service
-        self._tokens: dict[str, BearerToken] = {}
-        self._storage: dict[str, str] = {}
-        self._health: dict[str, HealthCheck] = {}
-        for ext_id in service.extensions:
-            ext = config.extensions[ext_id]
-            if isinstance(ext, BearerTokenAuthConfig):
-                self._tokens[ext_id] = BearerToken(ext.read_token())
-            elif isinstance(ext, FileStorageConfig):
-                if ext.create_directory:
-                    os.makedirs(ext.directory, mode=0o700, exist_ok=True)
-                self._storage[ext_id] = ext.directory
-            elif isinstance(ext, HealthCheckConfig):
-                self._health[ext_id] = HealthCheck(ext, self.status)
+        self.extensions: dict[str, Any] = {
+            xid: FACTORIES["extensions"][component_type(xid)].create(self, xid, config.extensions[xid])  # type: ignore[misc]
+            for xid in service.extensions}
 
-        used_exporters = dict.fromkeys(e for p in service.pipelines.values() for e in p.exporters)
-        self.exporters: dict[str, Any] = {eid: self._exporter(eid, config.exporters[eid]) for eid in used_exporters}
+        # Each exporter is built once, for every signal of the pipelines that list it.
+        exporter_signals: dict[str, set[str]] = {}
+        for pipeline_id, pipeline in service.pipelines.items():
+            for eid in pipeline.exporters:
+                exporter_signals.setdefault(eid, set()).add(component_type(pipeline_id))
+        self.exporters: dict[str, Any] = {
+            eid: FACTORIES["exporters"][component_type(eid)].create(self, eid, config.exporters[eid],  # type: ignore[misc]
+                                                                    frozenset(signals))
+            for eid, signals in exporter_signals.items()}
         # Exporters that take metrics bring a reader: Prometheus a pull reader, Azure Monitor a periodic one.
         readers = [e.reader for e in self.exporters.values() if getattr(e, "reader", None) is not None]
         self.meter_provider = MeterProvider(resource=Resource.create({"service.name": "flowtel-collector"}),
@@ -88,27 +77,35 @@ class Collector:
         self.self_metrics.bind(self.meter_provider)
 
         self._limiters: dict[str, MemoryLimiter] = {}
-        self.pipelines: dict[str, TracesPipeline] = {}
+        self.pipelines: dict[str, Pipeline] = {}
         for pipeline_id, pipeline in service.pipelines.items():
             self.pipelines[pipeline_id] = self._pipeline(pipeline_id, pipeline.processors, pipeline.exporters)
 
         self._receivers: list[Any] = []
         used_receivers = dict.fromkeys(r for p in service.pipelines.values() for r in p.receivers)
         for rid in used_receivers:
-            targets = [self.pipelines[pid] for pid, p in service.pipelines.items() if rid in p.receivers]
-            self._receivers.extend(self._receiver(rid, config.receivers[rid], targets))
+            targets: dict[str, list[Pipeline]] = {}
+            for pid, p in service.pipelines.items():
+                if rid in p.receivers:
+                    targets.setdefault(component_type(pid), []).append(self.pipelines[pid])
+            intakes: dict[str, AnyIntake] = {
+                signal: Intake(rid, pipes, self.self_metrics) if signal == "traces"  # type: ignore[arg-type]
+                else RequestIntake(rid, BY_NAME[signal], pipes, self.self_metrics)  # type: ignore[arg-type]
+                for signal, pipes in targets.items()}
+            for server in FACTORIES["receivers"][component_type(rid)].create(  # type: ignore[misc]
+                    self, rid, config.receivers[rid], intakes):
+                # The feedback receiver serves one path; OTLP transports serve one path per signal.
+                getattr(self.listening, server.kind)[rid] = server.url + getattr(server, "path", "")
+                self._receivers.append(server)
 
-    def _token(self, auth: Any) -> BearerToken | None:
-        return self._tokens[auth.authenticator] if auth is not None else None
-
-    def _exporter(self, eid: str, cfg: Any) -> Any:
-        return EXPORTER_FACTORIES[component_type(eid)](self, eid, cfg)
+    def token(self, auth: Auth | None) -> BearerToken | None:
+        return self.extensions[auth.authenticator] if auth is not None else None  # type: ignore[no-any-return]
 
     def storage_directory(self, storage: str | None, eid: str) -> str | None:
         """A per-exporter directory inside a ``file_storage`` extension's, for exporters that keep data on disk."""
         if storage is None:
             return None
-        return os.path.join(self._storage[storage], re.sub(r"[^A-Za-z0-9_.-]", "_", eid))
+        return os.path.join(self.extensions[storage].directory, re.sub(r"[^A-Za-z0-9_.-]", "_", eid))
 
     def read_token(self, authenticator: str) -> str:
         return self.config.extensions[authenticator].read_token()  # type: ignore[no-any-return]
@@ -119,20 +116,26 @@ class Collector:
         return self.self_metrics.gauge_total("queue", "held_spans") + sum(
             getattr(e, "holding", 0) for e in self.exporters.values())
 
-    def _pipeline(self, pipeline_id: str, processors: list[str], exporters: list[str]) -> TracesPipeline:
-        limiters: list[MemoryLimiter] = []
-        batch = BatchConfig()
-        flowtel_cfg: FlowtelProcessorConfig | None = None
+    def memory_limiter(self, processor_id: str, config: MemoryLimiterConfig) -> MemoryLimiter:
+        if processor_id not in self._limiters:
+            self._limiters[processor_id] = MemoryLimiter(processor_id, config, self._holding)
+        return self._limiters[processor_id]
+
+    def _pipeline(self, pipeline_id: str, processors: list[str], exporters: list[str]) -> Pipeline:
+        parts = PipelineParts()
         for pid in processors:
-            cfg = self.config.processors[pid]
-            if isinstance(cfg, MemoryLimiterConfig):
-                if pid not in self._limiters:
-                    self._limiters[pid] = MemoryLimiter(pid, cfg, self._holding)
-                limiters.append(self._limiters[pid])
-            elif isinstance(cfg, BatchConfig):
-                batch = cfg
-            elif isinstance(cfg, FlowtelProcessorConfig):
-                flowtel_cfg = cfg
+            FACTORIES["processors"][component_type(pid)].create(  # type: ignore[misc]
+                self, pid, self.config.processors[pid], parts)
+        limiters, batch, flowtel_cfg = parts.memory_limiters, parts.batch, parts.flowtel
+        signal = component_type(pipeline_id)
+        if signal != "traces":
+            # Logs keep GenAI message content only where the config's flowtel processors capture it.
+            used = {pid for p in self.config.service.pipelines.values() for pid in p.processors}
+            capture = any(component_type(pid) == "flowtel" and self.config.processors[pid].capture_content
+                          for pid in used)
+            return RequestPipeline(pipeline_id, BY_NAME[signal], [self.exporters[e] for e in exporters],
+                                   self.self_metrics, memory_limiters=limiters, batch=batch,
+                                   capture_content=capture)
         flowtel = None
         if flowtel_cfg is not None:
             fconfig = flowtel_cfg.flowtel_config(batch.timeout)
@@ -146,29 +149,11 @@ class Collector:
         return TracesPipeline(pipeline_id, traces_exporters, self.self_metrics, flowtel=flowtel,
                               memory_limiters=limiters, batch=batch)
 
-    def _receiver(self, rid: str, cfg: OTLPReceiverConfig | FeedbackReceiverConfig,
-                  pipelines: list[TracesPipeline]) -> list[Any]:
-        intake = Intake(rid, pipelines, self.self_metrics)
-        if isinstance(cfg, FeedbackReceiverConfig):
-            token = self.read_token(cfg.auth.authenticator) if cfg.auth is not None else None
-            feedback = FeedbackReceiver(rid, cfg, intake, token)
-            self.listening.feedback[rid] = feedback.url + "/feedback"
-            return [feedback]
-        out: list[Any] = []
-        if cfg.protocols.grpc is not None:
-            grpc_transport = GRPCTransport(cfg.protocols.grpc, intake, self._token(cfg.protocols.grpc.auth))
-            self.listening.grpc[rid] = grpc_transport.url
-            out.append(grpc_transport)
-        if cfg.protocols.http is not None:
-            http_transport = HTTPTransport(cfg.protocols.http, intake, self._token(cfg.protocols.http.auth))
-            self.listening.http[rid] = http_transport.url
-            out.append(http_transport)
-        return out
-
     def start(self) -> Collector:
-        for ext_id, health in self._health.items():
-            health.start()
-            self.listening.health[ext_id] = health.url
+        for ext_id, extension in self.extensions.items():
+            extension.start()
+            if getattr(extension, "kind", None):  # an extension that serves (health_check)
+                getattr(self.listening, extension.kind)[ext_id] = extension.url
         for exporter in self.exporters.values():
             exporter.start()
             if isinstance(exporter, PrometheusExporter):
@@ -187,7 +172,7 @@ class Collector:
         for rid, url in self.listening.grpc.items():
             logger.info("receiver %s: OTLP/gRPC listening on %s", rid, url)
         for rid, url in self.listening.http.items():
-            logger.info("receiver %s: OTLP/HTTP listening on %s/v1/traces", rid, url)
+            logger.info("receiver %s: OTLP/HTTP listening on %s/v1/traces", rid, url)  # and /v1/metrics, /v1/logs
         for rid, url in self.listening.feedback.items():
             logger.info("receiver %s: POST /feedback listening on %s", rid, url)
         for eid, url in self.listening.prometheus.items():
@@ -224,43 +209,9 @@ class Collector:
         for limiter in self._limiters.values():
             limiter.shutdown()
         self.meter_provider.shutdown()
-        for health in self._health.values():
-            health.shutdown()
+        for extension in self.extensions.values():
+            extension.shutdown()
         logger.info("flowtel collector stopped in %.1fs", time.monotonic() - started)
-
-
-def _prometheus(collector: Collector, eid: str, cfg: PrometheusExporterConfig) -> PrometheusExporter:
-    host, port = split_endpoint(cfg.endpoint)
-    token = collector.read_token(cfg.auth.authenticator) if cfg.auth is not None else None
-    return PrometheusExporter(eid, PrometheusSettings(host, port, token, cfg.tls.settings() if cfg.tls else None))
-
-
-def _otlp(collector: Collector, eid: str, cfg: OTLPExporterConfig | OTLPHTTPExporterConfig) -> ForwardingExporter:
-    sender = GRPCSender(cfg) if isinstance(cfg, OTLPExporterConfig) else HTTPSender(cfg)
-    return ForwardingExporter(eid, sender, cfg, collector.self_metrics,
-                              collector.storage_directory(cfg.sending_queue.storage, eid))
-
-
-def _debug(collector: Collector, eid: str, cfg: DebugExporterConfig) -> DebugExporter:
-    return DebugExporter(eid, cfg, collector.self_metrics)
-
-
-def _azuremonitor(collector: Collector, eid: str, cfg: Any) -> Any:
-    from flowtel.exporters.azuremonitor_collector import AzureMonitorCollectorExporter
-
-    return AzureMonitorCollectorExporter(eid, cfg, collector.self_metrics,
-                                         collector.storage_directory(cfg.storage, eid))
-
-
-#: Exporter type -> factory(collector, id, validated config). A new exporter (its config model goes in
-#: ``config.COMPONENTS``) plugs in here; one that also takes derived metrics implements ``add_producer``.
-EXPORTER_FACTORIES: dict[str, Callable[[Collector, str, Any], TracesExporter]] = {
-    "prometheus": _prometheus,
-    "otlp": _otlp,
-    "otlphttp": _otlp,
-    "debug": _debug,
-    "azuremonitor": _azuremonitor,
-}
 
 
 def configure_logging(level: str) -> None:
