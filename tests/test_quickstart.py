@@ -16,8 +16,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
-
 from flowtel.processors.catalog import STANDARD_METRICS, prometheus_name
 
 from collector_proc import ChildProcess, CollectorProcess
