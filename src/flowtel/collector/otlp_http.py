@@ -78,7 +78,10 @@ class HTTPTransport:
         self._token = token
         host, port = split_endpoint(config.endpoint)
         self._endpoint = WSGIEndpoint(self._app, host, port, name="flowtel-otlp-http",
-                                      tls=config.tls.settings() if config.tls else None)
+                                      tls=config.tls.settings() if config.tls else None,
+                                      limits=config.server_limits(config.max_request_body_size),
+                                      check_head=self._check_head,
+                                      on_refused=lambda reason, detail: intake.refuse_request("http", reason, detail))
 
     @property
     def url(self) -> str:
@@ -98,13 +101,8 @@ class HTTPTransport:
         content_type = environ.get("CONTENT_TYPE", "").split(";")[0].strip().lower()
         try:
             body = self._handle(environ, content_type)
-        except _Reject as reject:
-            self._intake.refuse_request("http", reject.reason, reject.message)
-            return self._status(start_response, reject.status, reject.message, content_type, reject.headers)
-        except Refused as refused:
-            retry = str(max(1, round(refused.retry_after_s)))
-            return self._status(start_response, "503 Service Unavailable", refused.message, content_type,
-                                [("Retry-After", retry)])
+        except (_Reject, Refused) as error:
+            return self._refusal(start_response, error, content_type)
         except Exception:  # a bug of ours, not the client's: answer 500 and keep serving, as upstream does
             logger.exception("receiver %s (http): internal error on a request", self._intake.receiver_id)
             self._intake.refuse_request("http", "internal_error", "internal error (see the log)")
@@ -112,7 +110,28 @@ class HTTPTransport:
         start_response("200 OK", [("Content-Type", content_type), ("Content-Length", str(len(body)))])
         return [body]
 
-    def _handle(self, environ: dict[str, Any], content_type: str) -> bytes:
+    def _check_head(self, environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes] | None:
+        """Run by the server before it reads the body: the same checks as ``_handle``, plus admission, so an
+        overloaded collector refuses a body it would not take before buffering it."""
+        content_type = environ.get("CONTENT_TYPE", "").split(";")[0].strip().lower()
+        try:
+            self._check_request_head(environ, content_type)
+            self._intake.admit_early("http")
+        except (_Reject, Refused) as error:
+            return self._refusal(start_response, error, content_type)
+        return None
+
+    def _refusal(self, start_response: Callable[..., Any], error: _Reject | Refused,
+                 content_type: str) -> Iterable[bytes]:
+        if isinstance(error, _Reject):
+            self._intake.refuse_request("http", error.reason, error.message)
+            return self._status(start_response, error.status, error.message, content_type, error.headers)
+        retry = str(max(1, round(error.retry_after_s)))
+        return self._status(start_response, "503 Service Unavailable", error.message, content_type,
+                            [("Retry-After", retry)])
+
+    def _check_request_head(self, environ: dict[str, Any], content_type: str) -> int | None:
+        """Everything checked before the body is read; returns the Content-Length (``None``: chunked)."""
         path = environ.get("PATH_INFO", "")
         if path != self._config.traces_url_path:
             hint = " (flowtel's collector takes traces only)" if path in _OTHER_SIGNALS else ""
@@ -128,11 +147,18 @@ class HTTPTransport:
         limit = self._config.max_request_body_size
         raw_length = environ.get("CONTENT_LENGTH") or ""
         if not raw_length.isdigit():
-            raise _Reject("411 Length Required", "length_required", "Content-Length is required")
+            return None
         length = int(raw_length)
         if length > limit:
             raise _Reject("413 Content Too Large", "too_large",
                           f"body of {length} bytes exceeds max_request_body_size ({limit} bytes)")
+        return length
+
+    def _handle(self, environ: dict[str, Any], content_type: str) -> bytes:
+        length = self._check_request_head(environ, content_type)
+        if length is None:  # the server de-chunks bodies and sets Content-Length: only a bare WSGI server lands here
+            raise _Reject("411 Length Required", "length_required", "Content-Length is required")
+        limit = self._config.max_request_body_size
         body = environ["wsgi.input"].read(length)
         if len(body) != length:
             raise _Reject("400 Bad Request", "malformed", "body shorter than Content-Length")

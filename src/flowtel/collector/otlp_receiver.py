@@ -25,7 +25,7 @@ from flowtel.selfmetrics import SelfMetrics
 
 from .pipeline import TracesPipeline
 from .refusal import Refused
-from .settings import Auth, EmptyIsDefault, Endpoint, Model, ServerTLS
+from .settings import Auth, EmptyIsDefault, Endpoint, HTTPServerBounds, Model, ServerTLS
 
 MIB = 1 << 20
 
@@ -37,12 +37,18 @@ class GRPCServerConfig(Model):
     auth: Auth | None = None
 
 
-class HTTPServerConfig(Model):
+class HTTPServerConfig(HTTPServerBounds):
     endpoint: Endpoint = "localhost:4318"
     max_request_body_size: int = Field(20 * MIB, gt=0)
     traces_url_path: str = Field("/v1/traces", pattern=r"^/")
     tls: ServerTLS | None = None
     auth: Auth | None = None
+
+    @model_validator(mode="after")
+    def _budget_fits_a_request(self) -> HTTPServerConfig:
+        if self.max_buffered_bytes < self.max_request_body_size:
+            raise ValueError("max_buffered_bytes at least max_request_body_size (else a largest request never fits)")
+        return self
 
 
 class Protocols(EmptyIsDefault):
@@ -83,6 +89,15 @@ class Intake:
         warn_once(f"refused:{self.receiver_id}:{transport}:{reason}",
                   "receiver %s (%s) refused a request (%s): %s; counted in flowtel_receiver_refused_requests_total",
                   self.receiver_id, transport, reason, detail)
+
+    def admit_early(self, transport: str) -> None:
+        """Before a body is read: refuse (``Refused``, counted) while any pipeline would refuse it anyway."""
+        try:
+            for pipeline in self._pipelines:
+                pipeline.admit(0)
+        except Refused as refused:
+            self.refuse_request(transport, refused.reason, refused.message)
+            raise
 
     def accept(self, request: ExportTraceServiceRequest, transport: str,
                raw: bytes | None = None) -> ExportTraceServiceResponse:
