@@ -36,13 +36,20 @@ class HeadGuard:
     on_refused: Callable[[str, str], None]
 
 
-def _answer_and_close(transport: asyncio.BaseTransport, status: bytes, message: str) -> None:
+def _answer_and_close(transport: asyncio.BaseTransport, status: bytes, message: str, linger: Any = None) -> None:
+    """Answer and close (after the buffered answer is written); with ``linger`` (the protocol), the client may still
+    be sending: FIN first, discard what arrives, close after ``LINGER_S`` (see ``_LingeringClose``)."""
     body = message.encode() + b"\n"
     assert isinstance(transport, asyncio.WriteTransport)
     transport.write(b"HTTP/1.1 " + status + b"\r\ncontent-type: text/plain; charset=utf-8\r\n"
                     b"content-length: " + str(len(body)).encode() + b"\r\nconnection: close\r\n"
                     + (b"retry-after: 1\r\n" if status.startswith(b"503") else b"") + b"\r\n" + body)
-    transport.close()  # after the buffered answer is written
+    if linger is not None and transport.can_write_eof():
+        linger.lingering = True
+        transport.write_eof()
+        linger.loop.call_later(LINGER_S, transport.close)
+    else:
+        transport.close()
 
 
 #: Seconds an answered connection keeps discarding a request body it did not read before it closes.
@@ -142,7 +149,7 @@ def guarded_protocol(guard: HeadGuard) -> type[asyncio.Protocol]:
                     self._stop_head_timer()
                     guard.on_refused("head_too_large", f"request head over {guard.max_head_bytes} bytes")
                     _answer_and_close(self.transport, b"431 Request Header Fields Too Large",
-                                      f"request head over {guard.max_head_bytes} bytes")
+                                      f"request head over {guard.max_head_bytes} bytes", linger=self)
                     return
             super().data_received(data)
 

@@ -13,9 +13,10 @@ Bounds, each refused request counted through ``on_refused(reason, detail)`` (the
 - the request head (line and headers) must arrive within ``head_timeout_s`` and fit ``max_head_bytes``
   (408 / 431, then closed); an idle kept-alive connection is closed after ``keep_alive_timeout_s``;
 - before any body byte is read: the app's own head check (``check_head``: path, method, token,
-  content type, size, admission), ``max_body_bytes`` (413) and the endpoint's budget of buffered
-  request bytes, ``max_buffered_bytes`` over all requests in flight (503 with Retry-After; a chunked
-  body is charged as it arrives);
+  content type, size, admission), ``max_body_bytes`` (413), and the announced length against what is
+  free of the endpoint's budget of buffered request bytes, ``max_buffered_bytes`` over all requests
+  in flight (503 with Retry-After); bytes are charged as they arrive, so the budget is never exceeded
+  (503 when it would be) and a client that announces much and stalls holds only what it sent;
 - the whole body must arrive within ``body_timeout_s`` (408, not a 500).
 
 The server never installs signal handlers and runs in a background thread, so it can live in a user's app.
@@ -187,9 +188,7 @@ class _Bridge:
             if refusal is not None:
                 await self._send(send, *refusal, close=True)
                 return
-            raw_length = environ.get("CONTENT_LENGTH", "")
-            taken = int(raw_length) if raw_length else 0  # checked against the budget in _refuse_head
-            body, refusal, taken = await self._read_body(environ, receive, taken)
+            body, refusal, taken = await self._read_body(environ, receive)
             if refusal is not None:
                 await self._send(send, *refusal, close=True)
                 return
@@ -216,13 +215,15 @@ class _Bridge:
         if length > self._limits.max_body_bytes:
             return self._plain(413, "too_large", f"body of {length} bytes over the limit of "
                                f"{self._limits.max_body_bytes} bytes")
-        if not self._budget.take(length):
+        if length > self._budget.limit - self._budget.used:
             return self._busy()
         return None
 
-    async def _read_body(self, environ: dict[str, Any], receive: Callable[[], Awaitable[dict[str, Any]]],
-                         taken: int) -> tuple[bytes, tuple[_Answer, bytes] | None, int]:
-        """``(body, refusal, bytes now reserved)``; a chunked body is charged to the budget as it arrives."""
+    async def _read_body(self, environ: dict[str, Any], receive: Callable[[], Awaitable[dict[str, Any]]]
+                         ) -> tuple[bytes, tuple[_Answer, bytes] | None, int]:
+        """``(body, refusal, bytes charged to the budget)``. Bytes are charged as they arrive, not as announced, so
+        a client that announces a large body and stalls holds only what it sent (the announced length was
+        checked against what is free before the first byte was read)."""
         limits = self._limits
         body = bytearray()
         deadline = time.monotonic() + limits.body_timeout_s
@@ -232,20 +233,17 @@ class _Bridge:
                 message = await asyncio.wait_for(receive(), max(0.0, deadline - time.monotonic()))
             except asyncio.TimeoutError:
                 return b"", self._plain(408, "body_timeout", f"request body not complete within "
-                                        f"{limits.body_timeout_s} s"), taken
+                                        f"{limits.body_timeout_s} s"), len(body)
             if message["type"] == "http.disconnect":  # nobody to answer (the send is a no-op); still counted
-                return b"", self._plain(400, "disconnected", "connection lost before the body was complete"), taken
+                return b"", self._plain(400, "disconnected", "connection lost before the body was complete"), len(body)
             chunk = message.get("body", b"")
             more = message.get("more_body", False)
-            if len(body) + len(chunk) > taken:  # a chunked body, or one longer than it said (uvicorn stops that)
-                extra = len(body) + len(chunk) - taken
-                if len(body) + len(chunk) > limits.max_body_bytes:
-                    return b"", self._too_large_chunked(environ, len(body) + len(chunk)), taken
-                if not self._budget.take(extra):
-                    return b"", self._busy(), taken
-                taken += extra
+            if len(body) + len(chunk) > limits.max_body_bytes:  # a chunked body (uvicorn cuts one that says less)
+                return b"", self._too_large_chunked(environ, len(body) + len(chunk)), len(body)
+            if not self._budget.take(len(chunk)):
+                return b"", self._busy(), len(body)
             body += chunk
-        return bytes(body), None, taken
+        return bytes(body), None, len(body)
 
     def _too_large_chunked(self, environ: dict[str, Any], seen: int) -> tuple[_Answer, bytes]:
         """The app answers an over-long chunked body as it answers a Content-Length over its limit."""
