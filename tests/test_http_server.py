@@ -48,6 +48,9 @@ receivers:
     protocols:
       http: {endpoint: "127.0.0.1:0", max_request_body_size: 1048576, max_buffered_bytes: 4194304,
              max_connections: %(cap)d, read_header_timeout: 60s, read_timeout: 2s}
+  otlp/big:
+    protocols:
+      http: {endpoint: "127.0.0.1:0", max_request_body_size: 4194304, max_buffered_bytes: 8388608, read_timeout: 2s}
   feedback: {endpoint: "127.0.0.1:0", read_timeout: 2s}
 processors:
   batch: {timeout: 20ms}
@@ -59,7 +62,7 @@ extensions:
 service:
   extensions: [health_check]
   pipelines:
-    traces: {receivers: [otlp, feedback], processors: [batch], exporters: [prometheus, otlp/sink]}
+    traces: {receivers: [otlp, otlp/big, feedback], processors: [batch], exporters: [prometheus, otlp/sink]}
 """
 
 
@@ -199,18 +202,22 @@ def test_stalled_large_bodies_hold_at_most_the_buffered_bytes_bound(edge: Collec
         edge.send_good("http")  # good clients are served meanwhile
         answers = stalled.answers(timeout=15)
     assert [a[0] if a else None for a in answers] == [408] * 60
-    # Bodies that arrive are charged as they come: 8 x 768 KiB is 6 MiB, over the 4 MiB budget, so at most 5 are
-    # held whole and at least 3 are refused (503, Retry-After) as the budget runs out.
+    # Bodies that arrive are charged as they come. otlp/big takes 4 MiB bodies and buffers 8 MiB: 20 clients send
+    # 3.5 MiB of 4 MiB and stall, 70 MiB that the old server held; now at most 2 are held, the rest are refused
+    # (503, Retry-After) as the budget runs out; read buffers of each connection sending (up to about 0.5 MiB)
+    # come on top.
+    big_head = head.replace(b"1048576", b"4194304")
     with Holder() as filling:
-        assert filling.open(edge.http_url(), 8, head + bytes(768 * 1024)) == 8
-        assert rss_peak_kib(edge.pid) - rss_before < (4 + 16) * 1024
+        assert filling.open(edge.http_url("otlp/big"), 20, big_head + bytes(3584 * 1024)) == 20
+        assert rss_peak_kib(edge.pid) - rss_before < (8 + 20 * 0.5 + 8) * 1024
         answers = filling.answers(timeout=15)
     statuses = [a[0] if a else 0 for a in answers]
     busy, timed_out = statuses.count(503), statuses.count(408)
-    assert busy >= 3 and busy + timed_out == 8, statuses
+    assert busy >= 18 and busy + timed_out == 20, statuses
     assert all(a[1].get("retry-after") == "1" for a in answers if a and a[0] == 503)
-    edge.still_serving(before, "http", {refused("http", "body_timeout"): 60 + timed_out,
-                                        refused("http", "buffer_full"): busy, accepted("http"): 2}, earlier=2)
+    edge.still_serving(before, "http", {refused("http", "body_timeout"): 60, accepted("http"): 2,
+                                        refused("http", "body_timeout", "otlp/big"): timed_out,
+                                        refused("http", "buffer_full", "otlp/big"): busy}, earlier=2)
 
 
 def test_chunked_bodies_are_accepted(edge: Collector) -> None:

@@ -225,7 +225,8 @@ class _Bridge:
         a client that announces a large body and stalls holds only what it sent (the announced length was
         checked against what is free before the first byte was read)."""
         limits = self._limits
-        body = bytearray()
+        chunks: list[bytes] = []  # joined once at the end: growing one buffer would copy it at every step
+        size = 0
         deadline = time.monotonic() + limits.body_timeout_s
         more = True
         while more:
@@ -233,17 +234,18 @@ class _Bridge:
                 message = await asyncio.wait_for(receive(), max(0.0, deadline - time.monotonic()))
             except asyncio.TimeoutError:
                 return b"", self._plain(408, "body_timeout", f"request body not complete within "
-                                        f"{limits.body_timeout_s} s"), len(body)
+                                        f"{limits.body_timeout_s} s"), size
             if message["type"] == "http.disconnect":  # nobody to answer (the send is a no-op); still counted
-                return b"", self._plain(400, "disconnected", "connection lost before the body was complete"), len(body)
+                return b"", self._plain(400, "disconnected", "connection lost before the body was complete"), size
             chunk = message.get("body", b"")
             more = message.get("more_body", False)
-            if len(body) + len(chunk) > limits.max_body_bytes:  # a chunked body (uvicorn cuts one that says less)
-                return b"", self._too_large_chunked(environ, len(body) + len(chunk)), len(body)
+            if size + len(chunk) > limits.max_body_bytes:  # a chunked body (uvicorn cuts one that says less)
+                return b"", self._too_large_chunked(environ, size + len(chunk)), size
             if not self._budget.take(len(chunk)):
-                return b"", self._busy(), len(body)
-            body += chunk
-        return bytes(body), None, len(body)
+                return b"", self._busy(), size
+            chunks.append(chunk)
+            size += len(chunk)
+        return b"".join(chunks), None, size
 
     def _too_large_chunked(self, environ: dict[str, Any], seen: int) -> tuple[_Answer, bytes]:
         """The app answers an over-long chunked body as it answers a Content-Length over its limit."""
