@@ -929,10 +929,22 @@ def test_memory_limit_is_503_and_unavailable(backpressure: Collector) -> None:
     delta = bp.delta(before)
     http_attempts = delta.pop(refused("http", "memory_limit", "otlp/memory"))
     assert http_attempts >= 2  # ours and at least one from the exporter
-    # OTLP/HTTP refuses on the request head, before buffering the body, so its spans were never read: the
-    # requests are counted (above), the spans are not. gRPC has the message in hand and counts its spans.
-    assert delta == {refused_spans("grpc", "memory_limit", "otlp/memory"): 4,
+    assert delta == {refused_spans("http", "memory_limit", "otlp/memory"): 4 + 2 * (http_attempts - 1),
+                     refused_spans("grpc", "memory_limit", "otlp/memory"): 4,
                      refused("grpc", "memory_limit", "otlp/memory"): 1}
+
+
+def test_memory_limit_refuses_a_large_body_before_reading_it(backpressure: Collector) -> None:
+    bp = backpressure
+    before = bp.snapshot()
+    # 10 MiB announced, none sent: the 503 comes on the head alone (the body is never awaited), counted as a
+    # refused request; its spans were never read, so none are counted. Small bodies are read first (above).
+    status, headers, body = raw_http(bp.http_url("otlp/memory"), b"POST /v1/traces HTTP/1.1\r\nHost: x\r\n"
+                                     b"Content-Type: application/x-protobuf\r\nContent-Length: 10485760\r\n\r\n")
+    assert status == 503
+    assert headers["retry-after"] == "2"
+    assert "memory limit" in status_pb2.Status.FromString(body).message
+    assert bp.delta(before) == {refused("http", "memory_limit", "otlp/memory"): 1}
 
 
 # --- TLS -------------------------------------------------------------------------------------------------------

@@ -29,6 +29,10 @@ _JSON = "application/json"
 #: google.rpc.Code for the HTTP statuses this receiver answers with, as the upstream receiver maps them.
 _GRPC_CODE = {400: 3, 401: 16, 404: 5, 405: 12, 411: 3, 413: 8, 415: 3, 500: 13, 503: 14}
 _OTHER_SIGNALS = ("/v1/metrics", "/v1/logs", "/v1development/profiles")
+#: A body up to this size is read before admission, so a refusal can count its spans
+#: (``otelcol_receiver_refused_spans_total``, as upstream); a larger one is refused on its head, unread, and
+#: counted as a refused request only.
+_READ_BEFORE_ADMISSION = 64 * 1024
 
 
 class _Reject(Exception):
@@ -111,12 +115,13 @@ class HTTPTransport:
         return [body]
 
     def _check_head(self, environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes] | None:
-        """Run by the server before it reads the body: the same checks as ``_handle``, plus admission, so an
-        overloaded collector refuses a body it would not take before buffering it."""
+        """Run by the server before it reads the body: the same checks as ``_handle``, plus admission for a large
+        (or chunked) body, so an overloaded collector refuses it before buffering it."""
         content_type = environ.get("CONTENT_TYPE", "").split(";")[0].strip().lower()
         try:
-            self._check_request_head(environ, content_type)
-            self._intake.admit_early("http")
+            length = self._check_request_head(environ, content_type)
+            if length is None or length > _READ_BEFORE_ADMISSION:
+                self._intake.admit_early("http")
         except (_Reject, Refused) as error:
             return self._refusal(start_response, error, content_type)
         return None
