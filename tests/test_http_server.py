@@ -138,11 +138,11 @@ def test_two_thousand_slow_heads_hold_neither_threads_nor_more_than_the_cap(edge
     with Holder() as slow:
         opened = slow.open(edge.http_url(), 2000, slow_head)
         assert opened == 2000  # a real backlog: every connection was accepted
-        held = process_status(edge.pid)
-        # One event loop holds the connections: no thread each (the old server had 1 961 threads for 1 980).
-        assert held["threads"] <= idle["threads"] + 2
         # At most max_connections stay open: each one past the cap closed the one longest waiting for its head.
-        assert held["fds"] <= idle["fds"] + CAP + 10
+        # (The event loop accepts up to the backlog at once, so it may hold more for a moment before it evicts.)
+        edge.proc.wait_for(lambda: process_status(edge.pid)["fds"] <= idle["fds"] + CAP + 10, timeout=20)
+        # One event loop holds the connections: no thread each (the old server had 1 961 threads for 1 980).
+        assert process_status(edge.pid)["threads"] <= idle["threads"] + 2
         # A good client is served meanwhile (it makes room the same way).
         edge.send_good("http")
         assert slow.answers(timeout=3) == [None] * 2000  # no answer: closed, or still waiting for the head
@@ -242,6 +242,7 @@ def test_chunked_bodies_are_accepted(edge: Collector) -> None:
 
 
 def test_server_header_names_no_python_version(edge: Collector) -> None:
+    before = edge.snapshot()
     request, _ = spans_request(1)
     answers = [post(edge.traces_url(), request.SerializeToString()),
                requests.post(fb(edge), data=b'"ok"', headers={"Content-Type": "application/json"}, timeout=10),
@@ -251,6 +252,7 @@ def test_server_header_names_no_python_version(edge: Collector) -> None:
     for answer in answers:
         server = answer.headers.get("Server", "")
         assert "python" not in server.lower() and "/" not in server, answer.headers
+    wait_forwarded_count(edge, before, 2)  # the span and the feedback, so that they count in no later test
 
 
 def test_feedback_without_content_type_is_taken_as_json(edge: Collector) -> None:
