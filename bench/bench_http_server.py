@@ -30,10 +30,12 @@ import socket
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
+from google.protobuf.message import DecodeError
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
     ExportTraceServiceRequest,
     ExportTraceServiceResponse,
@@ -57,7 +59,11 @@ def request_body(spans: int = 20) -> bytes:
 
 def wsgi_app(environ: dict[str, Any], start_response: Any) -> list[bytes]:
     length = int(environ.get("CONTENT_LENGTH") or 0)
-    ExportTraceServiceRequest.FromString(environ["wsgi.input"].read(length))
+    try:
+        ExportTraceServiceRequest.FromString(environ["wsgi.input"].read(length))
+    except DecodeError:  # a body cut short by a client that went away
+        start_response("400 Bad Request", [("Content-Length", "0")])
+        return [b""]
     start_response("200 OK", [("Content-Type", "application/x-protobuf"), ("Content-Length", str(len(RESPONSE)))])
     return [RESPONSE]
 
@@ -75,7 +81,12 @@ async def asgi_app(scope: dict[str, Any], receive: Any, send: Any) -> None:
         message = await receive()
         body += message.get("body", b"")
         more = message.get("more_body", False)
-    ExportTraceServiceRequest.FromString(bytes(body))
+    try:
+        ExportTraceServiceRequest.FromString(bytes(body))
+    except DecodeError:  # a body cut short by a client that went away
+        await send({"type": "http.response.start", "status": 400, "headers": [(b"content-length", b"0")]})
+        await send({"type": "http.response.body", "body": b""})
+        return
     await send({"type": "http.response.start", "status": 200,
                 "headers": [(b"content-type", b"application/x-protobuf"),
                             (b"content-length", str(len(RESPONSE)).encode())]})
@@ -290,6 +301,33 @@ async def stalled_bodies(port: int, pid: int, connections: int, seconds: float) 
     return {"rss_growth": peak - rss_before}
 
 
+async def stalled_answers(port: int, connections: int, wait_s: float) -> dict[str, Any]:
+    """Item 2: bodies that stop half-way (10 of 1000 bytes). What does each client get back, and when?"""
+    started = time.perf_counter()
+
+    async def one() -> str:
+        try:
+            reader, writer = await asyncio.wait_for(asyncio.open_connection("127.0.0.1", port), 3)
+        except (OSError, asyncio.TimeoutError):
+            return "refused"
+        writer.write(b"POST /v1/traces HTTP/1.1\r\nHost: x\r\nContent-Type: application/x-protobuf\r\n"
+                     b"Content-Length: 1000\r\n\r\n" + bytes(10))
+        try:
+            status, _ = await asyncio.wait_for(read_response(reader), wait_s)
+            return str(status)
+        except asyncio.TimeoutError:
+            return "none"
+        except (OSError, asyncio.IncompleteReadError, ValueError):
+            return "closed"
+        finally:
+            writer.close()
+
+    counts: dict[str, int] = {}
+    for status in await asyncio.gather(*(one() for _ in range(connections))):
+        counts[status] = counts.get(status, 0) + 1
+    return {"stalled_statuses": counts, "stalled_after_s": time.perf_counter() - started}
+
+
 def wait_listening(port: int, timeout: float = 20) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -302,20 +340,24 @@ def wait_listening(port: int, timeout: float = 20) -> None:
 
 
 def run_one(name: str, port: int, args: argparse.Namespace, body: bytes) -> dict[str, Any]:
-    proc = subprocess.Popen([sys.executable, __file__, "--serve", name, "--port", str(port)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        wait_listening(port)
-        asyncio.run(load(port, args.clients, 1.0, body))  # warm-up
-        result = asyncio.run(load(port, args.clients, args.seconds, body))
-        result["threads_load"], result["rss_load"] = proc_stat(proc.pid)
-        result.update(asyncio.run(slowloris(port, proc.pid, args.slow, args.slow_seconds, body)))
-        stalled = asyncio.run(stalled_bodies(port, proc.pid, args.stalled, args.slow_seconds))
-        result.update(stalled)
+    with tempfile.TemporaryFile() as log:
+        proc = subprocess.Popen([sys.executable, __file__, "--serve", name, "--port", str(port)],
+                                stdout=log, stderr=log)
+        try:
+            wait_listening(port)
+            asyncio.run(load(port, args.clients, 1.0, body))  # warm-up
+            result = asyncio.run(load(port, args.clients, args.seconds, body))
+            result["threads_load"], result["rss_load"] = proc_stat(proc.pid)
+            result.update(asyncio.run(slowloris(port, proc.pid, args.slow, args.slow_seconds, body)))
+            result.update(asyncio.run(stalled_bodies(port, proc.pid, args.stalled, args.slow_seconds)))
+            if args.stall_phase and name in ("wsgiref", "flowtel"):
+                result.update(asyncio.run(stalled_answers(port, 40, 40.0)))
+        finally:
+            proc.kill()
+            proc.wait()
+        log.seek(0)
+        result["tracebacks"] = log.read().count(b"Traceback")
         return result
-    finally:
-        proc.kill()
-        proc.wait()
 
 
 def main() -> None:
@@ -326,6 +368,8 @@ def main() -> None:
     parser.add_argument("--slow", type=int, default=1000, help="slow connections in the slowloris phase")
     parser.add_argument("--slow-seconds", type=float, default=8.0)
     parser.add_argument("--stalled", type=int, default=40, help="connections stalling 20 MiB bodies")
+    parser.add_argument("--no-stall-phase", dest="stall_phase", action="store_false",
+                        help="skip item 2 (40 bodies stalled half-way; ~30 s each for wsgiref and flowtel)")
     parser.add_argument("--serve", help=argparse.SUPPRESS)
     parser.add_argument("--port", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -340,6 +384,7 @@ def main() -> None:
               f"{'stalled +MiB':>12}")
     print(header)
     baseline: float | None = None
+    results: dict[str, dict[str, Any]] = {}
     for i, name in enumerate(args.servers):
         r = run_one(name, PORT_BASE + i, args, body)
         if name == "wsgiref":
@@ -350,6 +395,11 @@ def main() -> None:
               f"{r['threads']:>13} {r['rss']:>5.0f} {r['good_ok']:>5}/{r['good_failed']:<6} "
               f"{r['good_p50'] * 1e3:>7.0f} | {r['rss_growth']:>12.0f}",
               flush=True)
+        results[name] = r
+    for name, r in results.items():
+        if "stalled_statuses" in r:
+            print(f"stalled half-way bodies, {name}: answers {r['stalled_statuses']} after "
+                  f"{r['stalled_after_s']:.1f} s, {r['tracebacks']} tracebacks in the server's output")
 
 
 if __name__ == "__main__":
