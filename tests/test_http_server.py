@@ -183,10 +183,14 @@ def test_slow_head_is_408_and_a_huge_head_431(tmp_path_factory: pytest.TempPathF
             with Holder() as clients:
                 clients.open(edge.http_url(), 3, b"POST /v1/traces HTTP/1.1\r\nHost: x\r\n")
                 clients.open(edge.http_url(), 2, b"POST /v1/traces HTTP/1.1\r\nX-Big: " + b"a" * (70 * 1024))
+                clients.open(edge.http_url(), 4, b"GARBAGE / NOT-HTTP\r\n\r\n")
                 answers = clients.answers(timeout=10)
-            assert [a[0] if a else None for a in answers] == [408, 408, 408, 431, 431]
+            assert [a[0] if a else None for a in answers] == [408, 408, 408, 431, 431, 400, 400, 400, 400]
             edge.still_serving(before, "http", {refused("http", "head_timeout"): 3,
-                                                refused("http", "head_too_large"): 2})
+                                                refused("http", "head_too_large"): 2, refused("http", "bad_http"): 4})
+            # One line per kind of refusal, not one per request: a client cannot fill the log.
+            log = "".join(edge.proc.lines[before.log_lines:])
+            assert log.count("bad_http") == 1 and "Invalid HTTP request" not in log, log
 
 
 def test_stalled_large_bodies_hold_at_most_the_buffered_bytes_bound(edge: Collector) -> None:

@@ -20,7 +20,7 @@ from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 #: What the subclass relies on; checked by the tests.
 OVERRIDDEN = ("connection_made", "data_received", "on_headers_complete", "on_response_complete", "connection_lost",
-              "eof_received")
+              "eof_received", "send_400_response")
 #: Attributes of uvicorn's protocol instances read here.
 READ = ("connections", "transport", "loop", "cycle", "pipeline")
 #: Attributes of uvicorn's request cycle read or set here.
@@ -172,6 +172,11 @@ def guarded_protocol(guard: HeadGuard) -> type[asyncio.Protocol]:
             # idle (uvicorn's keep-alive timeout closes it), and the first to go when the cap is reached.
             self._awaiting_head, self._head_bytes = True, 0
             waiting[self] = None
+
+        def send_400_response(self, msg: str) -> None:
+            # uvicorn's answer to bytes that are not HTTP: counted (and logged once) like every refusal.
+            guard.on_refused("bad_http", msg)
+            super().send_400_response(msg)
 
         def eof_received(self) -> bool | None:
             if self.lingering:

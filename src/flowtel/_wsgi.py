@@ -17,7 +17,8 @@ Bounds, each refused request counted through ``on_refused(reason, detail)`` (the
   free of the endpoint's budget of buffered request bytes, ``max_buffered_bytes`` over all requests
   in flight (503 with Retry-After); bytes are charged as they arrive, so the budget is never exceeded
   (503 when it would be) and a client that announces much and stalls holds only what it sent;
-- the whole body must arrive within ``body_timeout_s`` (408, not a 500).
+- the whole body must arrive within ``body_timeout_s`` (408, not a 500);
+- bytes that are not HTTP get uvicorn's 400 (``bad_http``).
 
 The server never installs signal handlers and runs in a background thread, so it can live in a user's app.
 """
@@ -354,9 +355,10 @@ class WSGIEndpoint:
 
 
 def _not_our_chatter(record: logging.LogRecord) -> bool:
-    """uvicorn announces start and stop at INFO; flowtel announces its endpoints itself. Only records from
-    flowtel's server threads are dropped: an app's own uvicorn logs as it always did."""
-    return record.levelno >= logging.WARNING or record.thread not in _SERVER_THREADS
+    """uvicorn announces start and stop at INFO and logs a WARNING per malformed request; flowtel announces its
+    endpoints itself and counts (and logs once) every refusal, so a client cannot fill the log. Only records
+    from flowtel's server threads are dropped: an app's own uvicorn logs as it always did."""
+    return record.levelno >= logging.ERROR or record.thread not in _SERVER_THREADS
 
 
 _SERVER_THREADS: set[int | None] = set()
