@@ -12,9 +12,11 @@ from __future__ import annotations
 
 import inspect
 import json
+import logging
+import signal
 import socket
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
@@ -24,6 +26,7 @@ from opentelemetry.sdk.trace.export import SpanExportResult
 from uvicorn.protocols.http import httptools_impl
 
 from flowtel import _uvicorn
+from flowtel._wsgi import WSGIEndpoint
 
 from http_attack import Holder, host_port, keep_alive_load, post_bytes, process_status
 from otlp_sink import OTLPSink
@@ -306,3 +309,33 @@ def test_uvicorn_internals_flowtel_extends_are_still_there() -> None:
     cycle_init = inspect.getsource(httptools_impl.RequestResponseCycle.__init__)
     for name in _uvicorn.CYCLE:
         assert f"self.{name} " in cycle_init or f"self.{name}:" in cycle_init, name
+
+
+def test_in_process_endpoint_leaves_the_apps_signals_and_logging_alone() -> None:
+    """The Prometheus and feedback endpoints run inside users' apps (some served by uvicorn themselves): starting
+    and stopping flowtel's server changes no signal handler and no logger the app configured."""
+    signals = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+    access, error = logging.getLogger("uvicorn.access"), logging.getLogger("uvicorn.error")
+    handler = logging.NullHandler()
+    access.addHandler(handler)
+    try:
+        state = (access.handlers[:], access.propagate, access.level, error.handlers[:], error.propagate, error.level)
+
+        def app(environ: dict[str, object], start_response: Callable[..., object]) -> list[bytes]:
+            start_response("200 OK", [("Content-Type", "text/plain")])
+            return [b"ok\n"]
+
+        endpoint = WSGIEndpoint(app, "127.0.0.1", 0, name="in-app").start()
+        try:
+            answer = requests.get(endpoint.url, timeout=10)
+            assert (answer.status_code, answer.text) == (200, "ok\n")
+            assert {sig: signal.getsignal(sig) for sig in signals} == signals
+        finally:
+            endpoint.shutdown()
+        assert (access.handlers, access.propagate, access.level, error.handlers, error.propagate,
+                error.level) == state
+        assert {sig: signal.getsignal(sig) for sig in signals} == signals
+        with pytest.raises(OSError):  # the port was released: nothing listens there any more
+            socket.create_connection(("127.0.0.1", endpoint.port), timeout=2).close()
+    finally:
+        access.removeHandler(handler)

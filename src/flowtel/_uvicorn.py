@@ -22,7 +22,7 @@ from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 OVERRIDDEN = ("connection_made", "data_received", "on_headers_complete", "on_response_complete", "connection_lost",
               "eof_received", "send_400_response")
 #: Attributes of uvicorn's protocol instances read here.
-READ = ("connections", "transport", "loop", "cycle", "pipeline")
+READ = ("connections", "transport", "loop", "cycle", "pipeline", "access_log")
 #: Attributes of uvicorn's request cycle read or set here.
 CYCLE = ("more_body", "keep_alive", "response_complete", "message_event", "transport")
 
@@ -92,6 +92,9 @@ def guarded_protocol(guard: HeadGuard) -> type[asyncio.Protocol]:
 
         def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
             super().connection_made(transport)
+            # No access log line per request (uvicorn's Config(access_log=False) would instead silence the
+            # "uvicorn.access" logger for the whole process, an app's own uvicorn included).
+            self.access_log = False
             if len(self.connections) > guard.max_connections and not self._evict_one():
                 # Answered, not just dropped: OTLP clients retry a 503 with Retry-After.
                 guard.on_refused("too_many_connections",

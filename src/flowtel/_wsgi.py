@@ -307,7 +307,7 @@ class WSGIEndpoint:
                           refused)
         config = uvicorn.Config(
             _Bridge(app, check_head, self.limits, refused, self._pool), http=guarded_protocol(guard), ws="none",
-            lifespan="off", loop="asyncio", interface="asgi3", log_config=None, access_log=False,
+            lifespan="off", loop="asyncio", interface="asgi3", log_config=None,
             server_header=False, proxy_headers=False, timeout_keep_alive=int(max(1, self.limits.keep_alive_timeout_s)),
             timeout_graceful_shutdown=5,
             ssl_context_factory=(lambda _config, _default: context) if context is not None else None,
