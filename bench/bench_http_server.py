@@ -1,8 +1,8 @@
 """Compare HTTP servers for flowtel's endpoints: throughput and p99 at 200 concurrent OTLP/HTTP clients,
 memory, threads and slow-client (slowloris) behaviour; and flowtel's endpoint before/after.
 
-    .venv/bin/python bench/bench_http_server.py                      # every candidate, ~3 min on 2 cores
-    .venv/bin/python bench/bench_http_server.py --servers wsgiref flowtel --seconds 5
+    .venv/bin/python bench/bench_http_server.py                      # every candidate, ~10 min on 2 cores
+    .venv/bin/python bench/bench_http_server.py --servers wsgiref flowtel --rounds 1 --no-stall-phase
 
 Each server runs in its own process on 127.0.0.1 and serves the same OTLP/HTTP app: read the
 body, parse it as ``ExportTraceServiceRequest`` (upb), answer the protobuf response. Candidates:
@@ -10,13 +10,15 @@ body, parse it as ``ExportTraceServiceRequest`` (upb), answer the protobuf respo
 ``uvicorn-h11``, ``uvicorn-httptools``, ``hypercorn`` and ``flowtel`` (``flowtel._wsgi``, the server
 flowtel uses now, with its connection cap, head deadline and buffered-bytes budget). The load
 client is one asyncio process with 200 keep-alive connections (it reconnects when the server closes,
-as an HTTP/1.0 server makes it do), so the client's own cost is the same for every server.
+as an HTTP/1.0 server makes it do), so the client's own cost is the same for every server; load
+rounds go through the servers in turn and medians are printed.
 
-Figures, one line per server (ratios against wsgiref measured in the same run; the machine is noisy):
-  req/s, p50 / p99 / max latency, connection errors (resets, refused), server RSS after the load,
-  then under ``--slow`` slow connections (headers sent one byte per second): the server's thread
-  count, RSS, how many slow connections the server closed, and whether a good client was served
-  (its latency), and finally stalled 20 MiB bodies (1 byte/s): RSS growth.
+Figures, one line per server (req/s also as a ratio to wsgiref measured in the same run; the machine is noisy):
+  req/s, p50 / p99 / max latency, connection errors (resets, timeouts), server RSS after the load,
+  then under ``--slow`` slow connections (heads sent one byte per second): the server's thread
+  count and RSS, and how often a good client was served (and its latency); then 20 MiB bodies sent
+  at 512 KiB/s: RSS growth; finally (wsgiref and flowtel) bodies that stop half-way: the answers,
+  and the tracebacks in the server's output.
 Nothing is asserted; the exit code is 0 unless something crashes.
 """
 
