@@ -81,6 +81,7 @@ class Holder:
         self.loop = asyncio.new_event_loop()
         self.writers: list[asyncio.StreamWriter] = []
         self.readers: list[asyncio.StreamReader] = []
+        self.closed = 0
 
     def run(self, coroutine):  # type: ignore[no-untyped-def]
         return self.loop.run_until_complete(coroutine)
@@ -109,12 +110,17 @@ class Holder:
         return len(self.writers) - before
 
     def answers(self, timeout: float) -> list[tuple[int, dict[str, str], bytes] | None]:
-        """The answer on every held connection (``None``: closed without one, or none within ``timeout``)."""
+        """The answer on every held connection (``None``: closed without one, or none within ``timeout``);
+        ``closed`` counts the connections the server closed without an answer."""
+        self.closed = 0
 
         async def one(reader: asyncio.StreamReader) -> tuple[int, dict[str, str], bytes] | None:
             try:
                 return await asyncio.wait_for(read_answer(reader), timeout)
-            except (OSError, asyncio.IncompleteReadError, asyncio.TimeoutError):
+            except asyncio.TimeoutError:  # first: it is an OSError too
+                return None
+            except (OSError, asyncio.IncompleteReadError):  # closed by the server (FIN, or RST with bytes unread)
+                self.closed += 1
                 return None
 
         async def all_of_them() -> list[tuple[int, dict[str, str], bytes] | None]:
