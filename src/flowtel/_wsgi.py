@@ -119,6 +119,15 @@ class _Budget:
         return True
 
 
+class _Charge:
+    """Bytes one request has charged to its endpoint's budget, released when it is done however it ends."""
+
+    __slots__ = ("bytes",)
+
+    def __init__(self) -> None:
+        self.bytes = 0
+
+
 class _Answer:
     """What a WSGI call produced: status, headers, body."""
 
@@ -183,13 +192,13 @@ class _Bridge:
         if scope["type"] != "http":
             return
         environ = _environ(scope, scope["headers"])
-        taken = 0
+        charged = _Charge()
         try:
             refusal = self._refuse_head(environ)
             if refusal is not None:
                 await self._send(send, *refusal, close=True)
                 return
-            body, refusal, taken = await self._read_body(environ, receive)
+            body, refusal = await self._read_body(environ, receive, charged)
             if refusal is not None:
                 await self._send(send, *refusal, close=True)
                 return
@@ -199,11 +208,11 @@ class _Bridge:
             del body
             answer, payload = await asyncio.get_running_loop().run_in_executor(self._pool, _call, self._app, environ)
             await self._send(send, answer, payload)
-        finally:
-            self._budget.used -= taken
+        finally:  # also when the task is cancelled (at shutdown) half-way through a body
+            self._budget.used -= charged.bytes
 
     def _refuse_head(self, environ: dict[str, Any]) -> tuple[_Answer, bytes] | None:
-        """The answer to a request refused on its head alone; else ``None`` with its Content-Length reserved."""
+        """The answer to a request refused on its head alone, else ``None``."""
         raw_length = environ.get("CONTENT_LENGTH")
         if raw_length is not None and not (raw_length.isascii() and raw_length.isdigit()):
             return self._plain(400, "bad_length", f"Content-Length {raw_length[:32]!r} is not a number")
@@ -220,14 +229,13 @@ class _Bridge:
             return self._busy()
         return None
 
-    async def _read_body(self, environ: dict[str, Any], receive: Callable[[], Awaitable[dict[str, Any]]]
-                         ) -> tuple[bytes, tuple[_Answer, bytes] | None, int]:
-        """``(body, refusal, bytes charged to the budget)``. Bytes are charged as they arrive, not as announced, so
-        a client that announces a large body and stalls holds only what it sent (the announced length was
-        checked against what is free before the first byte was read)."""
+    async def _read_body(self, environ: dict[str, Any], receive: Callable[[], Awaitable[dict[str, Any]]],
+                         charged: _Charge) -> tuple[bytes, tuple[_Answer, bytes] | None]:
+        """``(body, refusal)``; the bytes read are counted in ``charged``. They are charged as they arrive, not as
+        announced, so a client that announces a large body and stalls holds only what it sent (the announced
+        length was checked against what is free before the first byte was read)."""
         limits = self._limits
         chunks: list[bytes] = []  # joined once at the end: growing one buffer would copy it at every step
-        size = 0
         deadline = time.monotonic() + limits.body_timeout_s
         more = True
         while more:
@@ -235,18 +243,18 @@ class _Bridge:
                 message = await asyncio.wait_for(receive(), max(0.0, deadline - time.monotonic()))
             except asyncio.TimeoutError:
                 return b"", self._plain(408, "body_timeout", f"request body not complete within "
-                                        f"{limits.body_timeout_s} s"), size
+                                        f"{limits.body_timeout_s} s")
             if message["type"] == "http.disconnect":  # nobody to answer (the send is a no-op); still counted
-                return b"", self._plain(400, "disconnected", "connection lost before the body was complete"), size
+                return b"", self._plain(400, "disconnected", "connection lost before the body was complete")
             chunk = message.get("body", b"")
             more = message.get("more_body", False)
-            if size + len(chunk) > limits.max_body_bytes:  # a chunked body (uvicorn cuts one that says less)
-                return b"", self._too_large_chunked(environ, size + len(chunk)), size
+            if charged.bytes + len(chunk) > limits.max_body_bytes:  # chunked (uvicorn cuts one that says less)
+                return b"", self._too_large_chunked(environ, charged.bytes + len(chunk))
             if not self._budget.take(len(chunk)):
-                return b"", self._busy(), size
+                return b"", self._busy()
+            charged.bytes += len(chunk)
             chunks.append(chunk)
-            size += len(chunk)
-        return b"".join(chunks), None, size
+        return b"".join(chunks), None
 
     def _too_large_chunked(self, environ: dict[str, Any], seen: int) -> tuple[_Answer, bytes]:
         """The app answers an over-long chunked body as it answers a Content-Length over its limit."""
