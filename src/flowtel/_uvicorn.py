@@ -181,7 +181,7 @@ def guarded_protocol(guard: HeadGuard) -> type[asyncio.Protocol]:
             guard.on_refused("bad_http", msg)
             super().send_400_response(msg)
 
-        def eof_received(self) -> bool | None:
+        def eof_received(self) -> bool | None:  # type: ignore[override]  # asyncio's signature; uvicorn's says None
             if self.lingering:
                 self.transport.close()
                 return None
@@ -193,7 +193,8 @@ def guarded_protocol(guard: HeadGuard) -> type[asyncio.Protocol]:
                 cycle.keep_alive = False
                 cycle.message_event.set()
                 return True
-            return super().eof_received()  # type: ignore[func-returns-value]
+            super().eof_received()
+            return None  # asyncio closes the transport
 
         def connection_lost(self, exc: Exception | None) -> None:
             self._stop_head_timer()
