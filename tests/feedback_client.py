@@ -16,6 +16,7 @@ import json
 import urllib.request
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
+from email.message import Message
 from typing import Any
 
 from opentelemetry import baggage, context, trace
@@ -101,11 +102,12 @@ def seed_client(url: str, feedback_url: str, feedback: Any = "thumbdown", api_ke
 
 
 def post(url: str, body: bytes, headers: Mapping[str, str] | None = None,
-         method: str = "POST") -> tuple[int, dict[str, str], bytes]:
-    """A raw request that returns error statuses instead of raising."""
+         method: str = "POST") -> tuple[int, Message, bytes]:
+    """A raw request that returns error statuses instead of raising; header names are case-insensitive, as in HTTP
+    (servers may send them in lower case)."""
     request = urllib.request.Request(url, body if method != "GET" else None, dict(headers or {}), method=method)
     try:
         with urllib.request.urlopen(request, timeout=30) as response:
-            return response.status, dict(response.headers), response.read()
+            return response.status, response.headers, response.read()
     except urllib.error.HTTPError as error:
-        return error.code, dict(error.headers), error.read()
+        return error.code, error.headers, error.read()

@@ -215,18 +215,22 @@ def rpc_status(response: requests.Response) -> status_pb2.Status:
 
 
 def raw_http(base_url: str, data: bytes, *, half_close: bool = False) -> tuple[int, dict[str, str], bytes]:
-    """Send ``data`` as is and read the answer until the server closes the connection (bounded by a timeout)."""
+    """Send ``data`` as is and read one answer: its head, then Content-Length bytes (the server may keep the
+    connection open) or up to the close; bounded by a timeout."""
     parts = urlsplit(base_url)
     with socket.create_connection((parts.hostname, parts.port), timeout=10) as sock:
         sock.sendall(data)
         if half_close:
             sock.shutdown(socket.SHUT_WR)
-        chunks = []
-        while chunk := sock.recv(65536):
-            chunks.append(chunk)
-    head, _, body = b"".join(chunks).partition(b"\r\n\r\n")
-    lines = head.decode("latin-1").split("\r\n")
-    headers = {k.strip().lower(): v.strip() for k, v in (line.split(":", 1) for line in lines[1:])}
+        received = b""
+        while b"\r\n\r\n" not in received and (chunk := sock.recv(65536)):
+            received += chunk
+        head, _, body = received.partition(b"\r\n\r\n")
+        lines = head.decode("latin-1").split("\r\n")
+        headers = {k.strip().lower(): v.strip() for k, v in (line.split(":", 1) for line in lines[1:])}
+        length = int(headers["content-length"]) if "content-length" in headers else None
+        while (length is None or len(body) < length) and (chunk := sock.recv(65536)):
+            body += chunk
     return int(lines[0].split()[1]), headers, body
 
 
@@ -566,14 +570,16 @@ def test_other_paths_are_404(main: Collector, path: str) -> None:
     main.still_serving(before, "http", {refused("http", "not_found"): 1})
 
 
-def test_missing_content_length_is_411(main: Collector) -> None:
+def test_missing_content_length_is_an_empty_body(main: Collector) -> None:
+    # HTTP/1.1 (RFC 9112 6.3): a request with neither Content-Length nor Transfer-Encoding has no body. An empty
+    # protobuf body is an empty request, accepted as upstream accepts it (it used to be a 411).
     before = main.snapshot()
     status, headers, body = raw_http(main.http_url(), b"POST /v1/traces HTTP/1.1\r\nHost: x\r\n"
                                      b"Content-Type: application/x-protobuf\r\n\r\n")
-    assert status == 411
+    assert status == 200
     assert headers["content-type"] == PROTOBUF
-    assert status_pb2.Status.FromString(body).code == grpc.StatusCode.INVALID_ARGUMENT.value[0]
-    main.still_serving(before, "http", {refused("http", "length_required"): 1})
+    assert ExportTraceServiceResponse.FromString(body) == ExportTraceServiceResponse()
+    main.still_serving(before, "http", {accepted("http"): 0})
 
 
 def test_body_shorter_than_content_length_is_400(main: Collector) -> None:
@@ -926,6 +932,19 @@ def test_memory_limit_is_503_and_unavailable(backpressure: Collector) -> None:
     assert delta == {refused_spans("http", "memory_limit", "otlp/memory"): 4 + 2 * (http_attempts - 1),
                      refused_spans("grpc", "memory_limit", "otlp/memory"): 4,
                      refused("grpc", "memory_limit", "otlp/memory"): 1}
+
+
+def test_memory_limit_refuses_a_large_body_before_reading_it(backpressure: Collector) -> None:
+    bp = backpressure
+    before = bp.snapshot()
+    # 10 MiB announced, none sent: the 503 comes on the head alone (the body is never awaited), counted as a
+    # refused request; its spans were never read, so none are counted. Small bodies are read first (above).
+    status, headers, body = raw_http(bp.http_url("otlp/memory"), b"POST /v1/traces HTTP/1.1\r\nHost: x\r\n"
+                                     b"Content-Type: application/x-protobuf\r\nContent-Length: 10485760\r\n\r\n")
+    assert status == 503
+    assert headers["retry-after"] == "2"
+    assert "memory limit" in status_pb2.Status.FromString(body).message
+    assert bp.delta(before) == {refused("http", "memory_limit", "otlp/memory"): 1}
 
 
 # --- TLS -------------------------------------------------------------------------------------------------------

@@ -272,13 +272,8 @@ class FeedbackApp:
 
     def __call__(self, environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
         handler = self.handler
-        headers = {key[5:].replace("_", "-").lower(): value for key, value in environ.items()
-                   if key.startswith("HTTP_")}
-        if environ.get("CONTENT_TYPE"):
-            headers["content-type"] = environ["CONTENT_TYPE"]
-        raw_length = environ.get("CONTENT_LENGTH") or ""
+        headers, length = _head(environ)
         try:
-            length = int(raw_length) if raw_length.isdigit() else None
             handler.check_head(environ.get("REQUEST_METHOD", ""), environ.get("PATH_INFO", ""), headers, length)
             if length is None:  # WSGI servers do not de-chunk bodies: without a length there is no body to read
                 raise FeedbackRefused(411, "length_required", "Content-Length is required")
@@ -290,6 +285,26 @@ class FeedbackApp:
             status, out_headers, payload = handler.internal_error()
         start_response(_status_line(status), out_headers)
         return [payload]
+
+    def check_head(self, environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes] | None:
+        """For a server that checks the head before reading the body (flowtel's): ``None`` or the refusal."""
+        headers, length = _head(environ)
+        try:
+            self.handler.check_head(environ.get("REQUEST_METHOD", ""), environ.get("PATH_INFO", ""), headers, length)
+        except FeedbackRefused as error:
+            status, out_headers, payload = self.handler.refusal(error)
+            start_response(_status_line(status), out_headers)
+            return [payload]
+        return None
+
+
+def _head(environ: dict[str, Any]) -> tuple[dict[str, str], int | None]:
+    """A WSGI request's headers (lower-case names) and its Content-Length (``None`` when absent)."""
+    headers = {key[5:].replace("_", "-").lower(): value for key, value in environ.items() if key.startswith("HTTP_")}
+    if environ.get("CONTENT_TYPE"):
+        headers["content-type"] = environ["CONTENT_TYPE"]
+    raw_length = environ.get("CONTENT_LENGTH") or ""
+    return headers, int(raw_length) if raw_length.isdigit() else None
 
 
 class FeedbackASGIApp:

@@ -24,12 +24,12 @@ from flowtel.feedback import FeedbackApp, FeedbackLimits, FeedbackUnavailable
 
 from .otlp_receiver import Intake
 from .refusal import Refused
-from .settings import Auth, Endpoint, Model, ServerTLS, split_endpoint
+from .settings import Auth, Endpoint, HTTPServerBounds, ServerTLS, split_endpoint
 
 _LIMITS = FeedbackLimits()
 
 
-class FeedbackReceiverConfig(Model):
+class FeedbackReceiverConfig(HTTPServerBounds):
     #: Where ``POST /feedback`` is served (prompt flow serving's port).
     endpoint: Endpoint = "localhost:8080"
     #: Largest feedback body, in bytes; larger ones get 413.
@@ -58,7 +58,10 @@ class FeedbackReceiver:
                           on_refused=lambda reason, detail: intake.refuse_request("http", reason, detail))
         host, port = split_endpoint(config.endpoint)
         self._endpoint = WSGIEndpoint(app, host, port, name=f"flowtel-{receiver_id}",
-                                      tls=config.tls.settings() if config.tls else None)
+                                      tls=config.tls.settings() if config.tls else None,
+                                      limits=config.server_limits(config.max_request_body_size),
+                                      check_head=app.check_head,
+                                      on_refused=lambda reason, detail: intake.refuse_request("http", reason, detail))
 
     @property
     def url(self) -> str:

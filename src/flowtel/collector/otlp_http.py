@@ -29,6 +29,10 @@ _JSON = "application/json"
 #: google.rpc.Code for the HTTP statuses this receiver answers with, as the upstream receiver maps them.
 _GRPC_CODE = {400: 3, 401: 16, 404: 5, 405: 12, 411: 3, 413: 8, 415: 3, 500: 13, 503: 14}
 _PROFILES = "/v1development/profiles"
+#: A body up to this size is read before admission, so a refusal can count its spans
+#: (``otelcol_receiver_refused_spans_total``, as upstream); a larger one is refused on its head, unread, and
+#: counted as a refused request only.
+_READ_BEFORE_ADMISSION = 64 * 1024
 
 
 class _Reject(Exception):
@@ -97,7 +101,11 @@ class HTTPTransport:
         self._token = token
         host, port = split_endpoint(config.endpoint)
         self._endpoint = WSGIEndpoint(self._app, host, port, name="flowtel-otlp-http",
-                                      tls=config.tls.settings() if config.tls else None)
+                                      tls=config.tls.settings() if config.tls else None,
+                                      limits=config.server_limits(config.max_request_body_size),
+                                      check_head=self._check_head,
+                                      on_refused=lambda reason, detail: self._intake.refuse_request(
+                                          "http", reason, detail))
 
     @property
     def url(self) -> str:
@@ -113,18 +121,17 @@ class HTTPTransport:
     def shutdown(self) -> None:
         self._endpoint.shutdown()
 
+    def _route(self, environ: dict[str, Any]) -> AnyIntake:
+        """The intake of the request's signal; the first one for a path no signal takes (it counts the 404)."""
+        return self._routes.get(environ.get("PATH_INFO", ""), self._intake)
+
     def _app(self, environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
         content_type = environ.get("CONTENT_TYPE", "").split(";")[0].strip().lower()
-        intake = self._routes.get(environ.get("PATH_INFO", ""), self._intake)
+        intake = self._route(environ)
         try:
             body = self._handle(environ, content_type)
-        except _Reject as reject:
-            intake.refuse_request("http", reject.reason, reject.message)
-            return self._status(start_response, reject.status, reject.message, content_type, reject.headers)
-        except Refused as refused:
-            retry = str(max(1, round(refused.retry_after_s)))
-            return self._status(start_response, "503 Service Unavailable", refused.message, content_type,
-                                [("Retry-After", retry)])
+        except (_Reject, Refused) as error:
+            return self._refusal(start_response, error, content_type, intake)
         except Exception:  # a bug of ours, not the client's: answer 500 and keep serving, as upstream does
             logger.exception("receiver %s (http): internal error on a request", self._intake.receiver_id)
             intake.refuse_request("http", "internal_error", "internal error (see the log)")
@@ -132,10 +139,32 @@ class HTTPTransport:
         start_response("200 OK", [("Content-Type", content_type), ("Content-Length", str(len(body)))])
         return [body]
 
-    def _handle(self, environ: dict[str, Any], content_type: str) -> bytes:
+    def _check_head(self, environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes] | None:
+        """Run by the server before it reads the body: the same checks as ``_handle``, plus admission for a large
+        (or chunked) body, so an overloaded collector refuses it before buffering it."""
+        content_type = environ.get("CONTENT_TYPE", "").split(";")[0].strip().lower()
+        intake = self._route(environ)
+        try:
+            length = self._check_request_head(environ, content_type)
+            if length is None or length > _READ_BEFORE_ADMISSION:
+                intake.admit_early("http")
+        except (_Reject, Refused) as error:
+            return self._refusal(start_response, error, content_type, intake)
+        return None
+
+    def _refusal(self, start_response: Callable[..., Any], error: _Reject | Refused, content_type: str,
+                 intake: AnyIntake) -> Iterable[bytes]:
+        if isinstance(error, _Reject):
+            intake.refuse_request("http", error.reason, error.message)
+            return self._status(start_response, error.status, error.message, content_type, error.headers)
+        retry = str(max(1, round(error.retry_after_s)))
+        return self._status(start_response, "503 Service Unavailable", error.message, content_type,
+                            [("Retry-After", retry)])
+
+    def _check_request_head(self, environ: dict[str, Any], content_type: str) -> int | None:
+        """Everything checked before the body is read; returns the Content-Length (``None``: chunked)."""
         path = environ.get("PATH_INFO", "")
-        intake = self._routes.get(path)
-        if intake is None:
+        if path not in self._routes:
             config = self._config
             hint = {config.traces_url_path: " (no traces pipeline takes this receiver)",
                     config.metrics_url_path: " (no metrics pipeline takes this receiver)",
@@ -153,11 +182,19 @@ class HTTPTransport:
         limit = self._config.max_request_body_size
         raw_length = environ.get("CONTENT_LENGTH") or ""
         if not raw_length.isdigit():
-            raise _Reject("411 Length Required", "length_required", "Content-Length is required")
+            return None
         length = int(raw_length)
         if length > limit:
             raise _Reject("413 Content Too Large", "too_large",
                           f"body of {length} bytes exceeds max_request_body_size ({limit} bytes)")
+        return length
+
+    def _handle(self, environ: dict[str, Any], content_type: str) -> bytes:
+        length = self._check_request_head(environ, content_type)
+        if length is None:  # the server de-chunks bodies and sets Content-Length: only a bare WSGI server lands here
+            raise _Reject("411 Length Required", "length_required", "Content-Length is required")
+        intake = self._routes[environ.get("PATH_INFO", "")]
+        limit = self._config.max_request_body_size
         body = environ["wsgi.input"].read(length)
         if len(body) != length:
             raise _Reject("400 Bad Request", "malformed", "body shorter than Content-Length")

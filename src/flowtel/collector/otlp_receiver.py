@@ -30,7 +30,7 @@ from flowtel.selfmetrics import SelfMetrics
 from .pipeline import TracesPipeline
 from .refusal import Refused
 from .request_pipeline import RequestPipeline
-from .settings import Auth, EmptyIsDefault, Endpoint, Model, ServerTLS
+from .settings import Auth, EmptyIsDefault, Endpoint, HTTPServerBounds, Model, ServerTLS
 from .signals import TRACES, Signal
 
 MIB = 1 << 20
@@ -43,7 +43,7 @@ class GRPCServerConfig(Model):
     auth: Auth | None = None
 
 
-class HTTPServerConfig(Model):
+class HTTPServerConfig(HTTPServerBounds):
     endpoint: Endpoint = "localhost:4318"
     max_request_body_size: int = Field(20 * MIB, gt=0)
     traces_url_path: str = Field("/v1/traces", pattern=r"^/")
@@ -51,6 +51,12 @@ class HTTPServerConfig(Model):
     logs_url_path: str = Field("/v1/logs", pattern=r"^/")
     tls: ServerTLS | None = None
     auth: Auth | None = None
+
+    @model_validator(mode="after")
+    def _budget_fits_a_request(self) -> HTTPServerConfig:
+        if self.max_buffered_bytes < self.max_request_body_size:
+            raise ValueError("max_buffered_bytes at least max_request_body_size (else a largest request never fits)")
+        return self
 
 
 class Protocols(EmptyIsDefault):
