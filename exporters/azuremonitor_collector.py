@@ -144,8 +144,11 @@ class AzureMonitorCollectorExporter:
 
     @property
     def holding(self) -> int:
-        """Batches queued or being sent (the memory limiter asks what the collector holds)."""
-        return self._queue.holding if self._queue is not None else 0
+        """Batches queued or being sent, received metrics' and logs' too (the memory limiter asks what the
+        collector holds)."""
+        spans = self._queue.holding if self._queue is not None else 0
+        with self._received_lock:
+            return spans + sum(queue.holding for _, queue in self._received.values())
 
     def export(self, payload: bytes, spans: int) -> None:
         if self._queue is not None:

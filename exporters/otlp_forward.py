@@ -244,8 +244,8 @@ class ForwardingExporter:
 
     @property
     def holding(self) -> int:
-        """Batches queued or being sent (the memory limiter asks what the collector holds)."""
-        return self.queue.holding
+        """Batches queued or being sent, every signal's (the memory limiter asks what the collector holds)."""
+        return sum(queue.holding for queue in self._queues.values())
 
     def shutdown(self, deadline: float) -> None:
         for queue in self._queues.values():

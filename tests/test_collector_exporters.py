@@ -212,12 +212,13 @@ def log_lines(collector: CollectorProcess, pattern: str) -> list[re.Match[str]]:
     return [m for line in collector.lines if (m := re.search(pattern, line))]
 
 
-def stored_spans(directory: Path) -> int:
-    """Spans in the batch files a persistent sending queue left in ``directory``."""
-    from flowtel.collector import Collector  # noqa: F401  (the exporters import the collector's settings first)
+def stored_spans(directory: Path, signal: str = "") -> int:
+    """Items (spans, metric points, log records) in the batch files a persistent sending queue left in
+    ``directory``; its signal is in its name (``<dir>@metrics``) unless given."""
     from flowtel.exporters.sending_queue import read_batch
 
-    return sum(read_batch(str(path), "traces", header_only=True)[0] for path in directory.rglob("*.batch"))
+    signal = signal or (directory.name.rpartition("@")[2] if "@" in directory.name else "traces")
+    return sum(read_batch(str(path), signal, header_only=True)[0] for path in directory.rglob("*.batch"))
 
 
 # Persistent queue across a restart.
