@@ -434,8 +434,8 @@ class SendingQueue:
                 count = sum(i.spans for i in items)
                 self._self.add(self._send_failed, count, self._id, "shutdown")
                 self._self.dropped("shutdown_timeout", count, self._unit)
-                logger.warning("exporter %s: %d %s %s at the shutdown deadline were dropped", self._id, count,
-                               self._unit.replace("_", " "), what)
+                logger.warning("exporter %s: %d %s(s) %s at the shutdown deadline were dropped", self._id, count,
+                               self._unit.replace("_", " ").removesuffix("s"), what)
 
 
 def _jitter(interval: float, factor: float) -> float:
