@@ -280,13 +280,3 @@ def _log_record(record: Any, capture_content: bool) -> LogRecord:
 
 def _drop(dropped: dict[str, int], reason: str, count: int) -> None:
     dropped[reason] = dropped.get(reason, 0) + count
-
-
-def records_in(request: ExportLogsServiceRequest) -> int:
-    return sum(len(sl.log_records) for rl in request.resource_logs for sl in rl.scope_logs)
-
-
-def points_in(request: ExportMetricsServiceRequest) -> int:
-    return sum(len(getattr(m, m.WhichOneof("data")).data_points) for rm in request.resource_metrics
-               for sm in rm.scope_metrics for m in sm.metrics if m.WhichOneof("data"))
-

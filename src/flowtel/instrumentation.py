@@ -26,7 +26,7 @@ def _mark(proxy: Any) -> None:
             span.add_event(FIRST_CHUNK_EVENT)
 
 
-class PromptflowStreamingInstrumentor(BaseInstrumentor):  # type: ignore[misc]
+class PromptflowStreamingInstrumentor(BaseInstrumentor):
     def instrumentation_dependencies(self) -> Collection[str]:
         return ("promptflow-tracing >= 1.0",)
 
@@ -49,10 +49,10 @@ class PromptflowStreamingInstrumentor(BaseInstrumentor):  # type: ignore[misc]
             return item
 
         self._originals = (sync_next, async_next)
-        _trace.TracedIterator.__next__ = __next__  # type: ignore[method-assign]
-        _trace.TracedAsyncIterator.__anext__ = __anext__  # type: ignore[method-assign]
+        _trace.TracedIterator.__next__ = __next__
+        _trace.TracedAsyncIterator.__anext__ = __anext__
 
     def _uninstrument(self, **kwargs: Any) -> None:
         from promptflow.tracing import _trace
 
-        _trace.TracedIterator.__next__, _trace.TracedAsyncIterator.__anext__ = self._originals  # type: ignore[method-assign]
+        _trace.TracedIterator.__next__, _trace.TracedAsyncIterator.__anext__ = self._originals

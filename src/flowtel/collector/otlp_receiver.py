@@ -125,7 +125,7 @@ class Intake(_IntakeBase):
         super().__init__(receiver_id, self_metrics, pipelines)
         self._pipelines = tuple(pipelines)
 
-    def accept(self, request: ExportTraceServiceRequest, transport: str,  # type: ignore[override]
+    def accept(self, request: ExportTraceServiceRequest, transport: str,
                raw: bytes | None = None) -> ExportTraceServiceResponse:
         """``request`` as parsed (and so validated) by upb; ``raw`` its bytes when the transport has them."""
         try:

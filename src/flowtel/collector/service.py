@@ -99,7 +99,7 @@ class Collector:
                 self._receivers.append(server)
 
     def token(self, auth: Auth | None) -> BearerToken | None:
-        return self.extensions[auth.authenticator] if auth is not None else None  # type: ignore[no-any-return]
+        return self.extensions[auth.authenticator] if auth is not None else None
 
     def storage_directory(self, storage: str | None, eid: str) -> str | None:
         """A per-exporter directory inside a ``file_storage`` extension's, for exporters that keep data on disk."""
@@ -108,7 +108,7 @@ class Collector:
         return os.path.join(self.extensions[storage].directory, re.sub(r"[^A-Za-z0-9_.-]", "_", eid))
 
     def read_token(self, authenticator: str) -> str:
-        return self.config.extensions[authenticator].read_token()  # type: ignore[no-any-return]
+        return self.config.extensions[authenticator].read_token()
 
     def _holding(self) -> float:
         """Data the collector holds: queued for a pipeline, held for its trace, in an exporter's queue or being
