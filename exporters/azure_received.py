@@ -191,6 +191,8 @@ class ReceivedToAzure:
             start, count = window_start, window_count
         if count == 0:
             return None, None  # nothing happened in this window: no row, as the SDK sends none
+        # None min / max: unknown. The SDK types them float, but the Azure exporter, the only reader of these
+        # points, sends None as "no min / max" (its own default), which is what customMetrics should get.
         return HistogramDataPoint(attributes, start, end, count, total, (), (), low, high), None  # type: ignore[arg-type]
 
     def _increase(self, key: tuple[Any, ...], start: int, end: int, value: float, count: int,

@@ -58,7 +58,7 @@ class Collector:
         self._stopped = threading.Event()
         service = config.service
         self.extensions: dict[str, Any] = {
-            xid: FACTORIES["extensions"][component_type(xid)].create(self, xid, config.extensions[xid])  # type: ignore[misc]
+            xid: FACTORIES["extensions"][component_type(xid)].create(self, xid, config.extensions[xid])
             for xid in service.extensions}
 
         # Each exporter is built once, for every signal of the pipelines that list it.
@@ -67,7 +67,7 @@ class Collector:
             for eid in pipeline.exporters:
                 exporter_signals.setdefault(eid, set()).add(component_type(pipeline_id))
         self.exporters: dict[str, Any] = {
-            eid: FACTORIES["exporters"][component_type(eid)].create(self, eid, config.exporters[eid],  # type: ignore[misc]
+            eid: FACTORIES["exporters"][component_type(eid)].create(self, eid, config.exporters[eid],
                                                                     frozenset(signals))
             for eid, signals in exporter_signals.items()}
         # Exporters that take metrics bring a reader: Prometheus a pull reader, Azure Monitor a periodic one.
@@ -92,7 +92,7 @@ class Collector:
                 signal: Intake(rid, pipes, self.self_metrics) if signal == "traces"  # type: ignore[arg-type]
                 else RequestIntake(rid, BY_NAME[signal], pipes, self.self_metrics)  # type: ignore[arg-type]
                 for signal, pipes in targets.items()}
-            for server in FACTORIES["receivers"][component_type(rid)].create(  # type: ignore[misc]
+            for server in FACTORIES["receivers"][component_type(rid)].create(
                     self, rid, config.receivers[rid], intakes):
                 # The feedback receiver serves one path; OTLP transports serve one path per signal.
                 getattr(self.listening, server.kind)[rid] = server.url + getattr(server, "path", "")
@@ -124,7 +124,7 @@ class Collector:
     def _pipeline(self, pipeline_id: str, processors: list[str], exporters: list[str]) -> Pipeline:
         parts = PipelineParts()
         for pid in processors:
-            FACTORIES["processors"][component_type(pid)].create(  # type: ignore[misc]
+            FACTORIES["processors"][component_type(pid)].create(
                 self, pid, self.config.processors[pid], parts)
         limiters, batch, flowtel_cfg = parts.memory_limiters, parts.batch, parts.flowtel
         signal = component_type(pipeline_id)
