@@ -84,14 +84,21 @@ class Collector:
         self._receivers: list[Any] = []
         used_receivers = dict.fromkeys(r for p in service.pipelines.values() for r in p.receivers)
         for rid in used_receivers:
-            targets: dict[str, list[Pipeline]] = {}
+            signals: dict[str, None] = {}  # in the config's order: the first intake counts unrouted refusals
+            traces_targets: list[TracesPipeline] = []
+            request_targets: dict[str, list[RequestPipeline]] = {}
             for pid, p in service.pipelines.items():
                 if rid in p.receivers:
-                    targets.setdefault(component_type(pid), []).append(self.pipelines[pid])
+                    signals[component_type(pid)] = None
+                    target = self.pipelines[pid]
+                    if isinstance(target, TracesPipeline):
+                        traces_targets.append(target)
+                    else:
+                        request_targets.setdefault(component_type(pid), []).append(target)
             intakes: dict[str, AnyIntake] = {
-                signal: Intake(rid, pipes, self.self_metrics) if signal == "traces"  # type: ignore[arg-type]
-                else RequestIntake(rid, BY_NAME[signal], pipes, self.self_metrics)  # type: ignore[arg-type]
-                for signal, pipes in targets.items()}
+                signal: Intake(rid, traces_targets, self.self_metrics) if signal == "traces"
+                else RequestIntake(rid, BY_NAME[signal], request_targets[signal], self.self_metrics)
+                for signal in signals}
             for server in FACTORIES["receivers"][component_type(rid)].create(
                     self, rid, config.receivers[rid], intakes):
                 # The feedback receiver serves one path; OTLP transports serve one path per signal.
