@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from typing import Any
 
+# The module starts with a file-wide `# type: ignore`, so mypy sees none of its names (py.typed notwithstanding).
 from opentelemetry.instrumentation.distro import BaseDistro  # type: ignore[attr-defined]
 
 from flowtel._otel_sdk import BaseConfigurator

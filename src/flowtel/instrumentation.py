@@ -13,6 +13,7 @@ import functools
 from collections.abc import Collection
 from typing import Any
 
+# The module starts with a file-wide `# type: ignore`, so mypy sees none of its names (py.typed notwithstanding).
 from opentelemetry.instrumentation.instrumentor import BaseInstrumentor  # type: ignore[attr-defined]
 
 FIRST_CHUNK_EVENT = "flowtel.first_chunk"
