@@ -191,6 +191,8 @@ class ReceivedToAzure:
             start, count = window_start, window_count
         if count == 0:
             return None, None  # nothing happened in this window: no row, as the SDK sends none
+        # None min / max: unknown. The SDK types them float, but the Azure exporter, the only reader of these
+        # points, sends None as "no min / max" (its own default), which is what customMetrics should get.
         return HistogramDataPoint(attributes, start, end, count, total, (), (), low, high), None  # type: ignore[arg-type]
 
     def _increase(self, key: tuple[Any, ...], start: int, end: int, value: float, count: int,
@@ -280,13 +282,3 @@ def _log_record(record: Any, capture_content: bool) -> LogRecord:
 
 def _drop(dropped: dict[str, int], reason: str, count: int) -> None:
     dropped[reason] = dropped.get(reason, 0) + count
-
-
-def records_in(request: ExportLogsServiceRequest) -> int:
-    return sum(len(sl.log_records) for rl in request.resource_logs for sl in rl.scope_logs)
-
-
-def points_in(request: ExportMetricsServiceRequest) -> int:
-    return sum(len(getattr(m, m.WhichOneof("data")).data_points) for rm in request.resource_metrics
-               for sm in rm.scope_metrics for m in sm.metrics if m.WhichOneof("data"))
-

@@ -22,7 +22,7 @@ from google.rpc import error_details_pb2, status_pb2
 from pydantic import Field, field_validator, model_validator
 
 from flowtel.collector.settings import ClientTLS, Model, PositiveDuration
-from flowtel.collector.signals import BY_NAME, TRACES, Signal
+from flowtel.collector.signals import BY_NAME, TRACES, ExportResponse, Signal
 from flowtel.selfmetrics import SelfMetrics
 
 from .sending_queue import QueueSettings, RetrySettings, SendingQueue, SendResult
@@ -104,9 +104,9 @@ def _read(path: str | None) -> bytes | None:
 
 
 def _retry_delay(error: grpc.RpcError) -> float | None:
-    for key, value in (error.trailing_metadata() or ()):  # type: ignore[attr-defined]
-        if key == "grpc-status-details-bin":
-            status = status_pb2.Status.FromString(value)
+    for metadatum in error.trailing_metadata() or ():
+        if metadatum.key == "grpc-status-details-bin":
+            status = status_pb2.Status.FromString(metadatum.value)
             for detail in status.details:
                 info = error_details_pb2.RetryInfo()
                 if detail.Unpack(info):
@@ -126,8 +126,9 @@ class GRPCSender:
             credentials = grpc.ssl_channel_credentials(
                 _read(config.tls.ca_file), _read(config.tls.key_file), _read(config.tls.cert_file))
             self._channel = grpc.secure_channel(target, credentials)
-        self._export = self._channel.unary_unary(signal.export_method, request_serializer=None,
-                                                 response_deserializer=signal.response.FromString)
+        # Payloads are already serialized: bytes go out as they are.
+        self._export: grpc.UnaryUnaryMultiCallable[bytes, ExportResponse] = self._channel.unary_unary(
+            signal.export_method, request_serializer=None, response_deserializer=signal.response.FromString)
         self._metadata = tuple((k.lower(), v) for k, v in config.headers.items())
         self._compression = grpc.Compression.Gzip if config.compression == "gzip" else grpc.Compression.NoCompression
 
@@ -136,8 +137,8 @@ class GRPCSender:
             response = self._export(payload, timeout=timeout_s, metadata=self._metadata,
                                     compression=self._compression)
         except grpc.RpcError as error:
-            code = error.code()  # type: ignore[attr-defined]
-            reason = f"gRPC {code.name}: {error.details()}"  # type: ignore[attr-defined]
+            code = error.code()
+            reason = f"gRPC {code.name}: {error.details()}"
             return SendResult(False, retryable=code in _RETRYABLE_GRPC, reason=reason,
                               retry_after_s=_retry_delay(error))
         partial = response.partial_success
@@ -176,7 +177,9 @@ class HTTPSender:
         if self._gzip:
             self._session.headers["Content-Encoding"] = "gzip"
         self._verify: bool | str = config.tls.ca_file or not config.tls.insecure
-        self._cert = (config.tls.cert_file, config.tls.key_file) if config.tls.cert_file else None
+        cert, key = config.tls.cert_file, config.tls.key_file
+        # Without a key file, requests reads the key from the certificate's file.
+        self._cert: str | tuple[str, str] | None = (cert, key) if cert and key else cert or None
 
     def __call__(self, payload: bytes, timeout_s: float) -> SendResult:
         body = gzip.compress(payload, compresslevel=5) if self._gzip else payload
@@ -187,7 +190,7 @@ class HTTPSender:
             return SendResult(False, retryable=True, reason=f"{type(error).__name__}: {error}")
         if 200 <= response.status_code < 300:
             try:
-                partial = self._response.FromString(response.content).partial_success  # type: ignore[attr-defined]
+                partial = self._response.FromString(response.content).partial_success
             except Exception:
                 return SendResult.success()
             return SendResult.success(getattr(partial, self._rejected_field), partial.error_message)

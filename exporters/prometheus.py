@@ -55,7 +55,7 @@ if TYPE_CHECKING:  # the collector's modules import the in-process ones, not the
 
     from .received_metrics import ReceivedMetrics
 
-_CUMULATIVE = {cls: AggregationTemporality.CUMULATIVE for cls in (
+_CUMULATIVE: dict[type, AggregationTemporality] = {cls: AggregationTemporality.CUMULATIVE for cls in (
     Counter, UpDownCounter, Histogram, ObservableCounter, ObservableUpDownCounter, ObservableGauge)}
 
 
@@ -140,18 +140,18 @@ def _add_metric(merged: dict[str, Metric], otel_name: str, unit: str, doc: str, 
             family.add_sample(name, _labels(point.attributes), point.value)
     elif isinstance(data, HistogramData):
         family = _family(merged, name, doc, "histogram")
-        for point in data.data_points:
-            labels = _labels(point.attributes)
+        for histogram_point in data.data_points:
+            labels = _labels(histogram_point.attributes)
             exemplars = exemplar_cache.setdefault((name, frozenset(labels.items())), {})
-            exemplars.update(_bucket_exemplars(point.explicit_bounds, point.exemplars))
+            exemplars.update(_bucket_exemplars(histogram_point.explicit_bounds, histogram_point.exemplars))
             cumulative = 0
-            bounds = [*point.explicit_bounds, float("inf")]
-            for i, (bound, count) in enumerate(zip(bounds, point.bucket_counts, strict=True)):
+            bounds = [*histogram_point.explicit_bounds, float("inf")]
+            for i, (bound, count) in enumerate(zip(bounds, histogram_point.bucket_counts, strict=True)):
                 cumulative += count
                 le = "+Inf" if bound == float("inf") else repr(float(bound))
                 family.add_sample(f"{name}_bucket", {**labels, "le": le}, cumulative, exemplar=exemplars.get(i))
-            family.add_sample(f"{name}_count", labels, point.count)
-            family.add_sample(f"{name}_sum", labels, point.sum)
+            family.add_sample(f"{name}_count", labels, histogram_point.count)
+            family.add_sample(f"{name}_sum", labels, histogram_point.sum)
 
 
 def _bucket_exemplars(bounds: Iterable[float], exemplars: Iterable[Any]) -> dict[int, Exemplar]:
@@ -210,7 +210,7 @@ class PrometheusEndpoint:
                  extra_collectors: Iterable[Any] = (), bridge: Any = None) -> None:
         settings = settings or PrometheusSettings.from_env()
         self.registry = CollectorRegistry(auto_describe=False)
-        self.registry.register(bridge or _Bridge(reader))  # type: ignore[arg-type]
+        self.registry.register(bridge or _Bridge(reader))
         for collector in extra_collectors:
             self.registry.register(collector)
         app = bearer_auth(make_wsgi_app(self.registry), settings.bearer_token)

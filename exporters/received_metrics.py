@@ -301,9 +301,10 @@ class ReceivedMetrics:
 
         Label sets recur in every export, so their translation is remembered (a bounded cache)."""
         raw = decode_attributes(attributes)
-        cache_key: tuple[Any, ...] | None = (common, tuple(raw.items()))
+        label_items = (common, tuple(raw.items()))
+        cache_key: tuple[Any, ...] | None = label_items
         try:
-            hit = self._label_cache.get(cache_key)  # type: ignore[arg-type]
+            hit = self._label_cache.get(label_items)
         except TypeError:  # a map-valued attribute is not hashable: translate it every time
             cache_key, hit = None, None
         if hit is not None:

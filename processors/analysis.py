@@ -146,7 +146,7 @@ def analyze(spans: Sequence[SpanData]) -> list[SpanRole]:
         else:
             if not parent.children:
                 parent.children = []
-            parent.children.append(r)  # type: ignore[union-attr]
+            parent.children.append(r)
     for root in roots:
         request = root.span if root.span.kind == KIND_SERVER else None
         if not _walk(root, None, request) and request is not None and _calls_a_model(root):

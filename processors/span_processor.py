@@ -17,7 +17,6 @@ import contextlib
 import threading
 import time
 from collections.abc import Iterator, Sequence
-from typing import Any
 
 from opentelemetry.context import Context
 from opentelemetry.sdk.trace import Event, ReadableSpan, Span, SpanProcessor
@@ -39,8 +38,9 @@ def apply_to_readable_span(data: SpanData, enrichment: Enrichment) -> ReadableSp
     """A new SDK span carrying the enrichment; ended spans are immutable, so we copy the shell, not the values.
     Unchanged events and links are the old span's own bounded lists, which keeps their dropped counts."""
     span: ReadableSpan = data.native
-    # The adapter copied the attributes for this span alone and nothing reads them after apply: edit in place.
-    attributes: dict[str, Any] = data.attributes  # type: ignore[assignment]
+    # The adapter copied the attributes into a dict for this span alone and nothing reads them after apply:
+    # edit in place (a mapping from elsewhere is copied first).
+    attributes = data.attributes if isinstance(data.attributes, dict) else dict(data.attributes)
     for key in enrichment.removed_attributes:
         attributes.pop(key, None)
     attributes.update(enrichment.added)

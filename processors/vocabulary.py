@@ -92,7 +92,7 @@ def _memoized(read: Callable[[SpanData], T]) -> Callable[[SpanData], T]:
         else:
             value = memo.get(key, _MISSING)
             if value is not _MISSING:
-                return value  # type: ignore[no-any-return]
+                return value
         value = memo[key] = read(span)
         return value
 
@@ -101,7 +101,9 @@ def _memoized(read: Callable[[SpanData], T]) -> Callable[[SpanData], T]:
     return memoized
 
 
-_SCAN = json.JSONDecoder().scan_once  # the C scanner behind json.loads, without its three Python frames
+# The C scanner behind json.loads, without its three Python frames. typeshed leaves scan_once out of
+# JSONDecoder (its __init__ sets it), hence the ignore.
+_SCAN: Callable[[str, int], tuple[Any, int]] = json.JSONDecoder().scan_once  # type: ignore[attr-defined]
 
 
 #: Bounds of the JSON flowtel parses out of attributes: longer values are not parsed (linear, but a parse
@@ -366,7 +368,7 @@ def first_chunk_ns(span: SpanData) -> int | None:
 def exception_type(span: SpanData) -> str | None:
     """Fully qualified type of the error that ended the span, if any."""
     for event in reversed(span.events):
-        if event.name == "exception":
+        if event.name == "exception" and event.attributes:  # an SDK Event made without attributes has None
             value = event.attributes.get("exception.type")
             if isinstance(value, str) and value:
                 return value

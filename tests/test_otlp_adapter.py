@@ -8,7 +8,7 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTrace
 from opentelemetry.proto.common.v1.common_pb2 import AnyValue
 
 from flowtel.otlp import MalformedRequest, adapt, apply_to_otlp_span, decode_attributes, encode_request
-from flowtel.spans import Enrichment
+from flowtel.spans import Enrichment, SpanEvent
 
 
 def _request(duplicate_key: bool = False) -> ExportTraceServiceRequest:
@@ -60,6 +60,15 @@ def test_applied_enrichment_round_trips_through_the_wire(duplicate_key: bool) ->
     assert [kv.key for kv in span.attributes][:2] == ["span_type", "llm.usage.total_tokens"]
     assert [e.name for e in span.events] == ["flowtel.first_chunk"]
     assert (span.status.code, span.status.message) == (2, "RateLimitError")
+
+
+def test_events_not_read_from_the_wire_cannot_be_cut_so_apply_fails() -> None:
+    # Removal cuts an event's bytes out of the span; an event without a place in them must fail the span (the
+    # pipeline then fails closed), never pass with its content.
+    (data,) = adapt(_request().SerializeToString()).spans
+    data.events = [SpanEvent("promptflow.llm.generated_message", 1, {})]
+    with pytest.raises(TypeError, match="OTLPEvent"):
+        apply_to_otlp_span(data, Enrichment(removed_events=frozenset({"promptflow.llm.generated_message"})))
 
 
 def test_unenriched_spans_pass_through_unchanged() -> None:

@@ -107,8 +107,8 @@ def _ci_run(command: str, tmp_path: Path) -> None:
     script = ROOT / ".ci" / "run"
     assert subprocess.run(["bash", "-n", str(script)], capture_output=True).returncode == 0
     steps = [line for line in script.read_text().splitlines() if line and not line.startswith("#")]
-    # install first, then (among whatever else CI adds) the linter and the README's test command
-    required = ["bash .ci/install", ".venv/bin/ruff check .", ".venv/bin/python -m pytest"]
+    # install first, then (among whatever else CI adds) the linter, the type check and the README's test command
+    required = ["bash .ci/install", ".venv/bin/ruff check .", "bash .ci/typecheck", ".venv/bin/python -m pytest"]
     assert [step for step in steps if step in required] == required, steps
     assert steps.index("bash .ci/install") == min(steps.index(step) for step in required), steps
 

@@ -24,7 +24,8 @@ from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import TracerProvider
 
 from flowtel.collector.components import AzureMonitorExporterConfig  # the collector first: it imports exporters
-from flowtel.exporters.azure_received import ReceivedToAzure, points_in, records_in
+from flowtel.collector.signals import count_log_records, count_metric_points
+from flowtel.exporters.azure_received import ReceivedToAzure
 from flowtel.exporters.azuremonitor_collector import AzureMonitorCollectorExporter
 from flowtel.selfmetrics import SelfMetrics
 
@@ -77,7 +78,7 @@ def _request(reader: InMemoryMetricReader) -> ExportMetricsServiceRequest:
 
 
 def _export_metrics(exporter: AzureMonitorCollectorExporter, request: ExportMetricsServiceRequest) -> None:
-    exporter.export_metrics(request, request.SerializeToString(), points_in(request))
+    exporter.export_metrics(request, request.SerializeToString(), count_metric_points(request))
 
 
 def _values(ingestion: IngestionServer, name: str) -> list[tuple[float, int, Any, Any]]:
@@ -134,7 +135,7 @@ def test_received_logs_become_rows_with_mapped_severity_and_their_trace(make_exp
         logger.removeHandler(handler)
     records = sent.get_finished_logs()
     request = ExportLogsServiceRequest.FromString(encode_logs(records).SerializeToString())
-    exporter.export_logs(request, request.SerializeToString(), records_in(request))
+    exporter.export_logs(request, request.SerializeToString(), count_log_records(request))
     assert ingestion.wait_for(lambda: len(ingestion.rows("MessageData")) == 2, 10)
 
     rows = {r["data"]["baseData"]["message"]: r for r in ingestion.rows("MessageData")}
@@ -204,7 +205,7 @@ def _genai_log_request() -> ExportLogsServiceRequest:
 def test_prompt_content_in_received_logs_is_sent_only_when_captured(make_exporter, ingestion, capture: bool) -> None:
     exporter, _ = make_exporter(capture_content=capture)
     request = _genai_log_request()
-    exporter.export_logs(request, request.SerializeToString(), records_in(request))
+    exporter.export_logs(request, request.SerializeToString(), count_log_records(request))
     assert ingestion.wait_for(lambda: len(ingestion.rows()) == 2, 10)
 
     text = json.dumps(ingestion.rows())

@@ -150,6 +150,17 @@ def test_short_error_name(raw: str, expected: str) -> None:
     assert v.short_error_name(raw) == expected
 
 
+def test_exception_type_reads_sdk_events_with_and_without_attributes() -> None:
+    # The in-process host passes the SDK's own Event objects; one made without attributes has None for them.
+    from opentelemetry.sdk.trace import Event
+
+    failed = span({"error.type": "TimeoutError"})
+    failed.events = [Event("exception", {"exception.type": "openai.RateLimitError"}, 5), Event("exception")]
+    assert v.exception_type(failed) == "openai.RateLimitError"
+    failed.events = [Event("exception")]
+    assert v.exception_type(failed) == "TimeoutError"
+
+
 # --- genai_operation -----------------------------------------------------------------------------------------
 
 

@@ -90,10 +90,13 @@ def _otlp_endpoint_set(env: Mapping[str, str], signal: str) -> bool:
     return bool(env.get("OTEL_EXPORTER_OTLP_ENDPOINT") or env.get(f"OTEL_EXPORTER_OTLP_{signal}_ENDPOINT"))
 
 
+_SDK_SIGNALS: dict[str, _otel_sdk.Signal] = {"TRACES": "traces", "METRICS": "metrics", "LOGS": "logs"}
+
+
 def _exporter_names(env: Mapping[str, str], signal: str, default: list[str]) -> list[str]:
     """The exporter entry points for a signal; flowtel's default ``otlp`` follows the OTLP protocol variables
     exactly as a named one does (``http/protobuf`` is the HTTP exporter, not the gRPC one)."""
-    sdk_signal: _otel_sdk.Signal = {"TRACES": "traces", "METRICS": "metrics", "LOGS": "logs"}[signal]  # type: ignore[assignment]
+    sdk_signal = _SDK_SIGNALS[signal]
     if env.get(f"OTEL_{signal}_EXPORTER") is None:
         return [_otel_sdk.exporter_entry_point(name, sdk_signal) for name in default]
     return _otel_sdk.exporter_names_from_env(sdk_signal)

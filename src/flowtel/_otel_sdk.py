@@ -18,7 +18,7 @@ changed SDK costs speed, never correctness.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any, Literal
 
 from opentelemetry.sdk._configuration import (
@@ -31,12 +31,13 @@ from opentelemetry.sdk._configuration import (
     _import_id_generator,
     _import_sampler,
 )
-from opentelemetry.sdk.metrics.export import MetricExporter
+from opentelemetry.sdk.metrics.export import AggregationTemporality, MetricExporter
+from opentelemetry.sdk.metrics.view import Aggregation
 from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.trace.export import BatchSpanProcessor
 from opentelemetry.trace import SpanKind, StatusCode
 
-from flowtel.spans import SpanData
+from flowtel.spans import EventView, SpanData
 
 Signal = Literal["traces", "metrics", "logs"]
 BaseConfigurator = _BaseConfigurator
@@ -70,7 +71,8 @@ def batch_queue_full(processor: BatchSpanProcessor) -> bool:
             and not getattr(inner, "_shutdown", False))
 
 
-def metric_exporter_preferences(exporter: MetricExporter) -> tuple[dict[type, Any], dict[type, Any]]:
+def metric_exporter_preferences(
+        exporter: MetricExporter) -> tuple[dict[type, AggregationTemporality] | None, dict[type, Aggregation] | None]:
     """The (temporality, aggregation) preferences the exporter was built with, per instrument type."""
     return exporter._preferred_temporality, exporter._preferred_aggregation
 
@@ -89,7 +91,7 @@ def _plain_attributes(span: ReadableSpan) -> dict[str, Any]:
     return dict(span.attributes) if span.attributes else {}
 
 
-def _events(span: ReadableSpan) -> Sequence[Any]:
+def _events(span: ReadableSpan) -> Sequence[EventView]:
     # ``span.events`` copies the SDK's locked BoundedList into a tuple on every read; an ended span's list
     # no longer changes, so its inner deque is read as it is (most spans have no events at all).
     inner = getattr(span._events, "_dq", None)
@@ -103,6 +105,7 @@ def from_readable_span(span: ReadableSpan) -> SpanData:
     what every later read would pay), events are the SDK's own objects. The SDK's public properties
     build, copy or at least cost a call on each read, so the fields are read where the SDK keeps them,
     with the public API as the fallback for other ``ReadableSpan`` implementations."""
+    resource_attributes: Mapping[str, Any]
     try:
         ctx, parent, status, scope, resource = (span._context, span._parent, span._status,
                                                 span._instrumentation_scope, span._resource)

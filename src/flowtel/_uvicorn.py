@@ -90,6 +90,7 @@ def guarded_protocol(guard: HeadGuard) -> type[asyncio.Protocol]:
         _awaiting_head = True
         lingering = False
 
+        # uvicorn's signature, narrower than asyncio's BaseProtocol (whose is BaseTransport).
         def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
             super().connection_made(transport)
             # No access log line per request (uvicorn's Config(access_log=False) would instead silence the
@@ -165,6 +166,8 @@ def guarded_protocol(guard: HeadGuard) -> type[asyncio.Protocol]:
             self._stop_head_timer()
             super().on_headers_complete()
             if self.cycle is not None:
+                # A proxy to the transport (__getattr__), not a Transport subclass: Transport's methods would
+                # shadow the transport's own.
                 self.cycle.transport = _LingeringClose(self.transport, self)  # type: ignore[assignment]
 
         def on_response_complete(self) -> None:

@@ -164,7 +164,7 @@ def key_values(buf: bytes, pos: int, end: int) -> dict[str, Any]:
 
 
 def fixed64(buf: bytes, pos: int) -> int:
-    return FIXED64.unpack_from(buf, pos)[0]  # type: ignore[no-any-return]
+    return FIXED64.unpack_from(buf, pos)[0]
 
 
 # Writing.

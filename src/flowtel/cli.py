@@ -17,7 +17,7 @@ from pydantic import BaseModel
 
 from flowtel import __version__
 from flowtel._listen import PortInUse, ensure_free, in_use
-from flowtel.collector import Collector, ConfigFileError, load_config
+from flowtel.collector import Collector, CollectorConfig, ConfigFileError, load_config
 from flowtel.collector.config import component_type
 from flowtel.collector.service import configure_logging
 from flowtel.collector.settings import split_endpoint
@@ -81,7 +81,7 @@ examples:
   # a config rendered by the Helm chart: the recipe is in helm/flowtel/README.md"""
 
 
-def _load(path: str | None):  # type: ignore[no-untyped-def]
+def _load(path: str | None) -> CollectorConfig:
     with _labelled_warnings():
         if path is None:
             text = resources.files("flowtel.collector").joinpath("default.yaml").read_text(encoding="utf-8")

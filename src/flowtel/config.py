@@ -12,6 +12,7 @@ import math
 import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields, replace
+from typing import Any
 
 from flowtel.processors.scoring import FeedbackScoring
 
@@ -86,7 +87,8 @@ class FlowtelConfig:
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: object) -> FlowtelConfig:
         env = os.environ if environ is None else environ
-        values: dict[str, object] = {}
+        # Settings of every type, by field name; the dataclass checks each (ConfigError) when built.
+        values: dict[str, Any] = {}
         sources: dict[str, str] = {}  # field -> variable it came from, so range errors name the variable
         dims: dict[str, str] = {}
         for var in ("PF_SERVING_METRICS_COMMON_DIMENSIONS", "FLOWTEL_METRICS_COMMON_DIMENSIONS"):
@@ -121,7 +123,7 @@ class FlowtelConfig:
             if key not in known:
                 raise ConfigError("FlowtelConfig", key, f"one of {sorted(known)}", key)
         try:
-            return cls(**values)  # type: ignore[arg-type]
+            return cls(**values)
         except ConfigError as error:
             if error.key in sources:
                 raise ConfigError("environment", sources[error.key], error.expected, error.got) from None

@@ -11,17 +11,18 @@ from __future__ import annotations
 
 from typing import Any
 
+# The module starts with a file-wide `# type: ignore`, so mypy sees none of its names (py.typed notwithstanding).
 from opentelemetry.instrumentation.distro import BaseDistro  # type: ignore[attr-defined]
 
 from flowtel._otel_sdk import BaseConfigurator
 
 
-class FlowtelDistro(BaseDistro):  # type: ignore[misc]
+class FlowtelDistro(BaseDistro):
     def _configure(self, **kwargs: Any) -> None:
         pass  # flowtel's defaults live in configure(), so code and auto-instrumentation behave alike
 
 
-class FlowtelConfigurator(BaseConfigurator):  # type: ignore[misc]
+class FlowtelConfigurator(BaseConfigurator):
     def _configure(self, **kwargs: Any) -> None:
         from flowtel._configure import configure
 

@@ -13,6 +13,7 @@ import functools
 from collections.abc import Collection
 from typing import Any
 
+# The module starts with a file-wide `# type: ignore`, so mypy sees none of its names (py.typed notwithstanding).
 from opentelemetry.instrumentation.instrumentor import BaseInstrumentor  # type: ignore[attr-defined]
 
 FIRST_CHUNK_EVENT = "flowtel.first_chunk"
@@ -26,7 +27,7 @@ def _mark(proxy: Any) -> None:
             span.add_event(FIRST_CHUNK_EVENT)
 
 
-class PromptflowStreamingInstrumentor(BaseInstrumentor):  # type: ignore[misc]
+class PromptflowStreamingInstrumentor(BaseInstrumentor):
     def instrumentation_dependencies(self) -> Collection[str]:
         return ("promptflow-tracing >= 1.0",)
 
@@ -49,10 +50,10 @@ class PromptflowStreamingInstrumentor(BaseInstrumentor):  # type: ignore[misc]
             return item
 
         self._originals = (sync_next, async_next)
-        _trace.TracedIterator.__next__ = __next__  # type: ignore[method-assign]
-        _trace.TracedAsyncIterator.__anext__ = __anext__  # type: ignore[method-assign]
+        _trace.TracedIterator.__next__ = __next__
+        _trace.TracedAsyncIterator.__anext__ = __anext__
 
     def _uninstrument(self, **kwargs: Any) -> None:
         from promptflow.tracing import _trace
 
-        _trace.TracedIterator.__next__, _trace.TracedAsyncIterator.__anext__ = self._originals  # type: ignore[method-assign]
+        _trace.TracedIterator.__next__, _trace.TracedAsyncIterator.__anext__ = self._originals

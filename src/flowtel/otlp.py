@@ -27,7 +27,7 @@ from opentelemetry.proto.common.v1.common_pb2 import AnyValue, KeyValue
 
 from flowtel import _wire as w
 from flowtel.semconv import CONTENT_ATTRIBUTE_PREFIXES, CONTENT_ATTRIBUTES
-from flowtel.spans import KIND_CONSUMER, KIND_INTERNAL, KIND_SERVER, Enrichment, SpanData
+from flowtel.spans import KIND_CONSUMER, KIND_INTERNAL, KIND_SERVER, Enrichment, EventView, SpanData
 
 _HAS_IS_REMOTE = 0x100  # SPAN_FLAGS_CONTEXT_HAS_IS_REMOTE_MASK
 _IS_REMOTE = 0x200  # SPAN_FLAGS_CONTEXT_IS_REMOTE_MASK
@@ -85,7 +85,7 @@ class OTLPEvent:
             elif tag == 0x12:
                 self.name = buf[a:b].decode()
             elif tag == 0x1A:
-                self._attributes.append((a, b))  # type: ignore[union-attr]
+                self._attributes.append((a, b))
 
     @property
     def attributes(self) -> dict[str, Any]:
@@ -388,6 +388,14 @@ def _attribute_fields(buf: bytes, keys: frozenset[str]) -> list[tuple[int, int]]
             if tag == 0x4A and w.key_value(buf, a, b)[0] in keys]
 
 
+def _event_field(event: EventView) -> tuple[int, int]:
+    """Where the event lies in its span's bytes. ``adapt`` reads every event of a collector span as an
+    ``OTLPEvent``; anything else cannot be cut out: raising leaves the span to the pipeline's fail-closed path."""
+    if not isinstance(event, OTLPEvent):
+        raise TypeError(f"a received span's events are OTLPEvent, not {type(event).__name__}")
+    return event.field
+
+
 def apply_to_otlp_span(data: SpanData, enrichment: Enrichment) -> tuple[bytes, SpanGroup]:
     """The span's bytes with the enrichment applied: removed attributes and events are cut out, additions and
     the status are appended as wire bytes (protobuf concatenates repeated fields and merges a repeated
@@ -402,7 +410,7 @@ def apply_to_otlp_span(data: SpanData, enrichment: Enrichment) -> tuple[bytes, S
             cuts += [w.field_bounds(buf, positions[key]) for key in removed]
     if enrichment.removed_events:
         names = enrichment.removed_events
-        cuts += [event.field for event in data.events if event.name in names]
+        cuts += [_event_field(event) for event in data.events if event.name in names]
     pieces: list[bytes] = []  # the kept parts of the span, then what is added: joined once
     if cuts:
         cuts.sort()

@@ -9,16 +9,31 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 # Span kinds as the SDK numbers them (OTLP numbers are one higher); status codes as both number them.
 KIND_INTERNAL, KIND_SERVER, KIND_CLIENT, KIND_PRODUCER, KIND_CONSUMER = 0, 1, 2, 3, 4
 STATUS_UNSET, STATUS_OK, STATUS_ERROR = 0, 1, 2
 
 
+class EventView(Protocol):
+    """What the shared logic reads of a span event. The in-process host passes the SDK's own ``Event`` objects
+    (whose attributes may be None), the collector passes ``flowtel.otlp.OTLPEvent`` (read from the span's bytes),
+    and the logic creates ``SpanEvent``; all three have this shape."""
+
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def timestamp(self) -> int: ...  # ns since the epoch
+
+    @property
+    def attributes(self) -> Mapping[str, Any] | None: ...
+
+
 @dataclass(slots=True)
 class SpanEvent:
-    """Shaped like the SDK's ``Event`` (name, timestamp in ns, attributes), so SDK events are used as they are."""
+    """An event the shared logic adds to a span (name, timestamp in ns, attributes), shaped like the SDK's ``Event``."""
 
     name: str
     timestamp: int
@@ -38,7 +53,7 @@ class SpanData:
     status: int
     status_message: str
     attributes: Mapping[str, Any]
-    events: Sequence[SpanEvent]
+    events: Sequence[EventView]
     scope_name: str = ""
     resource: Mapping[str, Any] = field(default_factory=dict)
     native: Any = None

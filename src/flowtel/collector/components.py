@@ -68,12 +68,12 @@ class PipelineParts:
 class Factory:
     type_name: str  # the component type, as in config ids (`otlp`, `otlp/backend` -> otlp)
     config: type[Model]
-    #: Signals a pipeline of which may list this component (none for extensions).
-    signals: frozenset[str] = frozenset()
     #: Exporters: (host, id, config, signals used) -> exporter. Receivers: (host, id, config, intakes by
     #: signal) -> servers to start. Extensions: (host, id, config) -> the running extension (start, shutdown).
     #: Processors: (host, id, config, PipelineParts of the pipeline listing it) -> None, setting their part.
-    create: Callable[..., Any] | None = None
+    create: Callable[..., Any]
+    #: Signals a pipeline of which may list this component (none for extensions).
+    signals: frozenset[str] = frozenset()
 
 
 ALL = frozenset(SIGNALS)
@@ -144,25 +144,25 @@ def _azuremonitor(host: Host, eid: str, cfg: AzureMonitorExporterConfig, signals
 
 FACTORIES: dict[str, dict[str, Factory]] = {
     "receivers": {f.type_name: f for f in (
-        Factory("otlp", OTLPReceiverConfig, ALL, _otlp_receiver),
-        Factory("feedback", FeedbackReceiverConfig, frozenset({"traces"}), _feedback_receiver),
+        Factory("otlp", OTLPReceiverConfig, _otlp_receiver, ALL),
+        Factory("feedback", FeedbackReceiverConfig, _feedback_receiver, frozenset({"traces"})),
     )},
     "processors": {f.type_name: f for f in (
-        Factory("flowtel", FlowtelProcessorConfig, frozenset({"traces"}), _flowtel),
-        Factory("memory_limiter", MemoryLimiterConfig, ALL, _memory_limiter),
-        Factory("batch", BatchConfig, ALL, _batch),
+        Factory("flowtel", FlowtelProcessorConfig, _flowtel, frozenset({"traces"})),
+        Factory("memory_limiter", MemoryLimiterConfig, _memory_limiter, ALL),
+        Factory("batch", BatchConfig, _batch, ALL),
     )},
     "exporters": {f.type_name: f for f in (
         # Traces pipelines: the flowtel processor's derived metrics; metrics pipelines: what it receives.
-        Factory("prometheus", PrometheusExporterConfig, frozenset({"traces", "metrics"}), _prometheus),
-        Factory("otlp", OTLPExporterConfig, ALL, _otlp),
-        Factory("otlphttp", OTLPHTTPExporterConfig, ALL, _otlp),
-        Factory("debug", DebugExporterConfig, ALL, _debug),
-        Factory("azuremonitor", AzureMonitorExporterConfig, ALL, _azuremonitor),
+        Factory("prometheus", PrometheusExporterConfig, _prometheus, frozenset({"traces", "metrics"})),
+        Factory("otlp", OTLPExporterConfig, _otlp, ALL),
+        Factory("otlphttp", OTLPHTTPExporterConfig, _otlp, ALL),
+        Factory("debug", DebugExporterConfig, _debug, ALL),
+        Factory("azuremonitor", AzureMonitorExporterConfig, _azuremonitor, ALL),
     )},
     "extensions": {f.type_name: f for f in (
-        Factory("health_check", HealthCheckConfig, create=lambda host, xid, cfg: HealthCheck(cfg, host.status)),
-        Factory("bearertokenauth", BearerTokenAuthConfig, create=lambda host, xid, cfg: BearerToken(cfg.read_token())),
-        Factory("file_storage", FileStorageConfig, create=lambda host, xid, cfg: FileStorage(cfg)),
+        Factory("health_check", HealthCheckConfig, lambda host, xid, cfg: HealthCheck(cfg, host.status)),
+        Factory("bearertokenauth", BearerTokenAuthConfig, lambda host, xid, cfg: BearerToken(cfg.read_token())),
+        Factory("file_storage", FileStorageConfig, lambda host, xid, cfg: FileStorage(cfg)),
     )},
 }

@@ -193,7 +193,8 @@ def _validate(doc: Document, base: Path, model: type[Model], data: Any, problems
                 return None
             for loc in retyped:
                 restored.add(loc)
-                data = _replaced(data, loc, doc.originals[(*base, *loc)])
+                full_path = (*base, *loc)
+                data = _replaced(data, loc, doc.originals[full_path])
 
 
 def _did_you_mean(word: str, options: typing.Iterable[str]) -> str:

@@ -161,22 +161,23 @@ def _lines(node: yaml.Node, path: Path, out: dict[Path, int], duplicates: list[t
         for key_node, value_node in node.value:
             if not isinstance(key_node, yaml.ScalarNode) or key_node.value == "<<":
                 continue  # complex keys and merge keys: nothing to point at
-            key = key_node.value
+            key_path: Path = (*path, key_node.value)
             line = key_node.start_mark.line + 1
             # a key's line is where the key is written, not where its value starts
-            if (*path, key) in out:
-                duplicates.append(((*path, key), out[(*path, key)], line))
+            if key_path in out:
+                duplicates.append((key_path, out[key_path], line))
                 # The last value replaces the first one whole: its keys are not duplicates of the first's.
-                replaced: dict[Path, int] = {(*path, key): line}
-                _lines(value_node, (*path, key), replaced, duplicates)
+                replaced: dict[Path, int] = {key_path: line}
+                _lines(value_node, key_path, replaced, duplicates)
                 out.update(replaced)
                 continue
-            out[(*path, key)] = line
-            _lines(value_node, (*path, key), out, duplicates)
+            out[key_path] = line
+            _lines(value_node, key_path, out, duplicates)
     elif isinstance(node, yaml.SequenceNode):
         for i, item in enumerate(node.value):
-            out[(*path, i)] = item.start_mark.line + 1
-            _lines(item, (*path, i), out, duplicates)
+            item_path: Path = (*path, i)
+            out[item_path] = item.start_mark.line + 1
+            _lines(item, item_path, out, duplicates)
 
 
 # Scanner/parser contexts whose error is found after the line that is wrong (not block structure,

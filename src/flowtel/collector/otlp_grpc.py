@@ -82,7 +82,7 @@ class GRPCTransport:
             intake.refuse_request("grpc", "malformed", str(error))
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"malformed {request_type.__name__}: {error}")
         try:
-            response = intake.accept(request, "grpc", raw)  # type: ignore[arg-type]
+            response = intake.accept(request, "grpc", raw)
         except Refused as refused:
             _unavailable(context, refused)
         except MalformedRequest as error:

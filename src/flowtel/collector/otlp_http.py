@@ -205,7 +205,7 @@ class HTTPTransport:
         except (DecodeError, ValueError, json_format.ParseError, UnicodeDecodeError) as error:
             raise _Reject("400 Bad Request", "malformed", f"malformed OTLP {content_type} body: {error}") from None
         try:
-            response = intake.accept(request, "http", None if content_type == _JSON else body)  # type: ignore[arg-type]
+            response = intake.accept(request, "http", None if content_type == _JSON else body)
         except MalformedRequest as error:
             raise _Reject("400 Bad Request", "malformed", str(error)) from None
         return _encode(response, content_type)

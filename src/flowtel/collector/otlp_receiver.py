@@ -18,7 +18,6 @@ from typing import Protocol
 
 from google.protobuf.message import Message
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
-    ExportTraceServiceRequest,
     ExportTraceServiceResponse,
 )
 from pydantic import Field, model_validator
@@ -125,11 +124,12 @@ class Intake(_IntakeBase):
         super().__init__(receiver_id, self_metrics, pipelines)
         self._pipelines = tuple(pipelines)
 
-    def accept(self, request: ExportTraceServiceRequest, transport: str,  # type: ignore[override]
-               raw: bytes | None = None) -> ExportTraceServiceResponse:
-        """``request`` as parsed (and so validated) by upb; ``raw`` its bytes when the transport has them."""
+    def accept(self, request: Message, transport: str, raw: bytes | None = None) -> ExportTraceServiceResponse:
+        """``request`` (an ``ExportTraceServiceRequest``) as parsed (and so validated) by upb; ``raw`` its bytes
+        when the transport has them. Spans are read from the bytes, so the request is only counted and
+        serialized here, as every signal's is."""
         try:
-            incoming = sum(len(ss.spans) for rs in request.resource_spans for ss in rs.scope_spans)
+            incoming = self.signal.count(request)
             for pipeline in self._pipelines:
                 pipeline.admit(incoming)
         except Refused as refused:

@@ -15,6 +15,7 @@ from collections.abc import Callable, Sequence
 from typing import Protocol
 
 from google.protobuf.message import Message
+from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import ExportLogsServiceRequest
 
 from flowtel._log import logger
 from flowtel.selfmetrics import SelfMetrics
@@ -120,7 +121,9 @@ class RequestPipeline:
             return
         if self._strip_content:
             try:
-                if strip_content(request):  # type: ignore[arg-type]
+                if not isinstance(request, ExportLogsServiceRequest):  # only logs pipelines strip: fail closed
+                    raise TypeError(f"no content removal for {type(request).__name__}")
+                if strip_content(request):
                     payload = request.SerializeToString()
             except Exception:  # fail closed: content that could not be removed is not sent
                 logger.exception("pipeline %s could not remove content from %d log records", self.id, n)

@@ -58,7 +58,7 @@ class Collector:
         self._stopped = threading.Event()
         service = config.service
         self.extensions: dict[str, Any] = {
-            xid: FACTORIES["extensions"][component_type(xid)].create(self, xid, config.extensions[xid])  # type: ignore[misc]
+            xid: FACTORIES["extensions"][component_type(xid)].create(self, xid, config.extensions[xid])
             for xid in service.extensions}
 
         # Each exporter is built once, for every signal of the pipelines that list it.
@@ -67,7 +67,7 @@ class Collector:
             for eid in pipeline.exporters:
                 exporter_signals.setdefault(eid, set()).add(component_type(pipeline_id))
         self.exporters: dict[str, Any] = {
-            eid: FACTORIES["exporters"][component_type(eid)].create(self, eid, config.exporters[eid],  # type: ignore[misc]
+            eid: FACTORIES["exporters"][component_type(eid)].create(self, eid, config.exporters[eid],
                                                                     frozenset(signals))
             for eid, signals in exporter_signals.items()}
         # Exporters that take metrics bring a reader: Prometheus a pull reader, Azure Monitor a periodic one.
@@ -84,22 +84,29 @@ class Collector:
         self._receivers: list[Any] = []
         used_receivers = dict.fromkeys(r for p in service.pipelines.values() for r in p.receivers)
         for rid in used_receivers:
-            targets: dict[str, list[Pipeline]] = {}
+            signals: dict[str, None] = {}  # in the config's order: the first intake counts unrouted refusals
+            traces_targets: list[TracesPipeline] = []
+            request_targets: dict[str, list[RequestPipeline]] = {}
             for pid, p in service.pipelines.items():
                 if rid in p.receivers:
-                    targets.setdefault(component_type(pid), []).append(self.pipelines[pid])
+                    signals[component_type(pid)] = None
+                    target = self.pipelines[pid]
+                    if isinstance(target, TracesPipeline):
+                        traces_targets.append(target)
+                    else:
+                        request_targets.setdefault(component_type(pid), []).append(target)
             intakes: dict[str, AnyIntake] = {
-                signal: Intake(rid, pipes, self.self_metrics) if signal == "traces"  # type: ignore[arg-type]
-                else RequestIntake(rid, BY_NAME[signal], pipes, self.self_metrics)  # type: ignore[arg-type]
-                for signal, pipes in targets.items()}
-            for server in FACTORIES["receivers"][component_type(rid)].create(  # type: ignore[misc]
+                signal: Intake(rid, traces_targets, self.self_metrics) if signal == "traces"
+                else RequestIntake(rid, BY_NAME[signal], request_targets[signal], self.self_metrics)
+                for signal in signals}
+            for server in FACTORIES["receivers"][component_type(rid)].create(
                     self, rid, config.receivers[rid], intakes):
                 # The feedback receiver serves one path; OTLP transports serve one path per signal.
                 getattr(self.listening, server.kind)[rid] = server.url + getattr(server, "path", "")
                 self._receivers.append(server)
 
     def token(self, auth: Auth | None) -> BearerToken | None:
-        return self.extensions[auth.authenticator] if auth is not None else None  # type: ignore[no-any-return]
+        return self.extensions[auth.authenticator] if auth is not None else None
 
     def storage_directory(self, storage: str | None, eid: str) -> str | None:
         """A per-exporter directory inside a ``file_storage`` extension's, for exporters that keep data on disk."""
@@ -108,7 +115,7 @@ class Collector:
         return os.path.join(self.extensions[storage].directory, re.sub(r"[^A-Za-z0-9_.-]", "_", eid))
 
     def read_token(self, authenticator: str) -> str:
-        return self.config.extensions[authenticator].read_token()  # type: ignore[no-any-return]
+        return self.config.extensions[authenticator].read_token()
 
     def _holding(self) -> float:
         """Data the collector holds: queued for a pipeline, held for its trace, in an exporter's queue or being
@@ -124,7 +131,7 @@ class Collector:
     def _pipeline(self, pipeline_id: str, processors: list[str], exporters: list[str]) -> Pipeline:
         parts = PipelineParts()
         for pid in processors:
-            FACTORIES["processors"][component_type(pid)].create(  # type: ignore[misc]
+            FACTORIES["processors"][component_type(pid)].create(
                 self, pid, self.config.processors[pid], parts)
         limiters, batch, flowtel_cfg = parts.memory_limiters, parts.batch, parts.flowtel
         signal = component_type(pipeline_id)

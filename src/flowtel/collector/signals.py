@@ -24,6 +24,8 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
 from flowtel.otlp import parse_json_message
 
 SIGNALS = ("traces", "metrics", "logs")
+#: What an OTLP server answers an export with; each carries a ``partial_success``.
+ExportResponse = ExportTraceServiceResponse | ExportMetricsServiceResponse | ExportLogsServiceResponse
 _POINT_FIELDS = ("gauge", "sum", "histogram", "exponential_histogram", "summary")
 
 
@@ -52,7 +54,7 @@ class Signal:
     name: str  # traces, metrics, logs: the pipeline type in the config
     unit: str  # spans, metric_points, log_records: the upstream self-metric suffix
     request: type[Message]
-    response: type[Message]
+    response: type[ExportResponse]
     grpc_service: str
     http_path: str
     count: Callable[[Any], int]
