@@ -7,6 +7,7 @@ sent or lost, against a local ingestion endpoint) is tested in ``test_appinsight
 from __future__ import annotations
 
 import importlib
+import importlib.metadata
 import inspect
 import uuid
 from collections.abc import Iterator
@@ -18,6 +19,7 @@ from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import SpanKind
+from packaging.version import Version
 
 from flowtel.exporters import _azure_exporter_private as private
 
@@ -148,5 +150,8 @@ def test_result_names_status_codes_and_texts_are_the_exporters() -> None:
         "storage_full"
     assert set(_constants._RETRYABLE_STATUS_CODES) == private.RETRYABLE_STATUS_CODES, "retried status codes changed"
     assert set(_constants._THROTTLE_STATUS_CODES) == private.THROTTLE_STATUS_CODES, "quota status codes changed"
-    assert private.SAMPLED_OUT_MESSAGE in inspect.getsource(_base).lower(), "the sampled-out message changed"
+    # The exporter drops sampled-out items by this text since a beta after 1.0.0b45 (which files them by status code
+    # alone); at the newest tested version it must be there.
+    if Version(importlib.metadata.version("azure-monitor-opentelemetry-exporter")) >= Version("1.0.0b58"):
+        assert private.SAMPLED_OUT_MESSAGE in inspect.getsource(_base).lower(), "the sampled-out message changed"
     assert f'"{private.RESOURCE_METRIC_NAME}"' in inspect.getsource(trace_exporter), "the resource row's name changed"
