@@ -155,3 +155,23 @@ def test_result_names_status_codes_and_texts_are_the_exporters() -> None:
     if Version(importlib.metadata.version("azure-monitor-opentelemetry-exporter")) >= Version("1.0.0b58"):
         assert private.SAMPLED_OUT_MESSAGE in inspect.getsource(_base).lower(), "the sampled-out message changed"
     assert f'"{private.RESOURCE_METRIC_NAME}"' in inspect.getsource(trace_exporter), "the resource row's name changed"
+
+
+def test_a_received_log_record_is_built_as_this_sdk_and_exporter_take_it(exporters: dict[str, Any]) -> None:
+    """``ReadableLogRecord`` on newer SDKs, ``LogData`` on 1.35 (exporter 1.0.0b45): either becomes the right row."""
+    from opentelemetry._logs import SeverityNumber
+    from opentelemetry.sdk.resources import Resource
+    from opentelemetry.sdk.util.instrumentation import InstrumentationScope
+
+    from flowtel import _otel_sdk
+
+    resource, scope = Resource({"service.name": "svc"}), InstrumentationScope("scope")
+    item = _otel_sdk.exportable_log_record(resource, scope, timestamp=1_700_000_000_000_000_000, body="hello",
+                                           severity_text="WARNING", severity_number=SeverityNumber.WARN,
+                                           attributes={"k": "v"})
+    record, got_resource, got_scope = _otel_sdk.exported_log_parts(item)
+    assert (record.body, record.attributes["k"], got_resource, got_scope) == ("hello", "v", resource, scope)
+    envelope = exporters["logs"]._log_to_envelope(item)
+    base = envelope.data.base_data
+    # Application Insights severity levels: 0 Verbose, 1 Information, 2 Warning, 3 Error, 4 Critical.
+    assert (envelope.data.base_type, base.message, base.severity_level) == ("MessageData", "hello", 2)
