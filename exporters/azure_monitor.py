@@ -29,7 +29,8 @@ connection refused, read timeout        first retried in the HTTP pipeline)    f
 
 ``export()`` itself returns only SUCCESS or FAILURE, both for "stored on disk" and for
 "dropped", so the accounting watches the exporter's ``_transmit`` result, the response of each
-``track`` call and each write to its local storage. A lost span is counted in
+``track`` call and each write to its local storage (private API, all of it reached through
+``_azure_exporter_private``). A lost span is counted in
 ``flowtel_spans_dropped_total{reason="azuremonitor_<reason>"}`` and
 ``otelcol_exporter_send_failed_spans_total{exporter,reason}``; a lost metric point in
 ``otelcol_exporter_send_failed_metric_points_total{exporter,reason}``; each reason is logged once.
@@ -40,7 +41,6 @@ Delivered items are counted in ``otelcol_exporter_sent_spans_total`` /
 
 from __future__ import annotations
 
-import functools
 import os
 import re
 import threading
@@ -58,6 +58,8 @@ from flowtel._log import logger, warn_once
 from flowtel.config import ConfigError
 from flowtel.selfmetrics import SelfMetrics
 
+from . import _azure_exporter_private as private
+
 EXPORTER_ID = "azuremonitor"
 #: The variables the Azure exporter reads itself (process-wide) to switch off the telemetry it sends about itself.
 SELF_TELEMETRY_SWITCHES = ("APPLICATIONINSIGHTS_STATSBEAT_DISABLED_ALL", "APPLICATIONINSIGHTS_SDKSTATS_DISABLED")
@@ -69,10 +71,6 @@ LOSS_REASONS = ("rejected", "quota", "sampled_out", "storage_full", "storage_dis
 
 _UUID = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
 _TRUE, _FALSE = {"true", "1", "yes", "on"}, {"false", "0", "no", "off", ""}
-_RETRYABLE = frozenset({401, 403, 408, 429, 500, 502, 503, 504})  # the exporter's _RETRYABLE_STATUS_CODES
-_QUOTA = frozenset({402, 439})  # the exporter's _THROTTLE_STATUS_CODES: dropped, not retried
-_SPAN_TYPES = frozenset({"RequestData", "RemoteDependencyData"})
-_RESOURCE_METRIC = "_OTELRESOURCE_"
 
 
 def parse_connection_string(value: str, source: str = "AzureMonitorSettings",
@@ -286,34 +284,6 @@ def _float(var: str, raw: str) -> float:
 # -- loss accounting ------------------------------------------------------------------------------------------
 
 
-def _field(value: Any, key: str, attribute: str) -> Any:
-    """``value[key]``: the exporter's generated models are mappings since 1.0.0b46; 1.0.0b45 (the one prompt flow's
-    SDK range resolves to) has msrest models, read by attribute, which it stores as dicts keyed by attribute."""
-    for name in (key, attribute):
-        try:
-            return value[name]
-        except (KeyError, IndexError, TypeError):
-            continue
-    return getattr(value, attribute, None)
-
-
-def _kind(item: Any) -> str:
-    """"span", "metric", or "other" (span events, the exporter's _OTELRESOURCE_ row) for a TelemetryItem or dict."""
-    data = _field(item, "data", "data")
-    base_type = _field(data, "baseType", "base_type")
-    if base_type in _SPAN_TYPES:
-        return "span"
-    if base_type == "MetricData":
-        metrics = _field(_field(data, "baseData", "base_data"), "metrics", "metrics")
-        try:
-            name = _field(metrics[0], "name", "name")
-        except (IndexError, TypeError):
-            return "other"
-        if name != _RESOURCE_METRIC:
-            return "metric"
-    return "other"
-
-
 @dataclass
 class _Call:
     depth: int = 0
@@ -333,16 +303,16 @@ class LossAccounting:
         self.logs = logs
         self._local = threading.local()
         self.attached = False
-        client = getattr(exporter, "client", None)
-        if not callable(getattr(exporter, "_transmit", None)) or not callable(getattr(client, "track", None)):
+        missing = private.accounting_hooks_missing(exporter)
+        if missing:
             warn_once("azuremonitor:accounting", "this azure-monitor-opentelemetry-exporter version has no "
-                      "_transmit/client.track; flowtel cannot count what it loses")
+                      "%s; flowtel cannot count what it loses", "/".join(missing))
             return
-        self._wrap_transmit(exporter)
-        self._wrap_track(client)
-        storage = getattr(exporter, "storage", None)
+        private.wrap_transmit(exporter, self._watch_transmit)
+        private.wrap_track(exporter, self._watch_track)
+        storage = private.offline_storage(exporter)
         if storage is not None:
-            self._wrap_storage(storage)
+            private.wrap_storage_put(storage, self._watch_storage_put)
         if self_metrics is not None:  # the series exist before the first loss
             for reason in LOSS_REASONS:
                 self_metrics.add("otelcol.exporter.send_failed.spans", 0, exporter_id, reason)
@@ -361,9 +331,7 @@ class LossAccounting:
             call = self._local.call = _Call()
         return call
 
-    def _wrap_transmit(self, exporter: Any) -> None:
-        transmit = exporter._transmit
-
+    def _watch_transmit(self, transmit: Callable[..., Any]) -> Callable[..., Any]:
         def _transmit(envelopes: list[Any], *args: Any, **kwargs: Any) -> Any:
             call = self._call()
             outermost = call.depth == 0
@@ -383,14 +351,9 @@ class LossAccounting:
                     logger.exception("flowtel: Azure Monitor loss accounting failed")
             return result
 
-        exporter._transmit = _transmit
+        return _transmit
 
-    def _wrap_track(self, client: Any) -> None:
-        track = client.track
-
-        # functools.wraps keeps the operation's attributes: exporter 1.0.0b45's generated client reads
-        # ``self.track.metadata["url"]`` through the instance, i.e. from this wrapper.
-        @functools.wraps(track)
+    def _watch_track(self, track: Callable[..., Any]) -> Callable[..., Any]:
         def _track(body: list[Any], *args: Any, **kwargs: Any) -> Any:
             call = self._call()
             try:
@@ -398,30 +361,27 @@ class LossAccounting:
             except Exception as error:
                 call.track = (list(body), error)
                 raise
-            call.track = (list(body), response[0] if isinstance(response, tuple) else response)
+            call.track = (list(body), private.track_answer(response))
             return response
 
-        client.track = _track
+        return _track
 
-    def _wrap_storage(self, storage: Any) -> None:
-        put = storage.put
-
+    def _watch_storage_put(self, put: Callable[..., Any]) -> Callable[..., Any]:
         def _put(data: list[Any], *args: Any, **kwargs: Any) -> Any:
             result = put(data, *args, **kwargs)
-            name = getattr(result, "name", None)
-            if name != "LOCAL_FILE_BLOB_SUCCESS":
-                reason = {"CLIENT_PERSISTENCE_CAPACITY_REACHED": "storage_full",
-                          "CLIENT_STORAGE_DISABLED": "storage_disabled"}.get(name or "", "storage_error")
-                self._lost(data, reason, f"the exporter could not store a failed batch ({name or result})")
+            reason = private.storage_loss_reason(result)
+            if reason is not None:
+                self._lost(data, reason,
+                           f"the exporter could not store a failed batch ({private.result_name(result)})")
             return result
 
-        storage.put = _put
+        return _put
 
     def _settle(self, before: list[Any], sent: list[Any], result: Any, track: tuple[list[Any], Any] | None) -> None:
         from azure.core.exceptions import HttpResponseError
 
-        outcome = getattr(result, "name", str(result))
-        storage = getattr(self.exporter, "storage", None)
+        outcome = private.result_name(result)
+        storage = private.offline_storage(self.exporter)
         deferred = before[len(sent):]  # the rate limiter kept these back (and stored them, when it could)
         if deferred and storage is None:
             self._lost(deferred, "storage_disabled", "rate-limited envelopes with offline storage disabled")
@@ -434,18 +394,16 @@ class LossAccounting:
                 self._lost(sent, "storage_disabled", "a retryable failure with offline storage disabled")
             return  # the exporter stores the batch (a failed write is counted by _put) or re-leases its blob
         body, answer = track if track is not None else (sent, None)
-        errors = getattr(answer, "errors", None)
+        errors = private.partial_errors(answer)
         if errors:  # 206: accepted items, dropped items, retryable items on disk
             failed = set()
-            for error in errors:
-                index, status = getattr(error, "index", None), getattr(error, "status_code", None)
+            for index, status, message in errors:
                 if index is None or not 0 <= index < len(body):
                     continue
                 failed.add(index)
-                message = (getattr(error, "message", "") or "").lower()
-                if message == "telemetry sampled out.":
+                if message == private.SAMPLED_OUT_MESSAGE:
                     self._lost([body[index]], "sampled_out", "ingestion sampled items out")
-                elif status in _RETRYABLE:
+                elif status in private.RETRYABLE_STATUS_CODES:
                     if storage is None:
                         self._lost([body[index]], "storage_disabled", "partial success with offline storage off")
                 else:
@@ -453,7 +411,8 @@ class LossAccounting:
             self._sent([item for i, item in enumerate(body) if i not in failed])
         elif isinstance(answer, HttpResponseError):
             status = answer.status_code
-            reason = "quota" if status in _QUOTA else "error" if status in (307, 308) else "rejected"
+            reason = ("quota" if status in private.THROTTLE_STATUS_CODES else "error" if status in (307, 308)
+                      else "rejected")
             self._lost(body, reason, f"ingestion answered {status}")
         else:
             self._lost(body, "error", f"the exporter failed ({type(answer).__name__ if answer else 'no request'})")
@@ -478,7 +437,7 @@ class LossAccounting:
             return
         spans = metrics = 0
         for item in items:
-            kind = _kind(item)
+            kind = private.item_kind(item)
             spans += kind == "span"
             metrics += kind == "metric"
         if spans:
@@ -489,7 +448,7 @@ class LossAccounting:
     def _lost(self, items: Sequence[Any], reason: str, why: str) -> None:
         spans = metrics = 0
         for item in items:
-            kind = _kind(item)
+            kind = private.item_kind(item)
             spans += kind == "span"
             metrics += kind == "metric"
         warn_once(f"{self.exporter_id}:lost:{reason}", "flowtel: Azure Monitor exporter %r lost telemetry (reason: "
@@ -557,21 +516,21 @@ class AzureMonitorSpanExporter(SpanExporter):
                 self_metrics.add("flowtel.spans.dropped", 0, f"{EXPORTER_ID}_{reason}")
         self._root_flows_as_requests = root_flows_as_requests
         self._promoted = threading.local()
-        to_envelope = getattr(exporter, "_span_to_envelope", None)
-        if root_flows_as_requests and callable(to_envelope):
-            def _span_to_envelope(span: ReadableSpan) -> Any:
-                envelope = to_envelope(span)
-                if span.context.span_id in getattr(self._promoted, "ids", ()):
-                    base = envelope.data.base_data
-                    if getattr(base, "response_code", None) == "0":
-                        base.response_code = "200" if span.status.is_ok else "500"
-                return envelope
-
-            exporter._span_to_envelope = _span_to_envelope
-        self._drain_interval_s = drain_interval_s if getattr(exporter, "storage", None) is not None else None
+        if root_flows_as_requests:
+            private.wrap_span_to_envelope(exporter, self._answer_promoted)
+        self._drain_interval_s = drain_interval_s if private.offline_storage(exporter) is not None else None
         self._exporter_id = exporter_id
         self._start_drainer()
         reinit_after_fork(self, "_lock", "_stop", restart=AzureMonitorSpanExporter._start_drainer)
+
+    def _answer_promoted(self, to_envelope: Callable[..., Any]) -> Callable[..., Any]:
+        def _span_to_envelope(span: ReadableSpan) -> Any:
+            envelope = to_envelope(span)
+            if span.context.span_id in getattr(self._promoted, "ids", ()):
+                private.mark_request_answered(envelope, span.status.is_ok)
+            return envelope
+
+        return _span_to_envelope
 
     def _start_drainer(self) -> None:
         if self._drain_interval_s and not self._stop.is_set():

@@ -26,7 +26,8 @@
   counted (``series_limit``). Points older than their series' last one are dropped
   (``out_of_order``: a replay would count twice), and points with no value or an unset
   temporality are ``invalid``.
-- an ``ExportLogsServiceRequest`` into SDK ``ReadableLogRecord``s, which the Azure log exporter
+- an ``ExportLogsServiceRequest`` into SDK log records (``ReadableLogRecord``, or ``LogData`` on older
+  SDKs: ``flowtel._otel_sdk.exportable_log_record``), which the Azure log exporter
   sends to the traces table (or to exceptions, with ``exception.*`` attributes). Severity
   numbers become Application Insights severity levels in the exporter (1-8 Verbose, 9-12
   Information, 13-16 Warning, 17-20 Error, 21-24 Critical); a record with only a severity
@@ -46,10 +47,9 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from opentelemetry._logs import LogRecord, SeverityNumber
+from opentelemetry._logs import SeverityNumber
 from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import ExportLogsServiceRequest
 from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import ExportMetricsServiceRequest
-from opentelemetry.sdk._logs import ReadableLogRecord
 from opentelemetry.sdk.metrics.export import (
     AggregationTemporality,
     Gauge,
@@ -67,6 +67,7 @@ from opentelemetry.sdk.util.instrumentation import InstrumentationScope
 from opentelemetry.trace import NonRecordingSpan, SpanContext, TraceFlags, set_span_in_context
 from opentelemetry.trace.span import INVALID_SPAN
 
+from flowtel._otel_sdk import exportable_log_record
 from flowtel.otlp import decode_attributes, decode_value
 from flowtel.semconv import CONTENT_ATTRIBUTE_PREFIXES, CONTENT_ATTRIBUTES, CONTENT_EVENTS
 
@@ -237,20 +238,22 @@ class ReceivedToAzure:
 
     # -- logs ----------------------------------------------------------------------------------------------------
 
-    def log_records(self, request: ExportLogsServiceRequest) -> tuple[list[ReadableLogRecord], dict[str, int]]:
-        """The request's log records as SDK records and the records dropped per reason."""
-        out: list[ReadableLogRecord] = []
+    def log_records(self, request: ExportLogsServiceRequest) -> tuple[list[Any], dict[str, int]]:
+        """The request's log records as SDK records (as the SDK's log exporters take them) and the records dropped
+        per reason."""
+        out: list[Any] = []
         for rl in request.resource_logs:
             resource = Resource(decode_attributes(rl.resource.attributes), rl.schema_url or None)
             for sl in rl.scope_logs:
                 scope = InstrumentationScope(sl.scope.name, sl.scope.version or None, sl.schema_url or None,
                                              decode_attributes(sl.scope.attributes) or None)
-                out.extend(ReadableLogRecord(_log_record(record, self.capture_content), resource, scope)
+                out.extend(exportable_log_record(resource, scope, **_log_record(record, self.capture_content))
                            for record in sl.log_records)
         return out, {}
 
 
-def _log_record(record: Any, capture_content: bool) -> LogRecord:
+def _log_record(record: Any, capture_content: bool) -> dict[str, Any]:
+    """The keyword arguments of the API ``LogRecord`` for an OTLP log record."""
     attributes = decode_attributes(record.attributes)
     event_name = getattr(record, "event_name", "") or attributes.get("event.name")
     body = decode_value(record.body) if record.HasField("body") else None
@@ -268,7 +271,7 @@ def _log_record(record: Any, capture_content: bool) -> LogRecord:
             trace_flags=TraceFlags(record.flags & 0xFF))))
     else:
         context = set_span_in_context(INVALID_SPAN)  # not the exporter thread's current context
-    return LogRecord(
+    return dict(
         timestamp=record.time_unix_nano or None,
         observed_timestamp=record.observed_time_unix_nano or record.time_unix_nano or None,
         context=context,

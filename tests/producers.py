@@ -15,9 +15,15 @@ from typing import Any
 import openai
 from opentelemetry import trace as otel_trace
 from promptflow.tracing import trace as pf_trace
-from promptflow.tracing._integrations._openai_injector import inject_openai_api, recover_openai_api
-from promptflow.tracing._trace import enrich_span_with_input, enrich_span_with_output, start_as_current_span
-from promptflow.tracing._tracer import Tracer
+
+from flowtel._promptflow_private import (  # promptflow-tracing's private API, all of it in one module
+    Tracer,
+    enrich_span_with_input,
+    enrich_span_with_output,
+    inject_openai_api,
+    recover_openai_api,
+    start_as_current_span,
+)
 
 QUESTION = "what is flowtel exactly"  # 4 words -> 4 prompt tokens at the fake server
 

@@ -87,3 +87,16 @@ def test_metric_exporter_preferences_are_where_flowtel_reads_them() -> None:
     temporality, aggregation = _otel_sdk.metric_exporter_preferences(exporter)
     assert temporality[Counter] == AggregationTemporality.DELTA, "MetricExporter._preferred_temporality moved"
     assert aggregation[Counter] is drop, "MetricExporter._preferred_aggregation moved"
+
+
+def test_logs_api_and_sdk_names_flowtel_imports_are_there() -> None:
+    """The logs API and SDK still live under ``_logs`` (see ``flowtel._otel_sdk``); ``configure()`` and the Azure
+    log path import these names from there."""
+    import importlib
+
+    wanted = {"opentelemetry._logs": ("set_logger_provider", "LogRecord", "SeverityNumber"),
+              "opentelemetry.sdk._logs": ("LoggerProvider", "LoggingHandler"),
+              "opentelemetry.sdk._logs.export": ("BatchLogRecordProcessor",)}
+    missing = [f"{module}.{name}" for module, names in wanted.items() for name in names
+               if not hasattr(importlib.import_module(module), name)]
+    assert not missing, f"moved: {missing}: update flowtel._otel_sdk and its users"

@@ -14,6 +14,10 @@ changed SDK costs speed, never correctness.
 - ``BatchSpanProcessor``'s queue: to count the spans its full queue drops (the SDK only logs them).
 - ``MetricExporter``'s preferred temporality and aggregation (no public getter): a wrapping exporter must prefer
   what the wrapped one does.
+- The logs API and SDK, which every supported release still keeps under ``opentelemetry._logs`` /
+  ``opentelemetry.sdk._logs`` (``set_logger_provider``, ``LogRecord``, ``SeverityNumber``, ``LoggerProvider``,
+  ``LoggingHandler``, ``BatchLogRecordProcessor``: the documented way to use them), and the shape log exporters take
+  a record in, which changed inside the supported range: ``exportable_log_record`` builds either.
 """
 
 from __future__ import annotations
@@ -33,8 +37,10 @@ from opentelemetry.sdk._configuration import (
 )
 from opentelemetry.sdk.metrics.export import AggregationTemporality, MetricExporter
 from opentelemetry.sdk.metrics.view import Aggregation
+from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.trace.export import BatchSpanProcessor
+from opentelemetry.sdk.util.instrumentation import InstrumentationScope
 from opentelemetry.trace import SpanKind, StatusCode
 
 from flowtel.spans import EventView, SpanData
@@ -150,6 +156,28 @@ def readable_span_fields(span: ReadableSpan, events: Sequence[Any]) -> tuple[Any
     except AttributeError:
         return (span.name, span.context, span.parent, span.resource, span.kind, span.status, span.start_time,
                 span.end_time, span.instrumentation_scope, events, span.links)
+
+
+def exportable_log_record(resource: Resource, scope: InstrumentationScope | None, **fields: Any) -> Any:
+    """A log record (``fields``: the API ``LogRecord``'s keyword arguments) as the SDK's log exporters take it:
+    ``ReadableLogRecord(LogRecord, resource, scope)`` on newer SDKs; on older ones (1.35, which prompt flow serving
+    environments resolve to, and whose Azure log exporter 1.0.0b45 reads ``LogData``) ``LogData`` holding an SDK
+    ``LogRecord`` that carries the resource."""
+    from opentelemetry.sdk import _logs
+
+    readable = getattr(_logs, "ReadableLogRecord", None)
+    if readable is not None:
+        from opentelemetry._logs import LogRecord
+
+        return readable(LogRecord(**fields), resource, scope)
+    return _logs.LogData(_logs.LogRecord(resource=resource, **fields), scope)
+
+
+def exported_log_parts(item: Any) -> tuple[Any, Resource, InstrumentationScope | None]:
+    """``(record, resource, scope)`` of what ``exportable_log_record`` made, whichever SDK made it."""
+    if hasattr(item, "resource"):  # ReadableLogRecord
+        return item.log_record, item.resource, item.instrumentation_scope
+    return item.log_record, item.log_record.resource, item.instrumentation_scope
 
 
 #: The private names read above, per SDK object, for the shape test.

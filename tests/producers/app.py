@@ -203,7 +203,8 @@ class Promptflow(Producer):
 
     def setup(self, host: str) -> None:
         from promptflow.tracing import trace
-        from promptflow.tracing._integrations._openai_injector import inject_openai_api
+
+        from flowtel._promptflow_private import inject_openai_api  # promptflow-tracing's private API
 
         _sdk_to_otlp(host)
         inject_openai_api()  # what start_trace() does: prompt flow's own spans around each openai call
