@@ -55,8 +55,10 @@ PRODUCERS: tuple[Spec, ...] = (
          "chat gpt-4o-mini", "TTFT attribute (`gen_ai.server.time_to_first_token`)",
          "`function.args` / `function.kwargs` / `gen_ai.input/output.messages` / `gen_ai.system_instructions`",
          env={"OPENLIT_DISABLE_METRICS": "true"},
-         gaps="its content log events leave through its own logger provider, not through flowtel: the collector "
-              "refuses them (traces only); in-process, turn them off (`disable_events=True`)"),
+         gaps="its content log events leave through its own logger provider, not through flowtel's span path: "
+              "the suite's collector has no logs pipeline and refuses them; a logs pipeline (the default config "
+              "has one) removes content by event name and attribute, not checked here for OpenLIT's events; "
+              "in-process, turn them off (`disable_events=True`)"),
     Spec("openinference", "OpenInference", "openinference-instrumentation-openai 0.1.66", "openinference",
          "`chain` span (outermost)", "`chain` span", "ChatCompletion", "`First Token Stream Event`",
          "`input.value` / `output.value`, `llm.*_messages.*`, `embedding.embeddings.N.embedding.text` / `.vector`"),
