@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import re
+import signal
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -413,6 +414,24 @@ def test_direct_logs_reach_the_sink_without_content(direct: Direct) -> None:
     with direct.sink.lock:
         sent = [request.SerializeToString() for request in direct.sink.log_requests]
     assert not [b for b in sent if CANARY.encode() in b]
+
+
+def test_sigterm_loses_what_serving_holds(tmp_path: Path) -> None:
+    """Why README says to stop serving with SIGINT: on SIGTERM (what ``docker stop`` and Kubernetes send) ``pf flow
+    serve`` exits without flushing, and the spans and metrics of a request it answered are never sent. Once serving
+    has exited, everything it sent has been received (its exports are synchronous), so the emptiness is final."""
+    with FakeLLMServer() as llm, OTLPSink() as sink:
+        create_connection(tmp_path, llm.base_url.removesuffix("/v1"))
+        serving = Serving(tmp_path, {"OTEL_EXPORTER_OTLP_ENDPOINT": f"http://{sink.endpoint}",
+                                     "OTEL_EXPORTER_OTLP_PROTOCOL": "grpc"})
+        try:
+            status, _, _ = post(serving.url + "/score", json.dumps({"question": "hello there"}).encode(),
+                                {"Content-Type": "application/json"})
+            assert status == 200
+        finally:
+            code = serving.stop(sig=signal.SIGTERM)
+        assert code == -signal.SIGTERM, "serving handled SIGTERM: the README's advice may be obsolete"
+        assert (len(sink.spans()), sink.metrics()) == (0, {}), "serving flushed on SIGTERM: revise the README"
 
 
 # -- in-process: flowtel inside prompt flow serving -----------------------------------------------------------------
