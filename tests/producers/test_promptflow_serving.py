@@ -8,6 +8,10 @@ endpoint, forwarding traces to the collector and keeping serving's own metrics, 
 client scores and then posts feedback with the same ``traceparent``; some requests are streamed
 (``Accept: text/event-stream``) and one fails in the python node (prompt flow answers 400).
 
+The ``direct`` run gives serving the collector itself as that endpoint: the collector takes traces, metrics and logs,
+and its duplicate policy leaves one series per label set for prompt flow's eight metrics (``drop``: flowtel's;
+``prefix``: serving's copies next to them under ``received_``).
+
 Known differences from serving's own metrics, by design (README, "Prompt flow serving"): its ``flow`` label is
 ``default_flow_id``, flowtel's the flow's name; its ``llm_engine`` is only a ``deployment_name`` input ("" on an
 OpenAI connection), flowtel's the model asked for; its node ``exception`` is the error code (``ToolExecutionError``),
@@ -287,6 +291,7 @@ class Direct:
     prefixed: Scrape  # duplicate_derived_metrics: prefix
     serving_log: str
     sink: OTLPSink  # what the collector forwarded: serving's spans, metrics and logs
+    collector: CollectorProcess
 
 
 @pytest.fixture(scope="module")
@@ -315,7 +320,7 @@ def direct(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Direct]:
                                            reason="derived_duplicate") == sent)
 
             collector.wait_for(arrived)
-            yield Direct(scrape(dropping), scrape(prefixed), serving.log, sink)
+            yield Direct(scrape(dropping), scrape(prefixed), serving.log, sink, collector)
         finally:
             assert collector.stop() == 0, collector.log[-3000:]
 
@@ -373,6 +378,9 @@ def test_direct_one_series_per_label_set_the_derived_ones(direct: Direct, run: R
     assert sent >= len(STANDARD) - 1  # every figure but tokens of streams, per label set, at least once
     assert served.value("otelcol_exporter_send_failed_metric_points_total", exporter="prometheus",
                         reason="derived_duplicate") == sent
+    logged = "exporter prometheus dropped received metric points (reason: derived_duplicate)"
+    direct.collector.wait_for(lambda: logged in direct.collector.log)
+    assert direct.collector.log.count("(reason: derived_duplicate)") == 1  # logged once, counted per point
     # serving's other metrics (Flask's) are not derived: served under their own names
     assert served.find("http_server_active_requests", job="promptflow")
 
