@@ -33,6 +33,8 @@ import pytest
 from pf_serving.harness import Serving, create_connection, free_port, venv_bin
 from pf_serving.otlp_tee import OTLPTee
 
+from flowtel.collector.log_content import NODE_OUTPUT_REMOVED
+
 from collector_proc import CollectorProcess
 from conftest import Scrape, scrape
 from fake_llm import REPLY, FakeLLMServer, _words
@@ -419,9 +421,13 @@ def test_direct_logs_reach_the_sink_without_content(direct: Direct) -> None:
     failed = [record for record, _ in records if record.body.string_value.startswith("Flow run failed")]
     assert len(failed) == 1 and failed[0].severity_text == "ERROR"
     assert {kv.key for kv in failed[0].attributes} >= {"code.file.path", "code.function.name", "code.line.number"}
+    # the prepare node prints its question; prompt flow logs that output: its text is removed, the prefix kept
+    printed = [body for body in bodies if body.startswith("[prepare in line ")]
+    assert printed == [f"[prepare in line None (index starts from 0)] stdout> {NODE_OUTPUT_REMOVED}"] * (
+        PLAIN + STREAMED + 1)
     with direct.sink.lock:
         sent = [request.SerializeToString() for request in direct.sink.log_requests]
-    assert not [b for b in sent if CANARY.encode() in b]
+    assert not [b for b in sent if CANARY.encode() in b or b"preparing" in b]
 
 
 def test_sigterm_loses_what_serving_holds(tmp_path: Path) -> None:
@@ -513,8 +519,10 @@ def test_inprocess_exports_each_span_once_enriched_and_without_content(inprocess
     # them): nothing of them reached the OTLP endpoint, and Prometheus shows only flowtel's series
     assert not [s for s in inprocess.flowtel.samples if s.labels.get("flow") == "default_flow_id"]
     assert inprocess.serving_metric_points == 0
-    # serving's logs leave through its own log exporter, not through flowtel: it redacts request data itself
-    assert inprocess.serving_logs and not [b for b in inprocess.serving_logs if CANARY.encode() in b]
+    # serving's logs leave through its own log exporter, not through flowtel: it redacts request data itself, but
+    # what a node prints goes as printed (README: point serving at a collector to have it removed)
+    assert inprocess.serving_logs
+    assert [b for b in inprocess.serving_logs if b"stdout> preparing" in b and CANARY.encode() in b]
 
 
 def test_readme_comparison_table_names_every_figure_compared() -> None:
