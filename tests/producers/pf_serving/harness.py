@@ -27,6 +27,7 @@ REPO = HERE.parents[2]
 VENV = REPO / ".venv-pfserving"
 FLOW = HERE / "flow"
 
+
 def _port_range() -> range:
     """The ports this suite may listen on besides port 0: ``FLOWTEL_TEST_PORTS`` (``first-last``), 25000-25999 by
     default: serving is started on a port chosen here, which the test then calls."""
