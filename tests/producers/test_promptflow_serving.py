@@ -8,6 +8,10 @@ endpoint, forwarding traces to the collector and keeping serving's own metrics, 
 client scores and then posts feedback with the same ``traceparent``; some requests are streamed
 (``Accept: text/event-stream``) and one fails in the python node (prompt flow answers 400).
 
+The ``direct`` run gives serving the collector itself as that endpoint: the collector takes traces, metrics and logs,
+and its duplicate policy leaves one series per label set for prompt flow's eight metrics (``drop``: flowtel's;
+``prefix``: serving's copies next to them under ``received_``).
+
 Known differences from serving's own metrics, by design (README, "Prompt flow serving"): its ``flow`` label is
 ``default_flow_id``, flowtel's the flow's name; its ``llm_engine`` is only a ``deployment_name`` input ("" on an
 OpenAI connection), flowtel's the model asked for; its node ``exception`` is the error code (``ToolExecutionError``),
@@ -17,6 +21,8 @@ flowtel's the exception the node raised (``ValueError``).
 from __future__ import annotations
 
 import json
+import re
+import signal
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -26,6 +32,8 @@ from typing import Any
 import pytest
 from pf_serving.harness import Serving, create_connection, free_port, venv_bin
 from pf_serving.otlp_tee import OTLPTee
+
+from flowtel.collector.log_content import NODE_OUTPUT_REMOVED
 
 from collector_proc import CollectorProcess
 from conftest import Scrape, scrape
@@ -254,6 +262,192 @@ def test_response_code_without_a_server_span_is_what_serving_answered(tmp_path: 
             sink.stop()
 
 
+# -- direct: serving's one endpoint is the collector, which takes all three signals ---------------------------------
+
+DIRECT_CONFIG = """
+receivers:
+  otlp: {protocols: {grpc: {endpoint: "127.0.0.1:0"}}}
+processors:
+  flowtel: {}
+  batch: {timeout: 50ms}
+exporters:
+  prometheus: {endpoint: "127.0.0.1:0"}
+  prometheus/prefix: {endpoint: "127.0.0.1:0", duplicate_derived_metrics: prefix}
+  otlp/sink: {endpoint: "%(sink)s", tls: {insecure: true}}
+service:
+  pipelines:
+    traces: {receivers: [otlp], processors: [flowtel, batch], exporters: [prometheus, prometheus/prefix, otlp/sink]}
+    metrics: {receivers: [otlp], processors: [batch], exporters: [prometheus, prometheus/prefix, otlp/sink]}
+    logs: {receivers: [otlp], processors: [batch], exporters: [otlp/sink]}
+"""
+#: prompt flow's eight standard metrics, as serving names them
+STANDARD = ("token_consumption", "flow_latency", "node_latency", "flow_request", "node_request", "rpc_latency",
+            "rpc_request", "flow_streaming_response_duration")
+EXPORT_ERROR = re.compile(r"Failed to export|encountered while exporting|Exception while exporting|"
+                          r"StatusCode\.(UNIMPLEMENTED|UNAVAILABLE|INVALID_ARGUMENT|RESOURCE_EXHAUSTED)")
+
+
+@dataclass
+class Direct:
+    dropping: Scrape  # the shipped policy: serving's copies of the eight dropped
+    prefixed: Scrape  # duplicate_derived_metrics: prefix
+    serving_log: str
+    sink: OTLPSink  # what the collector forwarded: serving's spans, metrics and logs
+    collector: CollectorProcess
+
+
+@pytest.fixture(scope="module")
+def direct(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Direct]:
+    """Serving given nothing but ``OTEL_EXPORTER_OTLP_ENDPOINT`` (gRPC), pointing at the collector itself; stopped
+    with SIGINT, so its meter provider exports the metrics it holds at exit (its interval is a fixed 60 s)."""
+    tmp = tmp_path_factory.mktemp("pfserving-direct")
+    with FakeLLMServer(chunk_delay_s=CHUNK_DELAY_S) as llm, OTLPSink() as sink:
+        create_connection(tmp, llm.base_url.removesuffix("/v1"))
+        collector = CollectorProcess(DIRECT_CONFIG % {"sink": sink.endpoint}, tmp).start()
+        try:
+            serving = Serving(tmp, {"OTEL_EXPORTER_OTLP_ENDPOINT": f"http://{collector.grpc['otlp']}",
+                                    "OTEL_EXPORTER_OTLP_PROTOCOL": "grpc"})
+            try:
+                _workload(serving.url)
+            finally:
+                assert serving.stop() == 0, serving.log[-3000:]
+            dropping, prefixed = collector.prometheus["prometheus"], collector.prometheus["prometheus/prefix"]
+
+            def arrived() -> bool:
+                sent = _standard_points(sink)
+                return bool(sent and sink.log_records()) and all(
+                    scrape(url).value("flow_request_total") == PLAIN + STREAMED + 1
+                    and scrape(url).value("feedback_total") == PLAIN for url in (dropping, prefixed)) and (
+                    scrape(dropping).value("otelcol_exporter_send_failed_metric_points_total",
+                                           reason="derived_duplicate") == sent)
+
+            collector.wait_for(arrived)
+            yield Direct(scrape(dropping), scrape(prefixed), serving.log, sink, collector)
+        finally:
+            assert collector.stop() == 0, collector.log[-3000:]
+
+
+def _standard_points(sink: OTLPSink) -> int:
+    """Points of the eight standard metrics serving sent (all its exports: each repeats the cumulative totals)."""
+    return sum(len(points) for name, points in sink.metrics().items() if name in STANDARD)
+
+
+def _family(sample_name: str) -> str:
+    for suffix in ("_total", "_created", "_bucket", "_count", "_sum"):
+        if sample_name.endswith(suffix):
+            return sample_name.removesuffix(suffix)
+    return sample_name
+
+
+def _last_points(sink: OTLPSink, name: str) -> dict[frozenset[tuple[str, str]], Any]:
+    """Serving's totals of one metric per label set: its last export's point (exports are cumulative)."""
+    last: dict[frozenset[tuple[str, str]], Any] = {}
+    for point in sink.metrics().get(name, []):
+        last[frozenset((kv.key, kv.value.string_value) for kv in point.attributes)] = point
+    return last
+
+
+def test_direct_nothing_serving_sends_is_refused_or_lost(direct: Direct) -> None:
+    """Traces, metrics and logs all taken: no export error in serving's output, nothing refused, and every span,
+    metric point and log record the collector accepted reached the sink behind it."""
+    errors = [line for line in direct.serving_log.splitlines() if EXPORT_ERROR.search(line)]
+    assert not errors, errors[:3]
+    own = direct.dropping
+    for unit in ("spans", "metric_points", "log_records"):
+        assert own.value(f"otelcol_receiver_refused_{unit}_total") == 0, unit
+    assert own.value("flowtel_receiver_refused_requests_total") == 0
+    spans, records = len(direct.sink.spans()), len(direct.sink.log_records())
+    points = sum(len(p) for p in direct.sink.metrics().values())
+    assert spans and points and records
+    assert own.value("otelcol_receiver_accepted_spans_total", receiver="otlp", transport="grpc") == spans
+    assert own.value("otelcol_receiver_accepted_metric_points_total", receiver="otlp", transport="grpc") == points
+    assert own.value("otelcol_receiver_accepted_log_records_total", receiver="otlp", transport="grpc") == records
+    assert own.value("otelcol_exporter_sent_log_records_total", exporter="otlp/sink") == records
+
+
+def test_direct_one_series_per_label_set_the_derived_ones(direct: Direct, run: Run) -> None:
+    """The shipped policy (``duplicate_derived_metrics: drop``): the eight are flowtel's, with the figures the tee
+    run above checks against serving's own; serving's copies are not served, each of their points counted."""
+    served = direct.dropping
+    keys = [(s.name, frozenset(s.labels.items())) for s in served.samples]
+    assert len(keys) == len(set(keys)), "a series is served twice"
+    assert _counted(served) == _counted(run.flowtel)
+    derived = [s for s in served.samples if _family(s.name) in STANDARD]
+    assert derived and {s.labels["flow"] for s in derived} == {FLOW}
+    assert not [s.name for s in served.samples if s.name.startswith("received_")
+                or s.labels.get("flow") == "default_flow_id"]
+    sent = _standard_points(direct.sink)
+    assert sent >= len(STANDARD) - 1  # every figure but tokens of streams, per label set, at least once
+    assert served.value("otelcol_exporter_send_failed_metric_points_total", exporter="prometheus",
+                        reason="derived_duplicate") == sent
+    logged = "exporter prometheus dropped received metric points (reason: derived_duplicate)"
+    direct.collector.wait_for(lambda: logged in direct.collector.log)
+    assert direct.collector.log.count("(reason: derived_duplicate)") == 1  # logged once, counted per point
+    # serving's other metrics (Flask's) are not derived: served under their own names
+    assert served.find("http_server_active_requests", job="promptflow")
+
+
+def test_direct_prefix_serves_servings_own_copies_next_to_the_derived(direct: Direct) -> None:
+    """``duplicate_derived_metrics: prefix``: serving's eight under ``received_``, with exactly its figures (flow
+    label ``default_flow_id``), next to flowtel's, which are as on the dropping endpoint; nothing dropped."""
+    served = direct.prefixed
+    assert _counted(served) == _counted(direct.dropping)
+    assert served.value("otelcol_exporter_send_failed_metric_points_total", exporter="prometheus/prefix") == 0
+    compared = 0
+    for name in STANDARD:
+        for labels, point in _last_points(direct.sink, name).items():
+            assert dict(labels)["flow"] == "default_flow_id"
+            wanted = dict(labels, job="promptflow")
+            if hasattr(point, "bucket_counts"):
+                assert served.value(f"received_{name}_count", **wanted) == point.count, (name, wanted)
+                assert served.value(f"received_{name}_sum", **wanted) == pytest.approx(point.sum), (name, wanted)
+            else:
+                assert served.value(f"received_{name}_total", **wanted) == point.as_int, (name, wanted)
+            compared += 1
+    assert compared == len(served.find("received_flow_request_total")) + sum(
+        len(served.find(f"received_{n}_total")) for n in ("token_consumption", "node_request", "rpc_request")) + sum(
+        len(served.find(f"received_{n}_count")) for n in ("flow_latency", "node_latency", "rpc_latency",
+                                                          "flow_streaming_response_duration"))
+    assert served.value("received_flow_request_total", flow="default_flow_id") == PLAIN + STREAMED + 1
+
+
+def test_direct_logs_reach_the_sink_without_content(direct: Direct) -> None:
+    """Serving's own log records (prompt flow's loggers) pass the logs pipeline to the OTLP sink: severity, body and
+    attributes as sent, and the canary of the requests in none of them."""
+    records = direct.sink.log_records()
+    bodies = [record.body.string_value for record, _ in records]
+    assert {resource["service.name"].string_value for _, resource in records} == {"promptflow"}
+    assert sum(body.startswith("Start monitoring new request") for body in bodies) == PLAIN + STREAMED + 1
+    failed = [record for record, _ in records if record.body.string_value.startswith("Flow run failed")]
+    assert len(failed) == 1 and failed[0].severity_text == "ERROR"
+    assert {kv.key for kv in failed[0].attributes} >= {"code.file.path", "code.function.name", "code.line.number"}
+    # the prepare node prints its question; prompt flow logs that output: its text is removed, the prefix kept
+    printed = [body for body in bodies if body.startswith("[prepare in line ")]
+    assert printed == [f"[prepare in line None (index starts from 0)] stdout> {NODE_OUTPUT_REMOVED}"] * (
+        PLAIN + STREAMED + 1)
+    with direct.sink.lock:
+        sent = [request.SerializeToString() for request in direct.sink.log_requests]
+    assert not [b for b in sent if CANARY.encode() in b or b"preparing" in b]
+
+
+def test_sigterm_loses_what_serving_holds(tmp_path: Path) -> None:
+    """Why README says to stop serving with SIGINT: on SIGTERM (what ``docker stop`` and Kubernetes send) ``pf flow
+    serve`` exits without flushing, and the spans and metrics of a request it answered are never sent. Once serving
+    has exited, everything it sent has been received (its exports are synchronous), so the emptiness is final."""
+    with FakeLLMServer() as llm, OTLPSink() as sink:
+        create_connection(tmp_path, llm.base_url.removesuffix("/v1"))
+        serving = Serving(tmp_path, {"OTEL_EXPORTER_OTLP_ENDPOINT": f"http://{sink.endpoint}",
+                                     "OTEL_EXPORTER_OTLP_PROTOCOL": "grpc"})
+        try:
+            status, _, _ = post(serving.url + "/score", json.dumps({"question": "hello there"}).encode(),
+                                {"Content-Type": "application/json"})
+            assert status == 200
+        finally:
+            code = serving.stop(sig=signal.SIGTERM)
+        assert code == -signal.SIGTERM, "serving handled SIGTERM: the README's advice may be obsolete"
+        assert (len(sink.spans()), sink.metrics()) == (0, {}), "serving flushed on SIGTERM: revise the README"
+
+
 # -- in-process: flowtel inside prompt flow serving -----------------------------------------------------------------
 
 COUNTED = ("token_consumption_total", "flow_request_total", "flow_latency_count", "node_request_total",
@@ -325,8 +519,10 @@ def test_inprocess_exports_each_span_once_enriched_and_without_content(inprocess
     # them): nothing of them reached the OTLP endpoint, and Prometheus shows only flowtel's series
     assert not [s for s in inprocess.flowtel.samples if s.labels.get("flow") == "default_flow_id"]
     assert inprocess.serving_metric_points == 0
-    # serving's logs leave through its own log exporter, not through flowtel: it redacts request data itself
-    assert inprocess.serving_logs and not [b for b in inprocess.serving_logs if CANARY.encode() in b]
+    # serving's logs leave through its own log exporter, not through flowtel: it redacts request data itself, but
+    # what a node prints goes as printed (README: point serving at a collector to have it removed)
+    assert inprocess.serving_logs
+    assert [b for b in inprocess.serving_logs if b"stdout> preparing" in b and CANARY.encode() in b]
 
 
 def test_readme_comparison_table_names_every_figure_compared() -> None:

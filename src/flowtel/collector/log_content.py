@@ -7,13 +7,24 @@ capture off (the default), a logs pipeline clears the body of every record that 
 (``gen_ai.input.messages``, ``gen_ai.prompt.*``...) of every record: the same names
 ``flowtel.semconv`` lists for spans. The record itself stays (its time, severity, trace context
 and other attributes), so nothing is lost that is not content.
+
+Prompt flow also logs what a node's code prints: ``[<node> in line <n> ...] stdout> <text>`` (and
+``stderr>``), written by its executor's stdout/stderr capture to the loggers serving exports. A
+node printing its inputs puts the prompt there, so without capture the text after ``stdout> ``
+/ ``stderr> `` is replaced by ``NODE_OUTPUT_REMOVED``: which node printed, and when, stays.
 """
 
 from __future__ import annotations
 
+import re
+
 from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import ExportLogsServiceRequest
 
 from flowtel import semconv as sc
+
+#: Prompt flow's node output line (``promptflow/_core/log_manager.py``): the prefix up to ``stdout> ``/``stderr> ``.
+_NODE_OUTPUT = re.compile(r"\[[^\]\n]*\] std(?:out|err)> ")
+NODE_OUTPUT_REMOVED = "<removed: content capture is off>"
 
 
 def _content_key(key: str) -> bool:
@@ -31,7 +42,8 @@ def strip_content(request: ExportLogsServiceRequest) -> int:
                     (kv.value.string_value for kv in attributes if kv.key == "event.name"), "")
                 keep = [kv for kv in attributes if not _content_key(kv.key)]
                 content_body = event in sc.CONTENT_EVENTS and record.HasField("body")
-                if len(keep) == len(attributes) and not content_body:
+                node_output = None if content_body else _NODE_OUTPUT.match(record.body.string_value)
+                if len(keep) == len(attributes) and not content_body and node_output is None:
                     continue
                 if len(keep) != len(attributes):
                     kept = [type(kv)(key=kv.key, value=kv.value) for kv in keep]
@@ -39,5 +51,7 @@ def strip_content(request: ExportLogsServiceRequest) -> int:
                     attributes.extend(kept)
                 if content_body:
                     record.ClearField("body")
+                elif node_output is not None:
+                    record.body.string_value = node_output.group() + NODE_OUTPUT_REMOVED
                 changed += 1
     return changed

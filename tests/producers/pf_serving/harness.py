@@ -26,7 +26,16 @@ HERE = Path(__file__).resolve().parent
 REPO = HERE.parents[2]
 VENV = REPO / ".venv-pfserving"
 FLOW = HERE / "flow"
-PORTS = range(25000, 26000)  # the range this suite may listen on besides port 0
+
+
+def _port_range() -> range:
+    """The ports this suite may listen on besides port 0: ``FLOWTEL_TEST_PORTS`` (``first-last``), 25000-25999 by
+    default: serving is started on a port chosen here, which the test then calls."""
+    first, last = os.environ.get("FLOWTEL_TEST_PORTS", "25000-25999").split("-")
+    return range(int(first), int(last) + 1)
+
+
+PORTS = _port_range()
 
 
 def venv_bin(name: str) -> str:
@@ -50,7 +59,7 @@ def free_port() -> int:
                 continue
             _handed_out.add(port)
             return port
-    raise AssertionError("no free port in 25000-25999")
+    raise AssertionError(f"no free port in {PORTS.start}-{PORTS.stop - 1}")
 
 
 def pf_env(home: Path, extra: dict[str, str] | None = None) -> dict[str, str]:
@@ -100,9 +109,9 @@ class Serving:
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")
 
-    def stop(self, timeout: float = 60) -> int:
+    def stop(self, timeout: float = 60, sig: int = signal.SIGINT) -> int:
         if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGINT)
+            self.proc.send_signal(sig)
             try:
                 self.proc.wait(timeout)
             except subprocess.TimeoutExpired:
