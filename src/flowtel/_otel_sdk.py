@@ -170,7 +170,9 @@ def exportable_log_record(resource: Resource, scope: InstrumentationScope | None
         from opentelemetry._logs import LogRecord
 
         return readable(LogRecord(**fields), resource, scope)
-    return _logs.LogData(_logs.LogRecord(resource=resource, **fields), scope)
+    # Names of the older SDKs only (the installed one may not have them), so looked up, not imported.
+    log_data, sdk_log_record = getattr(_logs, "LogData"), getattr(_logs, "LogRecord")  # noqa: B009
+    return log_data(sdk_log_record(resource=resource, **fields), scope)
 
 
 def exported_log_parts(item: Any) -> tuple[Any, Resource, InstrumentationScope | None]:

@@ -38,13 +38,13 @@ def patch_stream_steps(wrap_next: Callable[[Callable[..., Any]], Callable[..., A
                        wrap_anext: Callable[[Callable[..., Any]], Callable[..., Any]]) -> StreamSteps:
     """Replace the stream proxies' ``__next__`` / ``__anext__`` by the wrapped ones; answers the originals."""
     originals = stream_steps()
-    _trace.TracedIterator.__next__ = wrap_next(originals[0])  # type: ignore[method-assign]
-    _trace.TracedAsyncIterator.__anext__ = wrap_anext(originals[1])  # type: ignore[method-assign]
+    _trace.TracedIterator.__next__ = wrap_next(originals[0])
+    _trace.TracedAsyncIterator.__anext__ = wrap_anext(originals[1])
     return originals
 
 
 def restore_stream_steps(originals: StreamSteps) -> None:
-    _trace.TracedIterator.__next__, _trace.TracedAsyncIterator.__anext__ = originals  # type: ignore[method-assign]
+    _trace.TracedIterator.__next__, _trace.TracedAsyncIterator.__anext__ = originals
 
 
 def stream_span(proxy: Any) -> Any:
