@@ -200,14 +200,15 @@ def configure(
         endpoint.start()
         logger.info("flowtel Prometheus endpoint listening on %s", endpoint.url)
     if set_global:
-        _configure_logs(env, resource)
+        _configure_logs(env, resource, config.capture_content, self_metrics)
     if instrument_promptflow_streaming:
         _instrument_promptflow()
     return Flowtel(config, tracer_provider, meter_provider, processor, endpoint, exporters, pushed, self_metrics,
                    azure)
 
 
-def _configure_logs(env: Mapping[str, str], resource: Resource) -> None:
+def _configure_logs(env: Mapping[str, str], resource: Resource, capture_content: bool,
+                    self_metrics: SelfMetrics) -> None:
     """The SDK configurator's logs set-up (flowtel has nothing to add to logs): a global ``LoggerProvider`` with a
     batch processor per exporter named by ``OTEL_LOGS_EXPORTER`` (default: OTLP when an endpoint is set)."""
     import logging
@@ -221,8 +222,14 @@ def _configure_logs(env: Mapping[str, str], resource: Resource) -> None:
         return
     _, _, log_classes = _otel_sdk.import_exporters([], [], names)
     provider = LoggerProvider(resource=resource)
-    for cls in log_classes.values():
-        provider.add_log_record_processor(BatchLogRecordProcessor(cls()))
+    batches = [BatchLogRecordProcessor(cls()) for cls in log_classes.values()]
+    if capture_content:
+        for batch in batches:
+            provider.add_log_record_processor(batch)
+    else:  # GenAI instrumentations log messages as events: content leaves only when capture is on
+        from flowtel.log_processor import ContentFreeLogProcessor
+
+        provider.add_log_record_processor(ContentFreeLogProcessor(batches, self_metrics))
     set_logger_provider(provider)
     if env.get("OTEL_PYTHON_LOGGING_AUTO_INSTRUMENTATION_ENABLED", "").strip().lower() == "true":
         logging.getLogger().addHandler(LoggingHandler(logger_provider=provider))

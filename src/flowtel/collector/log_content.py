@@ -1,34 +1,24 @@
 """Prompt and completion content out of received log records, as flowtel takes it out of spans.
 
-GenAI instrumentations emit messages as log events (``gen_ai.user.message``, ``gen_ai.choice``,
-``gen_ai.client.inference.operation.details``...) when the app captures content. With content
-capture off (the default), a logs pipeline clears the body of every record that is such an event
-(by ``event_name`` or the older ``event.name`` attribute) and removes the content attributes
-(``gen_ai.input.messages``, ``gen_ai.prompt.*``...) of every record: the same names
-``flowtel.semconv`` lists for spans. The record itself stays (its time, severity, trace context
-and other attributes), so nothing is lost that is not content.
-
-Prompt flow also logs what a node's code prints: ``[<node> in line <n> ...] stdout> <text>`` (and
-``stderr>``), written by its executor's stdout/stderr capture to the loggers serving exports. A
-node printing its inputs puts the prompt there, so without capture the text after ``stdout> ``
-/ ``stderr> `` is replaced by ``NODE_OUTPUT_REMOVED``: which node printed, and when, stays.
+With content capture off (the default), a logs pipeline clears the body of every record that is a
+GenAI content event (by ``event_name`` or the older ``event.name`` attribute), removes the content
+attributes of every record, and cuts a prompt flow node's printed text out of its log line
+(``flowtel.processors.log_content`` says what is content, for both hosts). The record itself stays
+(its time, severity, trace context and other attributes), so nothing is lost that is not content.
 """
 
 from __future__ import annotations
 
-import re
-
 from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import ExportLogsServiceRequest
 
-from flowtel import semconv as sc
+from flowtel.processors.log_content import (
+    NODE_OUTPUT_REMOVED,
+    is_content_event,
+    is_content_key,
+    redacted_node_output,
+)
 
-#: Prompt flow's node output line (``promptflow/_core/log_manager.py``): the prefix up to ``stdout> ``/``stderr> ``.
-_NODE_OUTPUT = re.compile(r"\[[^\]\n]*\] std(?:out|err)> ")
-NODE_OUTPUT_REMOVED = "<removed: content capture is off>"
-
-
-def _content_key(key: str) -> bool:
-    return key in sc.CONTENT_ATTRIBUTES or key.startswith(sc.CONTENT_ATTRIBUTE_PREFIXES)
+__all__ = ["NODE_OUTPUT_REMOVED", "strip_content"]
 
 
 def strip_content(request: ExportLogsServiceRequest) -> int:
@@ -40,9 +30,9 @@ def strip_content(request: ExportLogsServiceRequest) -> int:
                 attributes = record.attributes
                 event = record.event_name or next(
                     (kv.value.string_value for kv in attributes if kv.key == "event.name"), "")
-                keep = [kv for kv in attributes if not _content_key(kv.key)]
-                content_body = event in sc.CONTENT_EVENTS and record.HasField("body")
-                node_output = None if content_body else _NODE_OUTPUT.match(record.body.string_value)
+                keep = [kv for kv in attributes if not is_content_key(kv.key)]
+                content_body = is_content_event(event) and record.HasField("body")
+                node_output = None if content_body else redacted_node_output(record.body.string_value)
                 if len(keep) == len(attributes) and not content_body and node_output is None:
                     continue
                 if len(keep) != len(attributes):
@@ -52,6 +42,6 @@ def strip_content(request: ExportLogsServiceRequest) -> int:
                 if content_body:
                     record.ClearField("body")
                 elif node_output is not None:
-                    record.body.string_value = node_output.group() + NODE_OUTPUT_REMOVED
+                    record.body.string_value = node_output
                 changed += 1
     return changed
