@@ -20,6 +20,7 @@ from collections.abc import Iterator, Sequence
 
 from opentelemetry.context import Context
 from opentelemetry.sdk.trace import Event, ReadableSpan, Span, SpanProcessor
+from opentelemetry.sdk.trace.export import BatchSpanProcessor, SimpleSpanProcessor
 from opentelemetry.trace import Status, StatusCode
 
 from flowtel._fork import reinit_after_fork
@@ -73,11 +74,20 @@ def _adapted(queue: collections.deque[ReadableSpan], n: int, self_metrics: SelfM
         yield data
 
 
+#: ``on_start`` implementations that do nothing: a processor with one of these needs no call when a span starts.
+_NO_OP_STARTS = frozenset({SpanProcessor.on_start, SimpleSpanProcessor.on_start, BatchSpanProcessor.on_start})
+
+
+def _starters(processors: Sequence[SpanProcessor]) -> tuple[SpanProcessor, ...]:
+    return tuple(p for p in processors if getattr(type(p), "on_start", None) not in _NO_OP_STARTS)
+
+
 class FlowtelSpanProcessor(SpanProcessor):
     def __init__(self, span_processors: Sequence[SpanProcessor], *, metrics: FlowtelMetrics,
                  self_metrics: SelfMetrics, config: FlowtelConfig | None = None) -> None:
         self._config = config or FlowtelConfig.from_env()
         self._downstream = tuple(span_processors)
+        self._starters = _starters(self._downstream)
         self._self = self_metrics
         self._pipeline = TracePipeline(self._config, metrics, self_metrics, apply_to_readable_span)
         self._queue: collections.deque[ReadableSpan] = collections.deque()
@@ -105,7 +115,10 @@ class FlowtelSpanProcessor(SpanProcessor):
 
     # The request thread: keep this path to a length check and an append.
     def on_start(self, span: Span, parent_context: Context | None = None) -> None:
-        pass
+        # Processors behind flowtel that act when a span starts (OpenLLMetry's sets its workflow and entity names
+        # then) still see the live span; exporters' processors do nothing there and are skipped.
+        for processor in self._starters:
+            processor.on_start(span, parent_context)
 
     def on_end(self, span: ReadableSpan) -> None:
         if len(self._queue) >= self._max_queue:
@@ -147,6 +160,7 @@ class FlowtelSpanProcessor(SpanProcessor):
         """Put one more span processor behind flowtel: it receives the enriched spans from now on."""
         with self._lock:
             self._downstream = (*self._downstream, processor)
+            self._starters = _starters(self._downstream)
 
     def force_flush(self, timeout_millis: int = 30000) -> bool:
         """Process everything queued now; traces whose root is still running stay held."""
