@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import collections
 import operator
-import threading
 import time
 from collections.abc import Iterator, Sequence
 from typing import Any, Protocol
@@ -25,7 +24,7 @@ from flowtel.spans import SpanData
 
 from .batch import BatchConfig
 from .memory_limiter import MemoryLimiter
-from .refusal import Refused
+from .queued import QueuedPipeline
 
 DEFAULT_MAX_QUEUE = 20_000
 _SPAN_FRAMING = 6  # a ScopeSpans.spans tag and a length varint of at most 5 bytes
@@ -94,63 +93,30 @@ class TracesExporter(Protocol):
     def shutdown(self, deadline: float) -> None: ...
 
 
-class TracesPipeline:
+class TracesPipeline(QueuedPipeline):
     def __init__(self, pipeline_id: str, exporters: Sequence[TracesExporter], self_metrics: SelfMetrics, *,
                  flowtel: tuple[FlowtelConfig, FlowtelMetrics] | None = None,
                  memory_limiters: Sequence[MemoryLimiter] = (), batch: BatchConfig | None = None) -> None:
-        self.id = pipeline_id
+        super().__init__(pipeline_id, self_metrics, memory_limiters, batch,
+                         flowtel[0].max_queue_size if flowtel else DEFAULT_MAX_QUEUE, "spans")
         self._exporters = tuple(exporters)
-        self._self = self_metrics
-        self._limiters = tuple(memory_limiters)
-        self._batch = batch or BatchConfig()
-        self._max_queue = flowtel[0].max_queue_size if flowtel else DEFAULT_MAX_QUEUE
         self._trace_pipeline = None
         if flowtel is not None:
             self._trace_pipeline = TracePipeline(flowtel[0], flowtel[1], self_metrics, apply_to_otlp_span,
                                                  {"pipeline": pipeline_id})
         self._intake: collections.deque[list[SpanData]] = collections.deque()
-        self._queued = 0
-        self._intake_lock = threading.Lock()
-        self._run_lock = threading.Lock()
-        self._wake = threading.Event()
-        self._stopping = False
-        self._worker = threading.Thread(target=self._run, name=f"flowtel-pipeline-{pipeline_id}", daemon=True)
-        self_metrics.register_gauge("queue", lambda: self._queued, {"pipeline": pipeline_id})
-
-    def start(self) -> None:
-        self._worker.start()
-
-    # Receiver threads.
-    def admit(self, n: int) -> None:
-        """Refuse early, before the request is adapted: an overloaded collector must not spend its
-        CPU on data it will refuse (that turned overload into collapse in the benchmark)."""
-        for limiter in self._limiters:
-            limiter.check()
-        if self._stopping:
-            raise Refused("shutting_down", "collector is shutting down; retry against another instance")
-        if self._queued + n > self._max_queue and self._queued:
-            raise Refused("queue_full", f"collector queue is full ({self._max_queue} spans); retry later")
 
     def consume(self, spans: list[SpanData]) -> None:
         """Queue adapted spans; ``admit`` already checked the limits, this re-checks the queue under its lock."""
         n = len(spans)
         with self._intake_lock:
-            if self._stopping:
-                raise Refused("shutting_down", "collector is shutting down; retry against another instance")
-            if self._queued + n > self._max_queue and self._queued:
-                raise Refused("queue_full", f"collector queue is full ({self._max_queue} spans); retry later")
+            self._check_queue(n)
             self._intake.append(spans)
             self._queued += n
         if self._queued >= self._batch.send_batch_size:
             self._wake.set()
 
     # The worker.
-    def _run(self) -> None:
-        while not self._stopping:
-            self._wake.wait(self._batch.timeout)
-            self._wake.clear()
-            self._drain_once()
-
     def _drain_once(self) -> None:
         with self._run_lock:
             with self._intake_lock:
@@ -187,12 +153,7 @@ class TracesPipeline:
 
     def shutdown(self) -> None:
         """Stop taking data, process what is queued and release every held trace to the exporters."""
-        with self._intake_lock:
-            self._stopping = True
-        self._wake.set()
-        if self._worker.is_alive():
-            self._worker.join(timeout=10)
-        self._drain_once()
+        self._stop_intake()
         if self._trace_pipeline is not None:
             with self._run_lock:
                 self._emit(self._trace_pipeline.drain())

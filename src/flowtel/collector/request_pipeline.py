@@ -10,7 +10,6 @@ every exporter, each of which queues on its own. Batches are cut at request boun
 from __future__ import annotations
 
 import collections
-import threading
 from collections.abc import Callable, Sequence
 from typing import Protocol
 
@@ -23,7 +22,7 @@ from flowtel.selfmetrics import SelfMetrics
 from .batch import BatchConfig
 from .log_content import strip_content
 from .memory_limiter import MemoryLimiter
-from .refusal import Refused
+from .queued import QueuedPipeline
 from .signals import Signal
 
 #: Items (metric points or log records) queued per pipeline before receivers answer 503 / UNAVAILABLE.
@@ -39,46 +38,19 @@ class SignalExporter(Protocol):
 Export = Callable[[Message, bytes, int], None]
 
 
-class RequestPipeline:
+class RequestPipeline(QueuedPipeline):
     def __init__(self, pipeline_id: str, signal: Signal, exporters: Sequence[SignalExporter],
                  self_metrics: SelfMetrics, *, memory_limiters: Sequence[MemoryLimiter] = (),
                  batch: BatchConfig | None = None, max_queue: int = DEFAULT_MAX_QUEUE_ITEMS,
                  capture_content: bool = False) -> None:
-        self.id = pipeline_id
+        super().__init__(pipeline_id, self_metrics, memory_limiters, batch, max_queue, signal.unit)
         self.signal = signal
         # Logs may carry GenAI messages; without content capture they leave flowtel without them (log_content).
         self._strip_content = signal.name == "logs" and not capture_content
         # Each exporter's entry point for this signal (export_metrics / export_logs), looked up once.
         self._exports: tuple[tuple[str, Export], ...] = tuple(
             (e.id, getattr(e, f"export_{signal.name}")) for e in exporters)
-        self._self = self_metrics
-        self._limiters = tuple(memory_limiters)
-        self._batch = batch or BatchConfig()
-        self._max_queue = max_queue
         self._intake: collections.deque[tuple[bytes, int]] = collections.deque()
-        self._queued = 0
-        self._intake_lock = threading.Lock()
-        self._run_lock = threading.Lock()
-        self._wake = threading.Event()
-        self._stopping = False
-        self._worker = threading.Thread(target=self._run, name=f"flowtel-pipeline-{pipeline_id}", daemon=True)
-        self_metrics.register_gauge("queue", lambda: self._queued, {"pipeline": pipeline_id})
-
-    def start(self) -> None:
-        self._worker.start()
-
-    def _check_queue(self, n: int) -> None:
-        if self._stopping:
-            raise Refused("shutting_down", "collector is shutting down; retry against another instance")
-        if self._queued + n > self._max_queue and self._queued:
-            raise Refused("queue_full", f"collector queue is full ({self._max_queue} {self.signal.unit}); "
-                                        "retry later")
-
-    # Receiver threads.
-    def admit(self, n: int) -> None:
-        for limiter in self._limiters:
-            limiter.check()
-        self._check_queue(n)
 
     def consume(self, payload: bytes, n: int) -> None:
         with self._intake_lock:
@@ -89,12 +61,6 @@ class RequestPipeline:
             self._wake.set()
 
     # The worker.
-    def _run(self) -> None:
-        while not self._stopping:
-            self._wake.wait(self._batch.timeout)
-            self._wake.clear()
-            self._drain_once()
-
     def _drain_once(self) -> None:
         with self._run_lock:
             with self._intake_lock:
@@ -138,9 +104,4 @@ class RequestPipeline:
 
     def shutdown(self) -> None:
         """Stop taking data and hand what is queued to the exporters."""
-        with self._intake_lock:
-            self._stopping = True
-        self._wake.set()
-        if self._worker.is_alive():
-            self._worker.join(timeout=10)
-        self._drain_once()
+        self._stop_intake()
