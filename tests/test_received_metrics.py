@@ -63,6 +63,8 @@ def test_label_names_are_sanitised_and_colliding_keys_joined_in_key_order() -> N
     assert label_name("0day") == "key_0day"
     assert label_name("_private") == "key_private"
     assert label_name("__reserved") == "__reserved"
+    assert label_name("") == "key_"  # found by fuzzing: an empty key made the scrape unparsable ({="v"})
+    assert label_name("__name__") == "key__name__"  # found by fuzzing: a second __name__ broke the scrape
     assert labels([("b.c", "2"), ("a", "x"), ("b_c", "1")]) == {"b_c": "2;1", "a": "x"}
     assert labels([("b_c", "1"), ("b.c", "2")]) == {"b_c": "2;1"}
 
