@@ -628,3 +628,20 @@ def test_the_duplicate_policy_ignores_the_case_of_instrument_names(exporter_fact
     assert not scrape(exporter.url).find("Flow_Request_total")
     assert self_metrics.count("otelcol.exporter.send_failed.metric_points", exporter="prometheus",
                               reason="derived_duplicate") == 1
+
+
+def test_point_attributes_named_like_the_exposition_labels_are_renamed_and_the_scrape_parses(exporter_factory) -> None:
+    """Found by fuzzing: a histogram point's ``le`` attribute was overwritten on its buckets and kept on its
+    ``_count`` / ``_sum`` (two points differing only in it exposed the same bucket twice); a summary's ``quantile``
+    likewise; an attribute key ``""`` or ``__name__`` made the whole scrape unparsable."""
+    exporter, _ = exporter_factory()
+    app = make_app()
+    latency = app.meter.create_histogram("latency", unit="s")
+    for le in ("a", "b"):
+        latency.record(0.2, {"le": le, "__name__": "x"})  # (the SDK drops a "" key)
+    send(exporter, app.request())
+    served = scrape(exporter.url)  # parses (prometheus_client raises on an unparsable exposition)
+    buckets = served.find("latency_seconds_bucket", le="+Inf")
+    assert sorted(b.labels["key_le"] for b in buckets) == ["a", "b"]
+    assert all(b.value == 1 and b.labels["key__name__"] == "x" for b in buckets)
+    assert served.value("latency_seconds_count", key_le="a") == 1
