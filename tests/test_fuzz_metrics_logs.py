@@ -70,9 +70,13 @@ class Collector:
                              headers={"Content-Type": "application/x-protobuf", **headers})
 
     def scrape(self) -> Scrape:
-        """The Prometheus endpoint, parsed by prometheus_client (an unparsable scrape raises)."""
+        """The Prometheus endpoint, parsed by prometheus_client (an unparsable scrape raises), with no sample
+        exposed twice (which that parser lets through and Prometheus refuses)."""
         self.scrapes += 1
-        return scrape(self.proc.prometheus["prometheus"])
+        served = scrape(self.proc.prometheus["prometheus"])
+        seen = [(s.name, tuple(sorted(s.labels.items()))) for s in served.samples]
+        assert len(seen) == len(set(seen)), sorted(k for k in seen if seen.count(k) > 1)[:3]
+        return served
 
 
 @pytest.fixture(scope="module")
@@ -213,15 +217,15 @@ def metrics(draw: st.DrawFn) -> Metric:
 @st.composite
 def metrics_requests(draw: st.DrawFn) -> ExportMetricsServiceRequest:
     request = ExportMetricsServiceRequest()
-    for _ in range(draw(st.integers(0, 2))):
+    for _ in range(draw(st.integers(1, 2))):
         rm = request.resource_metrics.add()
         rm.resource.attributes.extend(draw(ATTRIBUTES))
         rm.schema_url = draw(st.sampled_from(["", "https://opentelemetry.io/schemas/1.26.0"]))
-        for _ in range(draw(st.integers(0, 2))):
+        for _ in range(draw(st.integers(1, 2))):
             sm = rm.scope_metrics.add()
             sm.scope.name = draw(st.sampled_from(["", "app", "flowtel"]))
             sm.scope.attributes.extend(draw(ATTRIBUTES))
-            sm.metrics.extend(draw(st.lists(metrics(), max_size=3)))
+            sm.metrics.extend(draw(st.lists(metrics(), min_size=1, max_size=3)))
     return request
 
 
@@ -252,13 +256,13 @@ def log_records(draw: st.DrawFn) -> LogRecord:
 @st.composite
 def logs_requests(draw: st.DrawFn) -> ExportLogsServiceRequest:
     request = ExportLogsServiceRequest()
-    for _ in range(draw(st.integers(0, 2))):
+    for _ in range(draw(st.integers(1, 2))):
         rl = request.resource_logs.add()
         rl.resource.attributes.extend(draw(ATTRIBUTES))
-        for _ in range(draw(st.integers(0, 2))):
+        for _ in range(draw(st.integers(1, 2))):
             sl = rl.scope_logs.add()
             sl.scope.name = draw(st.sampled_from(["", "app", "promptflow"]))
-            sl.log_records.extend(draw(st.lists(log_records(), max_size=3)))
+            sl.log_records.extend(draw(st.lists(log_records(), min_size=1, max_size=3)))
     return request
 
 
