@@ -39,6 +39,8 @@ from opentelemetry.proto.metrics.v1.metrics_pb2 import (
 from test_fuzz_receivers import _hex_ids, mutated
 from test_fuzz_wire import KEYS, VALUES
 
+from flowtel.processors.log_content import is_content_event, is_content_key, redacted_node_output
+
 from collector_proc import CollectorProcess
 from conftest import Scrape, scrape
 from otlp_sink import OTLPSink
@@ -236,6 +238,11 @@ EVENT_NAMES = st.sampled_from(["", "gen_ai.user.message", "gen_ai.choice", "gen_
                                "gen_ai.system.message", "gen_ai.tool.message", "promptflow.node.output", "x"])
 
 
+#: What a prompt flow node's print becomes in its log line (the text after ``stdout> `` is content).
+NODE_PRINTS = st.sampled_from(["[chat in line 0 (index starts from 0)] stdout> my secret prompt",
+                               "[n] stderr> secret\nmore", "[n] stdout>no space", "stdout> secret"])
+
+
 @st.composite
 def log_records(draw: st.DrawFn) -> LogRecord:
     record = LogRecord(time_unix_nano=draw(FIXED64), observed_time_unix_nano=draw(FIXED64),
@@ -247,9 +254,11 @@ def log_records(draw: st.DrawFn) -> LogRecord:
                        span_id=draw(st.sampled_from([b"", bytes(8)]) | st.binary(min_size=8, max_size=8)),
                        event_name=draw(EVENT_NAMES), dropped_attributes_count=draw(st.integers(0, 2**32 - 1)))
     if draw(st.integers(0, 5)):
-        record.body.CopyFrom(draw(VALUES))
+        record.body.CopyFrom(draw(VALUES | NODE_PRINTS.map(lambda text: AnyValue(string_value=text))))
     record.attributes.extend(draw(st.lists(st.tuples(CONTENT_KEYS | KEYS, VALUES), max_size=4).map(
         lambda kvs: [KeyValue(key=k, value=v) for k, v in kvs])))
+    for _ in range(draw(st.sampled_from([0, 0, 1, 2]))):  # the older event.name attribute, sometimes twice
+        record.attributes.add(key="event.name").value.string_value = draw(EVENT_NAMES)
     return record
 
 
@@ -319,6 +328,22 @@ def test_mutated_grpc_messages(collector: Collector, channel: grpc.Channel, data
         assert error.code() not in _SERVER_FAULTS, (error.code(), error.details())
     if data.draw(st.integers(0, 4)) == 0:
         collector.scrape()
+
+
+def test_no_content_left_in_any_forwarded_log_record(collector: Collector) -> None:
+    """Runs after the fuzzing above: content capture is off, so no record the sink got has a content attribute, a
+    body when any of its event names (``event_name``, every ``event.name`` attribute) is a GenAI content event, or
+    a prompt flow node's printed text."""
+    records = [record for record, _ in collector.sink.log_records()]
+    assert records
+    for record in records:
+        keys = [kv.key for kv in record.attributes]
+        assert not [key for key in keys if is_content_key(key)], record
+        events = [record.event_name] + [kv.value.string_value for kv in record.attributes if kv.key == "event.name"]
+        if any(is_content_event(event) for event in events):
+            assert not record.HasField("body"), events
+        text = record.body.string_value
+        assert "secret" not in text or redacted_node_output(text) is None, record
 
 
 def test_fuzzed_collector_lost_nothing_and_still_serves(collector: Collector) -> None:
