@@ -27,7 +27,7 @@ Translation (``prometheus_names`` has the naming rules):
 - exponential histograms are dropped and counted (``unsupported_type``): upstream keeps them as
   native histograms, which only its protobuf exposition carries; flowtel serves the text formats.
   Points of an unset temporality, with bucket counts that do not match their bounds or count,
-  or negative (or NaN) values of monotonic sums are ``invalid``.
+  or negative (or NaN) values of monotonic sums, summaries with a quantile given twice are ``invalid``.
 - ``job`` / ``instance`` come from ``service.namespace``/``service.name`` and
   ``service.instance.id``; the other resource attributes go to one ``target_info`` series per
   resource; ``resource_to_telemetry_conversion.enabled`` copies all of them onto every series,
@@ -481,8 +481,11 @@ def _increasing(bounds: tuple[float, ...]) -> bool:
 
 def _summary(point: Any) -> _Point | None:
     quantiles = sorted((q.quantile, q.value) for q in point.quantile_values)
+    bounds = tuple(q for q, _ in quantiles)
+    if not _increasing(bounds):  # a quantile twice (or NaN among others) would expose one sample twice: invalid
+        return None
     return _Point(point.start_time_unix_nano, point.time_unix_nano, point.sum, point.count, True,
-                  tuple(q for q, _ in quantiles), [v for _, v in quantiles])
+                  bounds, [v for _, v in quantiles])
 
 
 _READERS = {"gauge": _number, "sum": _number, "histogram": _histogram, "summary": _summary}

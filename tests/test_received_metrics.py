@@ -449,6 +449,9 @@ def test_malformed_points_are_dropped_and_counted_and_the_rest_kept(exporter_fac
         negative = sm.metrics.add(name="neg").sum
         negative.is_monotonic, negative.aggregation_temporality = True, 2
         negative.data_points.add(time_unix_nano=T0, as_double=-1)
+        twice = sm.metrics.add(name="q").summary.data_points.add(time_unix_nano=T0, count=2, sum=3)
+        twice.quantile_values.add(quantile=0.5, value=1)  # found by fuzzing: a quantile given twice was
+        twice.quantile_values.add(quantile=0.5, value=2)  # exposed twice (q{quantile="0.5"} 1.0 and 2.0)
         good = sm.metrics.add(name="ok").sum
         good.is_monotonic, good.aggregation_temporality = True, 2
         good.data_points.add(time_unix_nano=T0, as_int=5)
@@ -459,8 +462,9 @@ def test_malformed_points_are_dropped_and_counted_and_the_rest_kept(exporter_fac
     assert got.find("ok_total")[0].labels["tags"] == '["a","b\\"c"]'  # arrays as JSON
     assert got.value("ok_total") == 5
     assert not got.find("h_count") and not got.find("s_total") and not got.find("neg_total")
+    assert not got.find("q_count")
     assert self_metrics.count("otelcol.exporter.send_failed.metric_points", exporter="prometheus",
-                              reason="invalid") == 3
+                              reason="invalid") == 4
 
 
 def test_a_point_without_recorded_value_ends_its_series(exporter_factory) -> None:
