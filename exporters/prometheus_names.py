@@ -14,7 +14,8 @@ suffixes on), so dashboards written against the upstream ``prometheus`` exporter
 - a leading digit gains a ``_`` prefix.
 
 Label names: invalid characters become ``_``; a leading digit gains ``key_``, a single
-leading ``_`` gains ``key`` (upstream); two attribute keys that sanitise to one label name
+leading ``_`` gains ``key`` (upstream); an empty key becomes ``key_`` and ``__name__`` becomes ``key__name__``
+(either would make the scrape unparsable); two attribute keys that sanitise to one label name
 have their values joined with ``;`` in the order of their original keys (specification).
 
 flowtel's own derived metrics use ``flowtel.processors.catalog.prometheus_name`` instead
@@ -91,7 +92,9 @@ def metric_name(name: str, unit: str, kind: str, monotonic: bool = False) -> str
 def label_name(key: str) -> str:
     """Prometheus label name of an attribute key (upstream ``NormalizeLabel``)."""
     if not key:
-        return key
+        return "key_"  # an empty label name breaks the whole exposition (``{="v"}``)
+    if key == "__name__":
+        return "key__name__"  # the metric name's own label: written twice, the exposition does not parse
     out = _LABEL_INVALID.sub("_", key)
     if out[0].isdigit():
         return "key_" + out

@@ -27,12 +27,14 @@ Translation (``prometheus_names`` has the naming rules):
 - exponential histograms are dropped and counted (``unsupported_type``): upstream keeps them as
   native histograms, which only its protobuf exposition carries; flowtel serves the text formats.
   Points of an unset temporality, with bucket counts that do not match their bounds or count,
-  or negative (or NaN) values of monotonic sums are ``invalid``.
+  or negative (or NaN) values of monotonic sums, summaries with a quantile given twice are ``invalid``.
 - ``job`` / ``instance`` come from ``service.namespace``/``service.name`` and
   ``service.instance.id``; the other resource attributes go to one ``target_info`` series per
   resource; ``resource_to_telemetry_conversion.enabled`` copies all of them onto every series,
   ``promote_resource_attributes`` copies the ones it names (a point's own attribute of the same
-  name wins). ``otel_scope_name`` / ``otel_scope_version`` label each series, as upstream.
+  name wins). ``otel_scope_name`` / ``otel_scope_version`` label each series, as upstream. A point's
+  attribute named ``le`` on a histogram or ``quantile`` on a summary becomes ``key_le`` / ``key_quantile`` (the
+  exposition adds those labels itself).
 
 Never two families under one name: a received metric named like one flowtel derives
 (``derived_names``, OTel names such as ``flow_latency``) is dropped (``derived_duplicate``)
@@ -86,6 +88,8 @@ _IDENTIFYING = ("service.name", "service.namespace", "service.instance.id")
 Key: TypeAlias = tuple[tuple[str, str], ...]  # a series' labels, sorted
 Labels: TypeAlias = tuple[tuple[str, str], ...]
 _OWN_LABELS = frozenset({"job", "instance", "otel_scope_name", "otel_scope_version"})
+#: The label a family's exposition adds to its samples, which a point's attribute must not take.
+_EXPOSITION_LABELS = {HISTOGRAM: "le", SUMMARY: "quantile"}
 _LABEL_CACHE_SIZE = 16_384  # translated label sets remembered (cleared when full)
 
 
@@ -242,13 +246,13 @@ class ReceivedMetrics:
         read = _READERS[kind_of_data]
         for point in points:
             if point.flags & _NO_RECORDED_VALUE:  # the sender says the series ended: stop exposing it (upstream)
-                family.series.pop(self._labels(point.attributes, common)[0], None)
+                family.series.pop(self._series_labels(family, point.attributes, common)[0], None)
                 continue
             parsed = read(point)
             if parsed is None or (counter and not parsed.value >= 0):  # a counter is never negative (nor NaN)
                 reason = "invalid"
             else:
-                key, series_labels, cut = self._labels(point.attributes, common)
+                key, series_labels, cut = self._series_labels(family, point.attributes, common)
                 if (cut or common_cut) and self._self is not None:
                     self._self.labels_cut(family.name)
                 reason = self._apply(family, key, series_labels, parsed, delta, now)
@@ -294,6 +298,20 @@ class ReceivedMetrics:
             elif self._self is not None:
                 self._self.metric_overflow("target_info")
         return _Resource({**promoted, **added}, info)
+
+    def _series_labels(self, family: _Family, attributes: Any, common: Labels) -> tuple[Key, dict[str, str], bool]:
+        """``_labels``, with an attribute named as the label the family's exposition adds itself (``le`` of a
+        histogram's buckets, ``quantile`` of a summary) renamed ``key_le`` / ``key_quantile``: kept, it would be
+        overwritten on some samples of the series and not on others, and two series differing only in it would
+        expose the same bucket twice."""
+        key, series_labels, cut = self._labels(attributes, common)
+        reserved = _EXPOSITION_LABELS.get(family.kind)
+        if reserved is None or reserved not in series_labels:
+            return key, series_labels, cut
+        renamed = dict(series_labels)
+        value, kept = renamed.pop(reserved), "key_" + reserved
+        renamed[kept] = f"{renamed[kept]};{value}" if kept in renamed else value  # as keys that collide (spec)
+        return tuple(sorted(renamed.items())), renamed, cut
 
     def _labels(self, attributes: Any, common: Labels) -> tuple[Key, dict[str, str], bool]:
         """A point's series key and labels (its attributes', then the resource's and scope's ``common`` ones), and
@@ -463,8 +481,11 @@ def _increasing(bounds: tuple[float, ...]) -> bool:
 
 def _summary(point: Any) -> _Point | None:
     quantiles = sorted((q.quantile, q.value) for q in point.quantile_values)
+    bounds = tuple(q for q, _ in quantiles)
+    if not _increasing(bounds):  # a quantile twice (or NaN among others) would expose one sample twice: invalid
+        return None
     return _Point(point.start_time_unix_nano, point.time_unix_nano, point.sum, point.count, True,
-                  tuple(q for q, _ in quantiles), [v for _, v in quantiles])
+                  bounds, [v for _, v in quantiles])
 
 
 _READERS = {"gauge": _number, "sum": _number, "histogram": _histogram, "summary": _summary}

@@ -31,6 +31,14 @@ def is_content_event(event_name: str | None) -> bool:
     return bool(event_name) and event_name in sc.CONTENT_EVENTS
 
 
+def names_content_event(*names: object) -> bool:
+    """Whether any of a record's event names (its ``event_name``, each ``event.name`` attribute) is a content event.
+
+    Any, not the first: a record naming two events is read by some backends by one, by others by the other
+    (repeated attribute keys: the last wins downstream), so its body is content if either says so (fail closed)."""
+    return any(isinstance(name, str) and is_content_event(name) for name in names)
+
+
 def redacted_node_output(body: str) -> str | None:
     """The body with a prompt flow node's printed text removed; None when the body is no such line."""
     match = _NODE_OUTPUT.match(body)

@@ -47,3 +47,18 @@ def test_a_long_crafted_body_costs_linear_time() -> None:
     quadratic)."""
     request = _request("[" * 4_000_000)
     assert strip_content(request) == 0
+
+
+@pytest.mark.parametrize("event_name, attribute_names", [
+    ("x", ["gen_ai.user.message"]),  # found by fuzzing: event_name won over the event.name attribute
+    ("", ["x", "gen_ai.choice"]),  # the first event.name attribute won; downstream the last one does
+    ("gen_ai.choice", ["x"]),
+])
+def test_a_record_naming_a_content_event_anywhere_loses_its_body(event_name: str, attribute_names: list[str]) -> None:
+    request = ExportLogsServiceRequest()
+    record = request.resource_logs.add().scope_logs.add().log_records.add(event_name=event_name)
+    record.body.string_value = "my secret prompt"
+    for name in attribute_names:
+        record.attributes.add(key="event.name").value.string_value = name
+    assert strip_content(request) == 1
+    assert not request.resource_logs[0].scope_logs[0].log_records[0].HasField("body")

@@ -63,6 +63,8 @@ def test_label_names_are_sanitised_and_colliding_keys_joined_in_key_order() -> N
     assert label_name("0day") == "key_0day"
     assert label_name("_private") == "key_private"
     assert label_name("__reserved") == "__reserved"
+    assert label_name("") == "key_"  # found by fuzzing: an empty key made the scrape unparsable ({="v"})
+    assert label_name("__name__") == "key__name__"  # found by fuzzing: a second __name__ broke the scrape
     assert labels([("b.c", "2"), ("a", "x"), ("b_c", "1")]) == {"b_c": "2;1", "a": "x"}
     assert labels([("b_c", "1"), ("b.c", "2")]) == {"b_c": "2;1"}
 
@@ -447,6 +449,9 @@ def test_malformed_points_are_dropped_and_counted_and_the_rest_kept(exporter_fac
         negative = sm.metrics.add(name="neg").sum
         negative.is_monotonic, negative.aggregation_temporality = True, 2
         negative.data_points.add(time_unix_nano=T0, as_double=-1)
+        twice = sm.metrics.add(name="q").summary.data_points.add(time_unix_nano=T0, count=2, sum=3)
+        twice.quantile_values.add(quantile=0.5, value=1)  # found by fuzzing: a quantile given twice was
+        twice.quantile_values.add(quantile=0.5, value=2)  # exposed twice (q{quantile="0.5"} 1.0 and 2.0)
         good = sm.metrics.add(name="ok").sum
         good.is_monotonic, good.aggregation_temporality = True, 2
         good.data_points.add(time_unix_nano=T0, as_int=5)
@@ -457,8 +462,9 @@ def test_malformed_points_are_dropped_and_counted_and_the_rest_kept(exporter_fac
     assert got.find("ok_total")[0].labels["tags"] == '["a","b\\"c"]'  # arrays as JSON
     assert got.value("ok_total") == 5
     assert not got.find("h_count") and not got.find("s_total") and not got.find("neg_total")
+    assert not got.find("q_count")
     assert self_metrics.count("otelcol.exporter.send_failed.metric_points", exporter="prometheus",
-                              reason="invalid") == 3
+                              reason="invalid") == 4
 
 
 def test_a_point_without_recorded_value_ends_its_series(exporter_factory) -> None:
@@ -626,3 +632,20 @@ def test_the_duplicate_policy_ignores_the_case_of_instrument_names(exporter_fact
     assert not scrape(exporter.url).find("Flow_Request_total")
     assert self_metrics.count("otelcol.exporter.send_failed.metric_points", exporter="prometheus",
                               reason="derived_duplicate") == 1
+
+
+def test_point_attributes_named_like_the_exposition_labels_are_renamed_and_the_scrape_parses(exporter_factory) -> None:
+    """Found by fuzzing: a histogram point's ``le`` attribute was overwritten on its buckets and kept on its
+    ``_count`` / ``_sum`` (two points differing only in it exposed the same bucket twice); a summary's ``quantile``
+    likewise; an attribute key ``""`` or ``__name__`` made the whole scrape unparsable."""
+    exporter, _ = exporter_factory()
+    app = make_app()
+    latency = app.meter.create_histogram("latency", unit="s")
+    for le in ("a", "b"):
+        latency.record(0.2, {"le": le, "__name__": "x"})  # (the SDK drops a "" key)
+    send(exporter, app.request())
+    served = scrape(exporter.url)  # parses (prometheus_client raises on an unparsable exposition)
+    buckets = served.find("latency_seconds_bucket", le="+Inf")
+    assert sorted(b.labels["key_le"] for b in buckets) == ["a", "b"]
+    assert all(b.value == 1 and b.labels["key__name__"] == "x" for b in buckets)
+    assert served.value("latency_seconds_count", key_le="a") == 1

@@ -17,7 +17,7 @@ from typing import Any
 from opentelemetry.sdk._logs import LogRecordProcessor
 
 from flowtel._log import warn_once
-from flowtel.processors.log_content import is_content_event, is_content_key, redacted_node_output
+from flowtel.processors.log_content import is_content_key, names_content_event, redacted_node_output
 from flowtel.selfmetrics import SelfMetrics
 
 
@@ -25,10 +25,9 @@ def remove_content(record: Any) -> None:
     """Take content out of an SDK log record in place (``ReadWriteLogRecord``, or ``LogData`` on older SDKs)."""
     api = record.log_record  # the API LogRecord both shapes carry
     attributes = api.attributes or {}
-    event = getattr(api, "event_name", None) or attributes.get("event.name")
     if any(is_content_key(key) for key in attributes):
         api.attributes = {key: value for key, value in attributes.items() if not is_content_key(key)}
-    if is_content_event(event if isinstance(event, str) else None):
+    if names_content_event(getattr(api, "event_name", None), attributes.get("event.name")):
         api.body = None
     elif isinstance(api.body, str):
         redacted = redacted_node_output(api.body)

@@ -13,8 +13,8 @@ from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import ExportLogsSer
 
 from flowtel.processors.log_content import (
     NODE_OUTPUT_REMOVED,
-    is_content_event,
     is_content_key,
+    names_content_event,
     redacted_node_output,
 )
 
@@ -28,10 +28,9 @@ def strip_content(request: ExportLogsServiceRequest) -> int:
         for scope_logs in resource_logs.scope_logs:
             for record in scope_logs.log_records:
                 attributes = record.attributes
-                event = record.event_name or next(
-                    (kv.value.string_value for kv in attributes if kv.key == "event.name"), "")
                 keep = [kv for kv in attributes if not is_content_key(kv.key)]
-                content_body = is_content_event(event) and record.HasField("body")
+                content_body = record.HasField("body") and names_content_event(
+                    record.event_name, *(kv.value.string_value for kv in attributes if kv.key == "event.name"))
                 node_output = None if content_body else redacted_node_output(record.body.string_value)
                 if len(keep) == len(attributes) and not content_body and node_output is None:
                     continue
