@@ -109,12 +109,7 @@ class TracesPipeline(QueuedPipeline):
     def consume(self, spans: list[SpanData]) -> None:
         """Queue adapted spans; ``admit`` already checked the limits, this re-checks the queue under its lock."""
         n = len(spans)
-        with self._intake_lock:
-            self._check_queue(n)
-            self._intake.append(spans)
-            self._queued += n
-        if self._queued >= self._batch.send_batch_size:
-            self._wake.set()
+        self._enqueue(spans, n)
 
     # The worker.
     def _drain_once(self) -> None:

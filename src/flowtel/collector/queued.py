@@ -8,8 +8,10 @@ worker finish, and drains what is left.
 
 from __future__ import annotations
 
+import collections
 import threading
 from collections.abc import Sequence
+from typing import Any
 
 from flowtel.selfmetrics import SelfMetrics
 
@@ -27,6 +29,7 @@ class QueuedPipeline:
         self._batch = batch or BatchConfig()
         self._max_queue = max_queue
         self._unit = unit
+        self._intake: collections.deque[Any] = collections.deque()  # what each pipeline's drain takes
         self._queued = 0
         self._intake_lock = threading.Lock()
         self._run_lock = threading.Lock()
@@ -51,6 +54,16 @@ class QueuedPipeline:
             raise Refused("shutting_down", "collector is shutting down; retry against another instance")
         if self._queued + n > self._max_queue and self._queued:
             raise Refused("queue_full", f"collector queue is full ({self._max_queue} {self._unit}); retry later")
+
+    def _enqueue(self, item: Any, n: int) -> None:
+        """Queue one request's ``n`` items under the intake lock (the bound re-checked there), waking the worker
+        once a batch's worth waits."""
+        with self._intake_lock:
+            self._check_queue(n)
+            self._intake.append(item)
+            self._queued += n
+        if self._queued >= self._batch.send_batch_size:
+            self._wake.set()
 
     # The worker.
     def _run(self) -> None:

@@ -53,12 +53,7 @@ class RequestPipeline(QueuedPipeline):
         self._intake: collections.deque[tuple[bytes, int]] = collections.deque()
 
     def consume(self, payload: bytes, n: int) -> None:
-        with self._intake_lock:
-            self._check_queue(n)
-            self._intake.append((payload, n))
-            self._queued += n
-        if self._queued >= self._batch.send_batch_size:
-            self._wake.set()
+        self._enqueue((payload, n), n)
 
     # The worker.
     def _drain_once(self) -> None:
