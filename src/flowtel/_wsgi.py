@@ -27,11 +27,9 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
-import hmac
 import io
 import logging
 import socket
-import ssl
 import sys
 import threading
 import time
@@ -44,6 +42,7 @@ import uvicorn
 
 from flowtel._log import warn_once
 from flowtel._uvicorn import HeadGuard, guarded_protocol
+from flowtel.settings import BearerToken, TLSSettings
 
 WSGIApp = Callable[[dict[str, Any], Callable[..., Any]], Iterable[bytes]]
 #: A WSGI-shaped check run on the request head before the body is read: ``None`` to go on, or the answer
@@ -51,21 +50,6 @@ WSGIApp = Callable[[dict[str, Any], Callable[..., Any]], Iterable[bytes]]
 HeadCheck = Callable[[dict[str, Any], Callable[..., Any]], "Iterable[bytes] | None"]
 RefusalHook = Callable[[str, str], None]
 KIB, MIB = 1 << 10, 1 << 20
-
-
-@dataclass(frozen=True, slots=True)
-class TLSSettings:
-    cert_file: str
-    key_file: str
-    client_ca_file: str | None = None  # when set, clients must present a certificate signed by it
-
-    def context(self) -> ssl.SSLContext:
-        ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-        ctx.load_cert_chain(self.cert_file, self.key_file)
-        if self.client_ca_file:
-            ctx.load_verify_locations(self.client_ca_file)
-            ctx.verify_mode = ssl.CERT_REQUIRED
-        return ctx
 
 
 @dataclass(frozen=True, slots=True)
@@ -83,15 +67,14 @@ class ServerLimits:
     backlog: int = 1024
 
 
-def bearer_auth(app: WSGIApp, token: str | None) -> WSGIApp:
-    """Require ``Authorization: Bearer <token>``; constant-time compare; 401 otherwise."""
+def bearer_auth(app: WSGIApp, token: str | BearerToken | None) -> WSGIApp:
+    """Require ``Authorization: Bearer <token>`` (``BearerToken``, constant-time); 401 otherwise."""
     if not token:
         return app
-    expected = f"Bearer {token}".encode()
+    check = BearerToken(token) if isinstance(token, str) else token
 
     def guarded(environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
-        given = environ.get("HTTP_AUTHORIZATION", "").encode()
-        if hmac.compare_digest(given, expected):
+        if check.check(environ.get("HTTP_AUTHORIZATION")):
             return app(environ, start_response)
         start_response("401 Unauthorized", [("Content-Type", "text/plain"), ("WWW-Authenticate", "Bearer")])
         return [b"missing or wrong bearer token\n"]

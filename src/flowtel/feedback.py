@@ -23,7 +23,6 @@ on the span as ``flowtel.feedback.baggage_dropped`` and logged once.
 
 from __future__ import annotations
 
-import hmac
 import json
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass
@@ -39,6 +38,7 @@ from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapProp
 
 from flowtel import semconv as sc
 from flowtel._log import logger, warn_once
+from flowtel.settings import BearerToken
 
 FEEDBACK_PATH = "/feedback"
 RECEIVED = json.dumps({"status": "Feedback received."}).encode()
@@ -210,7 +210,7 @@ class FeedbackHandler:
                  on_refused: Callable[[str, str], None] | None = None) -> None:
         provider = tracer_provider or trace.get_tracer_provider()
         self._tracer = provider.get_tracer("flowtel.feedback")
-        self._expected = f"Bearer {token}".encode() if token else None
+        self._token = BearerToken(token) if token else None
         self.limits = limits or FeedbackLimits()
         self._path = path
         self._sink = sink
@@ -222,8 +222,7 @@ class FeedbackHandler:
             raise FeedbackRefused(404, "not_found", f"no endpoint at {path}; feedback goes to {self._path}")
         if method != "POST":
             raise FeedbackRefused(405, "method", "use POST", [("Allow", "POST")])
-        if self._expected is not None and not hmac.compare_digest(headers.get("authorization", "").encode(),
-                                                                  self._expected):
+        if self._token is not None and not self._token.check(headers.get("authorization")):
             raise FeedbackRefused(401, "unauthenticated", "missing or wrong bearer token",
                                   [("WWW-Authenticate", "Bearer")])
         content_type = headers.get("content-type", "").split(";")[0].strip().lower()

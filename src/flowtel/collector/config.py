@@ -18,17 +18,21 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, Field, ValidationError
 
-from .components import FACTORIES
-from .confmap import ConfigFileError, Document, Path, Problem, dotted, load, parse
-from .settings import (
+from flowtel.settings import (
     Auth,
     Model,
     PositiveDuration,
-    _check_endpoint,
-    _readable,
+    check_endpoint,
+    check_readable,
+    expected_of,
+    model_at,
     parse_duration,
     split_endpoint,
+    unwrap,
 )
+
+from .components import FACTORIES
+from .confmap import ConfigFileError, Document, Path, Problem, dotted, load, parse
 from .signals import SIGNALS
 
 
@@ -75,91 +79,19 @@ class CollectorConfig:
     extensions: dict[str, Any] = field(default_factory=dict)
 
 
-def _model_at(model: type[BaseModel], loc: tuple[Any, ...]) -> type[BaseModel] | None:
-    """The model class that ``loc`` points into, to list the keys it knows."""
-    current: Any = model
-    for part in loc:
-        if not (isinstance(current, type) and issubclass(current, BaseModel)):
-            return None
-        if isinstance(part, int):
-            continue
-        info = current.model_fields.get(str(part))
-        if info is None:
-            return None
-        current = _unwrap(info.annotation)
-    return current if isinstance(current, type) and issubclass(current, BaseModel) else None
-
-
-def _unwrap(annotation: Any) -> Any:
-    origin = typing.get_origin(annotation)
-    if origin in (typing.Union, types.UnionType):
-        args = [a for a in typing.get_args(annotation) if a is not type(None)]
-        return _unwrap(args[0]) if len(args) == 1 else annotation
-    if origin is dict:
-        return _unwrap(typing.get_args(annotation)[1])
-    if origin is list:
-        return _unwrap(typing.get_args(annotation)[0])
-    if origin is typing.Annotated:
-        return _unwrap(typing.get_args(annotation)[0])
-    return annotation
-
-
-_EXPECTED = {
-    "missing": "a value (this key is required)",
-    "greater_than": "{noun} > {gt}",
-    "greater_than_equal": "{noun} >= {ge}",
-    "less_than": "{noun} < {lt}",
-    "less_than_equal": "{noun} <= {le}",
-    "int_type": "an integer",
-    "int_parsing": "an integer",
-    "int_from_float": "an integer",
-    "float_type": "a number",
-    "float_parsing": "a number",
-    "finite_number": "a finite number",
-    "bool_type": "true or false",
-    "bool_parsing": "true or false",
-    "string_type": "a string",
-    "literal_error": "one of {expected}",
-    "dict_type": "a mapping of keys to values",
-    "model_type": "a mapping of settings",
-    "model_attributes_type": "a mapping of settings",
-    "list_type": "a list",
-    "too_short": "at least {min_length} item(s)",
-}
-
-
-def _noun(model: type[BaseModel], loc: tuple[Any, ...]) -> str:
-    """What kind of number the key at ``loc`` takes, for range messages."""
-    parent = _model_at(model, loc[:-1]) if loc else None
-    info = parent.model_fields.get(str(loc[-1])) if parent is not None else None
-    if info is None:
-        return "a number"
-    if any(getattr(m, "func", None) is parse_duration for m in info.metadata):
-        return "a duration"
-    return "an integer" if _unwrap(info.annotation) is int else "a number"
-
-
 def _problems(doc: Document, base: Path, model: type[BaseModel], error: ValidationError) -> list[Problem]:
     out = []
     for err in error.errors(include_url=False):
         loc = tuple(err["loc"])
-        kind = err["type"]
-        got = err.get("input")
-        if kind == "extra_forbidden":
-            parent = _model_at(model, loc[:-1])
-            known = ", ".join(parent.model_fields) if parent else ""
-            hint = _did_you_mean(str(loc[-1]), parent.model_fields if parent else ())
+        if err["type"] == "extra_forbidden":
+            parent = model_at(model, loc[:-1])
+            keys = [k for k in parent.model_fields if k not in getattr(parent, "IN_PROCESS_ONLY", {})] \
+                if parent else []
+            known = ", ".join(keys)
+            hint = _did_you_mean(str(loc[-1]), keys)
             out.append(doc.problem((*base, *loc), f"no such key{hint}; known keys: {known}"))
             continue
-        if kind in _EXPECTED:
-            ctx = {k: int(v) if isinstance(v, float) and v.is_integer() else v for k, v in err.get("ctx", {}).items()}
-            expected = _EXPECTED[kind].format(noun=_noun(model, loc), **ctx)
-        else:
-            message = err["msg"].removeprefix("Value error, ").removeprefix("Input should be ")
-            expected = message[:1].lower() + message[1:]
-        # A check on a whole section (input: its mapping) names what it wants; echoing the mapping adds noise.
-        if kind == "missing" or isinstance(got, Mapping):
-            got = None
+        expected, got = expected_of(model, err)
         out.append(doc.problem((*base, *loc), expected, got))
     return out
 
@@ -245,8 +177,15 @@ def build(doc: Document) -> CollectorConfig:
             elif (bad := _bad_id(component_id)) is not None:
                 problems.append(doc.problem((section, component_id), bad))
             else:
-                components[section][component_id] = _validate(doc, (section, component_id), model, settings,
-                                                              problems)
+                for key in settings if isinstance(settings, Mapping) else ():
+                    if key in model.IN_PROCESS_ONLY:
+                        problems.append(doc.problem((section, component_id, key),
+                                                    f"a collector key; {key} is in-process only: "
+                                                    f"{model.IN_PROCESS_ONLY[key]}"))
+                components[section][component_id] = _validate(
+                    doc, (section, component_id), model,
+                    {k: v for k, v in settings.items() if k not in model.IN_PROCESS_ONLY}
+                    if isinstance(settings, Mapping) else settings, problems)
     if "service" in data:
         service = _validate(doc, ("service",), ServiceConfig, data["service"], problems)
         if service is not None:
@@ -332,7 +271,7 @@ def _listens(info: Any) -> bool:
     """A ``host:port`` a server listens on (``Endpoint``), not a URL or target it sends to."""
     metadata = [*info.metadata, *(typing.get_args(info.annotation)[1:]
                                   if typing.get_origin(info.annotation) is typing.Annotated else ())]
-    return any(getattr(m, "func", None) is _check_endpoint for m in metadata)
+    return any(getattr(m, "func", None) is check_endpoint for m in metadata)
 
 
 def _check_component_refs(doc: Document, path: Path, cfg: Any, enabled: set[str]) -> list[Problem]:
@@ -399,19 +338,19 @@ def _type_name(annotation: Any, metadata: list[Any]) -> str:
         funcs.add(getattr(meta, "func", None))
     if parse_duration in funcs:
         name = "duration"
-    elif _check_endpoint in funcs:
+    elif check_endpoint in funcs:
         name = "host:port"
-    elif _readable in funcs:
+    elif check_readable in funcs:
         name = "file path"
     else:
-        inner = _unwrap(annotation)
+        inner = unwrap(annotation)
         origin = typing.get_origin(annotation)
         args = [a for a in typing.get_args(annotation) if a is not type(None)]
         if origin in (typing.Union, types.UnionType) and len(args) == 1:
             return _type_name(args[0], metadata)
         if origin is dict:
             name = "map of strings" if inner is str else "map of id to mapping"
-        elif origin is list:
+        elif origin in (list, frozenset):
             name = "list of strings"
         elif origin is typing.Literal:
             name = "one of " + ", ".join(str(a) for a in typing.get_args(annotation))
@@ -431,6 +370,8 @@ def reference(model: type[BaseModel], prefix: str = "") -> list[tuple[str, str, 
     """``(key, type, default)`` for every key of a component, nested keys dotted: collector-config/README.md."""
     rows: list[tuple[str, str, str]] = []
     for name, info in model.model_fields.items():
+        if name in getattr(model, "IN_PROCESS_ONLY", {}):
+            continue
         key = f"{prefix}{name}"
         kind = _type_name(info.annotation, list(info.metadata))
         if info.is_required():
@@ -445,12 +386,13 @@ def reference(model: type[BaseModel], prefix: str = "") -> list[tuple[str, str, 
                 default = str(value).lower()
             elif kind.startswith("duration"):
                 default = _format_duration(value)
-            elif isinstance(value, (dict, list)):
-                default = "{}" if isinstance(value, dict) else "[" + ", ".join(map(str, value)) + "]"
+            elif isinstance(value, (dict, list, frozenset)):
+                default = "{}" if isinstance(value, dict) else "[" + ", ".join(map(str, sorted(value) if isinstance(
+                    value, frozenset) else value)) + "]"
             else:
                 default = str(value)
         rows.append((key, kind, default))
-        nested = _unwrap(info.annotation)
+        nested = unwrap(info.annotation)
         if isinstance(nested, type) and issubclass(nested, BaseModel):
             sub = f"{key}.<id>." if typing.get_origin(info.annotation) is dict else f"{key}."
             rows.extend(reference(nested, sub))

@@ -17,8 +17,9 @@ from google.protobuf.message import DecodeError
 from google.rpc import code_pb2, error_details_pb2, status_pb2
 
 from flowtel.otlp import MalformedRequest
+from flowtel.settings import BearerToken
 
-from .otlp_receiver import MIB, AnyIntake, BearerToken, GRPCServerConfig
+from .otlp_receiver import MIB, AnyIntake, GRPCServerConfig
 from .refusal import Refused
 from .settings import split_endpoint
 

@@ -19,8 +19,9 @@ from google.rpc import status_pb2
 from flowtel._log import logger
 from flowtel._wsgi import WSGIEndpoint
 from flowtel.otlp import MalformedRequest
+from flowtel.settings import BearerToken
 
-from .otlp_receiver import AnyIntake, BearerToken, HTTPServerConfig
+from .otlp_receiver import AnyIntake, HTTPServerConfig
 from .refusal import Refused
 from .settings import split_endpoint
 

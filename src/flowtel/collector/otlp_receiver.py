@@ -12,7 +12,6 @@ from this receiver answers 404 / UNIMPLEMENTED, as upstream.
 
 from __future__ import annotations
 
-import hmac
 from collections.abc import Sequence
 from typing import Protocol
 
@@ -71,22 +70,6 @@ class Protocols(EmptyIsDefault):
 
 class OTLPReceiverConfig(Model):
     protocols: Protocols
-
-
-class BearerToken:
-    """Constant-time check of ``Authorization: Bearer <token>``: the running ``bearertokenauth`` extension."""
-
-    def __init__(self, token: str) -> None:
-        self._expected = f"Bearer {token}".encode()
-
-    def check(self, header: str | None) -> bool:
-        return hmac.compare_digest((header or "").encode(), self._expected)
-
-    def start(self) -> None:
-        pass
-
-    def shutdown(self) -> None:
-        pass
 
 
 class _Admits(Protocol):
