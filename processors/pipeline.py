@@ -52,11 +52,11 @@ class TracePipeline:
         """Start with no held traces and no waiting feedback (at construction, and in a forked child, whose
         parent still holds those spans and will export them)."""
         config = self._config
-        self._assembler = TraceAssembler(int(config.trace_timeout_s * 1e9), config.max_held_spans,
+        self._assembler = TraceAssembler(int(config.trace_timeout * 1e9), config.max_held_spans,
                                          streams=(awaited_stream, ends_stream))
         self._feedback = FeedbackCorrelator(
-            config.feedback_scoring, config.feedback_max_requests, int(config.feedback_window_s * 1e9),
-            int(config.feedback_wait_s * 1e9), config.feedback_max_waiting,
+            config.feedback.scoring(), config.feedback.max_requests, int(config.feedback.request_window * 1e9),
+            int(config.feedback.wait * 1e9), config.feedback.max_waiting,
             config.resource_dimensions)
 
     def process(self, spans: Iterable[SpanData], now_ns: int) -> list[Any]:

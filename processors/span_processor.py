@@ -130,7 +130,7 @@ class FlowtelSpanProcessor(SpanProcessor):
 
     # The worker thread.
     def _run(self) -> None:
-        delay = self._config.schedule_delay_s
+        delay = self._config.schedule_delay
         while not self._shutdown:
             self._wake.wait(delay)
             self._wake.clear()

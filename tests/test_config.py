@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+from pydantic import ValidationError
 
 from flowtel.config import ConfigError, FlowtelConfig
 
@@ -94,7 +95,7 @@ def test_cardinality_limit_below_one_rejected_from_env(raw: str) -> None:
     assert info.value.source == "environment"
     assert info.value.key == "FLOWTEL_METRICS_CARDINALITY_LIMIT"
     assert info.value.expected == "an integer >= 1"
-    assert info.value.got == int(raw)
+    assert info.value.got == raw  # as written in the variable
 
 
 def test_cardinality_limit_zero_error_names_the_environment_variable() -> None:
@@ -105,9 +106,11 @@ def test_cardinality_limit_zero_error_names_the_environment_variable() -> None:
 
 
 def test_cardinality_limit_zero_rejected_directly() -> None:
-    with pytest.raises(ConfigError) as info:
+    # Built in code, the model's own (pydantic) error, still a ValueError naming the key.
+    with pytest.raises(ValidationError) as info:
         FlowtelConfig(cardinality_limit=0)
-    assert str(info.value) == "FlowtelConfig: cardinality_limit: expected an integer >= 1, got 0"
+    assert isinstance(info.value, ValueError)
+    assert [(e["loc"], e["type"]) for e in info.value.errors()] == [(("cardinality_limit",), "greater_than_equal")]
 
 
 def test_cardinality_limit_zero_rejected_as_override() -> None:
@@ -180,9 +183,10 @@ def test_numeric_settings_from_env() -> None:
 
 
 @pytest.mark.parametrize(("var", "raw", "expected"), [
-    ("FLOWTEL_TRACE_TIMEOUT", "soon", "a number"),
+    ("FLOWTEL_TRACE_TIMEOUT", "soon", "a duration such as 5s, 200ms or 1m30s"),
+    ("FLOWTEL_FEEDBACK_WAIT", "-1", "a duration such as 5s, 200ms or 1m30s"),
     ("FLOWTEL_MAX_HELD_SPANS", "many", "an integer"),
-    ("FLOWTEL_MAX_QUEUE_SIZE", "1.0", "an integer"),
+    ("FLOWTEL_MAX_QUEUE_SIZE", "1.5", "an integer"),
 ])
 def test_bad_numeric_settings(var: str, raw: str, expected: str) -> None:
     with pytest.raises(ConfigError) as info:
@@ -190,14 +194,21 @@ def test_bad_numeric_settings(var: str, raw: str, expected: str) -> None:
     assert str(info.value) == f"environment: {var}: expected {expected}, got {raw!r}"
 
 
-@pytest.mark.parametrize("raw", ["0", "-1"])
+@pytest.mark.parametrize("raw", ["0", "0s", "0.0"])
 def test_non_positive_trace_timeout_rejected(raw: str) -> None:
     with pytest.raises(ConfigError) as info:
         FlowtelConfig.from_env({"FLOWTEL_TRACE_TIMEOUT": raw})
     assert info.value.source == "environment"
     assert info.value.key == "FLOWTEL_TRACE_TIMEOUT"
-    assert info.value.expected == "a finite number of seconds > 0"
-    assert info.value.got == float(raw)
+    assert info.value.expected == "a duration > 0"
+    assert info.value.got == raw
+
+
+@pytest.mark.parametrize(("raw", "seconds"), [("300", 300.0), ("2.5", 2.5), ("5m", 300.0), ("1m30s", 90.0),
+                                              ("200ms", 0.2)])
+def test_trace_timeout_from_env_seconds_or_duration(raw: str, seconds: float) -> None:
+    config = FlowtelConfig.from_env({"FLOWTEL_TRACE_TIMEOUT": raw})
+    assert config.trace_timeout == config.trace_timeout_s == seconds
 
 
 @pytest.mark.parametrize("raw", ["nan", "inf"])
@@ -217,3 +228,70 @@ def test_unknown_override_rejected() -> None:
 def test_overrides_win_over_environment() -> None:
     config = FlowtelConfig.from_env({"FLOWTEL_METRICS_CARDINALITY_LIMIT": "5"}, cardinality_limit=7)
     assert config.cardinality_limit == 7
+
+
+# -- one model for both hosts ---------------------------------------------------------------------------------
+
+def _collector_flowtel(keys: str) -> object:
+    from flowtel.collector.config import load_config
+
+    text = f"""
+receivers: {{otlp: {{protocols: {{grpc: {{endpoint: 127.0.0.1:0}}}}}}}}
+processors:
+  flowtel:
+{keys}
+exporters: {{debug: {{}}}}
+service: {{pipelines: {{traces: {{receivers: [otlp], processors: [flowtel], exporters: [debug]}}}}}}
+"""
+    return load_config(text=text, name="t.yaml").processors["flowtel"]
+
+
+def test_environment_and_config_file_build_the_same_object() -> None:
+    from_env = FlowtelConfig.from_env({
+        "FLOWTEL_METRICS_COMMON_DIMENSIONS": '{"deployment": "blue"}', "FLOWTEL_TRACE_TIMEOUT": "90",
+        "FLOWTEL_FEEDBACK_WAIT": "2s", "FLOWTEL_FEEDBACK_MAX_WAITING": "7", "FLOWTEL_CAPTURE_CONTENT": "true",
+        "FLOWTEL_FEEDBACK_POSITIVE_THRESHOLD": "3"})
+    from_file = _collector_flowtel("""    common_dimensions: {deployment: blue}
+    trace_timeout: 1m30s
+    capture_content: true
+    feedback: {wait: 2s, max_waiting: 7, positive_threshold: 3}""")
+    assert type(from_file) is FlowtelConfig
+    assert from_file == from_env
+    assert from_env.feedback.scoring().positive_threshold == 3.0
+
+
+@pytest.mark.parametrize("key", sorted(FlowtelConfig.IN_PROCESS_ONLY))
+def test_in_process_only_keys_are_refused_in_a_config_file(key: str) -> None:
+    from flowtel.collector.confmap import ConfigFileError
+
+    with pytest.raises(ConfigFileError) as info:
+        _collector_flowtel(f"    {key}: 1")
+    assert f"t.yaml:5: processors.flowtel.{key}: expected a collector key; {key} is in-process only" in str(
+        info.value)
+
+
+def test_names_from_before_the_shared_model_still_work_in_code() -> None:
+    from flowtel.processors.scoring import FeedbackScoring
+
+    config = FlowtelConfig(trace_timeout_s=5, schedule_delay_s=0.05, feedback_window_s=60, feedback_wait_s=0,
+                           feedback_max_requests=3, feedback_max_waiting=4,
+                           feedback_scoring=FeedbackScoring(evaluation_name="stars", positive_threshold=3.0,
+                                                            labels={"meh": (0.5, "thumbdown")}))
+    assert (config.trace_timeout, config.schedule_delay) == (5.0, 0.05)
+    assert (config.trace_timeout_s, config.schedule_delay_s, config.feedback_window_s, config.feedback_wait_s,
+            config.feedback_max_requests, config.feedback_max_waiting) == (5.0, 0.05, 60.0, 0.0, 3, 4)
+    scoring = config.feedback_scoring
+    assert (scoring.evaluation_name, scoring.positive_threshold) == ("stars", 3.0)
+    assert scoring.score("meh") is not None and scoring.score("meh").value == 0.5  # type: ignore[union-attr]
+
+
+def test_every_key_has_its_variable_or_is_set_in_code_only() -> None:
+    """A new key gets a variable in ``FlowtelConfig.ENV`` or a place on this list, deliberately."""
+    from flowtel.config import FeedbackConfig
+
+    code_only = {"genai_metrics_skip_scopes", "schedule_delay", "feedback.evaluation_name", "feedback.labels",
+                 "feedback.rating_fields"}
+    keys = {k for k in FlowtelConfig.model_fields if k != "feedback"} | {
+        f"feedback.{k}" for k in FeedbackConfig.model_fields}
+    with_variable = {var.key for var in FlowtelConfig.ENV}
+    assert keys - code_only == with_variable

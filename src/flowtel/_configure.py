@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 
 from opentelemetry import metrics, trace
 from opentelemetry.sdk.metrics import MeterProvider
@@ -130,7 +130,7 @@ def configure(
     env = os.environ
     config = config or FlowtelConfig.from_env()
     if not config.genai_metrics_skip_scopes:
-        config = replace(config, genai_metrics_skip_scopes=SELF_METERING_SCOPES)
+        config = config.model_copy(update={"genai_metrics_skip_scopes": SELF_METERING_SCOPES})
     resource = resource or Resource.create()
 
     trace_names = _exporter_names(env, "TRACES", ["otlp"] if _otlp_endpoint_set(env, "TRACES") else [])

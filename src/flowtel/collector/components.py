@@ -13,6 +13,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from flowtel.config import FlowtelConfig
 from flowtel.exporters.azuremonitor_collector import AzureMonitorExporterConfig
 from flowtel.exporters.debug import DebugExporter, DebugExporterConfig
 from flowtel.exporters.otlp_forward import (
@@ -24,6 +25,7 @@ from flowtel.exporters.otlp_forward import (
 )
 from flowtel.exporters.prometheus import PrometheusExporter, PrometheusSettings
 from flowtel.selfmetrics import SelfMetrics
+from flowtel.settings import BearerToken
 
 from .batch import BatchConfig
 from .extensions import (
@@ -35,9 +37,8 @@ from .extensions import (
     ServiceStatus,
 )
 from .feedback_receiver import FeedbackReceiver, FeedbackReceiverConfig
-from .flowtel_processor import FlowtelProcessorConfig
 from .memory_limiter import MemoryLimiter, MemoryLimiterConfig
-from .otlp_receiver import AnyIntake, BearerToken, Intake, OTLPReceiverConfig
+from .otlp_receiver import AnyIntake, Intake, OTLPReceiverConfig
 from .prometheus_config import PrometheusExporterConfig
 from .settings import Auth, Model, split_endpoint
 from .signals import SIGNALS
@@ -61,7 +62,7 @@ class PipelineParts:
 
     memory_limiters: list[MemoryLimiter] = field(default_factory=list)
     batch: BatchConfig = field(default_factory=BatchConfig)
-    flowtel: FlowtelProcessorConfig | None = None
+    flowtel: FlowtelConfig | None = None
 
 
 @dataclass(frozen=True)
@@ -101,7 +102,7 @@ def _feedback_receiver(host: Host, rid: str, cfg: FeedbackReceiverConfig,
 
 
 # --- processors: each sets its part of the pipeline that lists it ----------------------------------------------
-def _flowtel(host: Host, pid: str, cfg: FlowtelProcessorConfig, parts: PipelineParts) -> None:
+def _flowtel(host: Host, pid: str, cfg: FlowtelConfig, parts: PipelineParts) -> None:
     parts.flowtel = cfg
 
 
@@ -148,7 +149,7 @@ FACTORIES: dict[str, dict[str, Factory]] = {
         Factory("feedback", FeedbackReceiverConfig, _feedback_receiver, frozenset({"traces"})),
     )},
     "processors": {f.type_name: f for f in (
-        Factory("flowtel", FlowtelProcessorConfig, _flowtel, frozenset({"traces"})),
+        Factory("flowtel", FlowtelConfig, _flowtel, frozenset({"traces"})),
         Factory("memory_limiter", MemoryLimiterConfig, _memory_limiter, ALL),
         Factory("batch", BatchConfig, _batch, ALL),
     )},

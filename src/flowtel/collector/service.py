@@ -23,13 +23,14 @@ from flowtel._log import logger
 from flowtel.exporters.prometheus import PrometheusExporter
 from flowtel.processors.metrics import FlowtelMetrics
 from flowtel.selfmetrics import SelfMetrics
+from flowtel.settings import BearerToken
 
 from .components import FACTORIES, PipelineParts
 from .config import CollectorConfig, component_type
 from .extensions import ServiceStatus
 from .memory_limiter import MemoryLimiter, MemoryLimiterConfig
 from .otlp_grpc import GRPCTransport
-from .otlp_receiver import AnyIntake, BearerToken, Intake, RequestIntake
+from .otlp_receiver import AnyIntake, Intake, RequestIntake
 from .pipeline import TracesExporter, TracesPipeline
 from .request_pipeline import RequestPipeline
 from .settings import Auth
@@ -145,7 +146,7 @@ class Collector:
                                    capture_content=capture)
         flowtel = None
         if flowtel_cfg is not None:
-            fconfig = flowtel_cfg.flowtel_config(batch.timeout)
+            fconfig = flowtel_cfg.model_copy(update={"schedule_delay": batch.timeout})
             metrics = FlowtelMetrics(fconfig, self.self_metrics)
             for eid in exporters:
                 exporter = self.exporters[eid]
