@@ -295,3 +295,13 @@ def test_every_key_has_its_variable_or_is_set_in_code_only() -> None:
         f"feedback.{k}" for k in FeedbackConfig.model_fields}
     with_variable = {var.key for var in FlowtelConfig.ENV}
     assert keys - code_only == with_variable
+
+
+def test_readme_documents_every_variable() -> None:
+    from pathlib import Path
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    section = readme[readme.index("## Configuration"):]
+    section = section[:section.index("\n## ", 1)]
+    missing = [var.name for var in FlowtelConfig.ENV if var.name not in section]
+    assert missing == []
