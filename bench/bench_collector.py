@@ -327,7 +327,7 @@ def serve(mode: str) -> int:
             total[0] += n
         return b""  # ExportTraceServiceResponse().SerializeToString(), as the collector answers
 
-    # As flowtel.collector.otlp_grpc.GRPCTransport builds its server.
+    # As flowtel.collector.receivers.otlp_grpc.GRPCTransport builds its server.
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=8, thread_name_prefix="decode-grpc"),
                          options=[("grpc.max_receive_message_length", 4 * MIB), ("grpc.so_reuseport", 0)])
     handler = grpc.unary_unary_rpc_method_handler(export)

@@ -23,7 +23,7 @@ from opentelemetry.proto.common.v1.common_pb2 import KeyValue
 from opentelemetry.proto.trace.v1.trace_pb2 import ResourceSpans
 
 from flowtel import otlp
-from flowtel.collector import otlp_http
+from flowtel.collector.receivers import otlp_http
 from flowtel.config import FlowtelConfig
 from flowtel.processors import pipeline as pipeline_module
 from flowtel.processors.analysis import API_CALL_MAX_CHARS, API_CALL_MAX_DEPTH

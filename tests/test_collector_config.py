@@ -761,7 +761,7 @@ def test_more_component_checks(processors: str, exporters: str, expected: str) -
 
 
 def test_memory_limit_as_a_percentage_of_available_memory() -> None:
-    from flowtel.collector.memory_limiter import available_mib
+    from flowtel.collector.processors.memory_limiter import available_mib
 
     config = load_config(text=_PIPELINE % ("  memory_limiter: {limit_percentage: 50, spike_limit_percentage: 10}",
                                            "", "[memory_limiter]", ""), name="t.yaml")

@@ -184,8 +184,8 @@ def test_peak_rss_units_follow_the_platform() -> None:
     import platform
     import resource
 
-    from flowtel.collector.allocator import can_release
-    from flowtel.collector.memory_limiter import maxrss_mib
+    from flowtel.collector.processors.allocator import can_release
+    from flowtel.collector.processors.memory_limiter import maxrss_mib
 
     assert maxrss_mib(3 * 2**20, "darwin") == 3.0  # bytes on macOS
     assert maxrss_mib(3 * 1024, "linux") == 3.0  # KiB on Linux
@@ -262,7 +262,7 @@ def test_split_batches_bounds_every_request_by_its_encoded_size() -> None:
 # Item: damaged persistent queue files are moved aside and counted, never trusted.
 
 def test_damaged_queue_files_are_moved_aside_and_counted_and_tmp_leftovers_removed(tmp_path: Path) -> None:
-    from flowtel.collector import Collector  # noqa: F401  (the exporters import the collector's settings first)
+    from flowtel.collector import Collector  # noqa: F401  (imported first, as an app would)
     from flowtel.exporters.sending_queue import encode_batch
 
     storage = tmp_path / "storage"
@@ -434,8 +434,8 @@ def test_feedback_values_otlp_cannot_carry_are_coerced_in_process() -> None:
 def test_when_memory_cannot_be_returned_the_limiter_refuses_only_while_the_collector_holds_data(monkeypatch) -> None:  # type: ignore[no-untyped-def]
     import pytest
 
-    from flowtel.collector import memory_limiter
-    from flowtel.collector.memory_limiter import MemoryLimiter, MemoryLimiterConfig
+    from flowtel.collector.processors import memory_limiter
+    from flowtel.collector.processors.memory_limiter import MemoryLimiter, MemoryLimiterConfig
     from flowtel.collector.refusal import Refused
 
     monkeypatch.setattr(memory_limiter, "resident_mib", lambda: 500.0)  # retained by the allocator after a spike

@@ -7,8 +7,8 @@ import collections
 
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 
-from flowtel.collector.otlp_receiver import Intake
 from flowtel.collector.pipeline import TracesPipeline, _taken
+from flowtel.collector.receivers.otlp import Intake
 from flowtel.config import FlowtelConfig
 from flowtel.processors.metrics import FlowtelMetrics
 from flowtel.selfmetrics import SelfMetrics

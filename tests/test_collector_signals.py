@@ -463,7 +463,7 @@ def test_sigterm_hands_queued_metrics_and_logs_to_the_exporters(tmp_path: Path) 
 def test_request_pipeline_cuts_batches_between_requests_and_bounds_its_queue() -> None:
     """The worker joins queued requests into one export of at most send_batch_max_size items (cut only between
     requests) and refuses a request that would pass the queue bound. Hand-made requests: an edge case."""
-    from flowtel.collector.batch import BatchConfig
+    from flowtel.collector.processors.batch import BatchConfig
     from flowtel.collector.refusal import Refused
     from flowtel.collector.request_pipeline import RequestPipeline
     from flowtel.collector.signals import LOGS

@@ -27,7 +27,6 @@ from flowtel.exporters.prometheus import PrometheusExporter, PrometheusSettings
 from flowtel.selfmetrics import SelfMetrics
 from flowtel.settings import BearerToken
 
-from .batch import BatchConfig
 from .extensions import (
     BearerTokenAuthConfig,
     FileStorage,
@@ -36,10 +35,11 @@ from .extensions import (
     HealthCheckConfig,
     ServiceStatus,
 )
-from .feedback_receiver import FeedbackReceiver, FeedbackReceiverConfig
-from .memory_limiter import MemoryLimiter, MemoryLimiterConfig
-from .otlp_receiver import AnyIntake, Intake, OTLPReceiverConfig
+from .processors.batch import BatchConfig
+from .processors.memory_limiter import MemoryLimiter, MemoryLimiterConfig
 from .prometheus_config import PrometheusExporterConfig
+from .receivers.feedback import FeedbackReceiver, FeedbackReceiverConfig
+from .receivers.otlp import AnyIntake, Intake, OTLPReceiverConfig
 from .settings import Auth, Model, split_endpoint
 from .signals import SIGNALS
 
@@ -82,8 +82,8 @@ ALL = frozenset(SIGNALS)
 
 # --- receivers ----------------------------------------------------------------------------------------------
 def _otlp_receiver(host: Host, rid: str, cfg: OTLPReceiverConfig, intakes: dict[str, AnyIntake]) -> list[Any]:
-    from .otlp_grpc import GRPCTransport
-    from .otlp_http import HTTPTransport
+    from .receivers.otlp_grpc import GRPCTransport
+    from .receivers.otlp_http import HTTPTransport
 
     out: list[Any] = []
     if cfg.protocols.grpc is not None:

@@ -22,8 +22,8 @@ from flowtel.processors.pipeline import TracePipeline
 from flowtel.selfmetrics import SelfMetrics
 from flowtel.spans import SpanData
 
-from .batch import BatchConfig
-from .memory_limiter import MemoryLimiter
+from .processors.batch import BatchConfig
+from .processors.memory_limiter import MemoryLimiter
 from .queued import QueuedPipeline
 
 DEFAULT_MAX_QUEUE = 20_000

@@ -15,8 +15,8 @@ from typing import Any
 
 from flowtel.selfmetrics import SelfMetrics
 
-from .batch import BatchConfig
-from .memory_limiter import MemoryLimiter
+from .processors.batch import BatchConfig
+from .processors.memory_limiter import MemoryLimiter
 from .refusal import Refused
 
 

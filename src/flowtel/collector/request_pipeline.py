@@ -19,9 +19,9 @@ from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import ExportLogsSer
 from flowtel._log import logger
 from flowtel.selfmetrics import SelfMetrics
 
-from .batch import BatchConfig
 from .log_content import strip_content
-from .memory_limiter import MemoryLimiter
+from .processors.batch import BatchConfig
+from .processors.memory_limiter import MemoryLimiter
 from .queued import QueuedPipeline
 from .signals import Signal
 

@@ -28,10 +28,10 @@ from flowtel.settings import BearerToken
 from .components import FACTORIES, PipelineParts
 from .config import CollectorConfig, component_type
 from .extensions import ServiceStatus
-from .memory_limiter import MemoryLimiter, MemoryLimiterConfig
-from .otlp_grpc import GRPCTransport
-from .otlp_receiver import AnyIntake, Intake, RequestIntake
 from .pipeline import TracesExporter, TracesPipeline
+from .processors.memory_limiter import MemoryLimiter, MemoryLimiterConfig
+from .receivers.otlp import AnyIntake, Intake, RequestIntake
+from .receivers.otlp_grpc import GRPCTransport
 from .request_pipeline import RequestPipeline
 from .settings import Auth
 from .signals import BY_NAME

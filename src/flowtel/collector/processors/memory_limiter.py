@@ -29,9 +29,9 @@ from pydantic import Field, model_validator
 
 from flowtel._log import logger, warn_once
 
+from ..refusal import Refused
+from ..settings import Model, PositiveDuration
 from .allocator import release_free_memory
-from .refusal import Refused
-from .settings import Model, PositiveDuration
 
 _PAGE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
 

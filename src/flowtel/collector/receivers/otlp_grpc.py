@@ -19,9 +19,9 @@ from google.rpc import code_pb2, error_details_pb2, status_pb2
 from flowtel.otlp import MalformedRequest
 from flowtel.settings import BearerToken
 
-from .otlp_receiver import MIB, AnyIntake, GRPCServerConfig
-from .refusal import Refused
-from .settings import split_endpoint
+from ..refusal import Refused
+from ..settings import split_endpoint
+from .otlp import MIB, AnyIntake, GRPCServerConfig
 
 
 def _unavailable(context: grpc.ServicerContext, refused: Refused) -> None:

@@ -21,9 +21,9 @@ from flowtel._wsgi import WSGIEndpoint
 from flowtel.otlp import MalformedRequest
 from flowtel.settings import BearerToken
 
-from .otlp_receiver import AnyIntake, HTTPServerConfig
-from .refusal import Refused
-from .settings import split_endpoint
+from ..refusal import Refused
+from ..settings import split_endpoint
+from .otlp import AnyIntake, HTTPServerConfig
 
 _PROTOBUF = "application/x-protobuf"
 _JSON = "application/json"

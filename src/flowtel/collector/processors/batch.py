@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from pydantic import Field
 
-from .settings import Model, PositiveDuration
+from ..settings import Model, PositiveDuration
 
 
 class BatchConfig(Model):

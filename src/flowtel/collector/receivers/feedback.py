@@ -22,9 +22,9 @@ from pydantic import Field
 from flowtel._wsgi import WSGIEndpoint
 from flowtel.feedback import FeedbackApp, FeedbackLimits, FeedbackUnavailable
 
-from .otlp_receiver import Intake
-from .refusal import Refused
-from .settings import Auth, Endpoint, HTTPServerBounds, ServerTLS, split_endpoint
+from ..refusal import Refused
+from ..settings import Auth, Endpoint, HTTPServerBounds, ServerTLS, split_endpoint
+from .otlp import Intake
 
 _LIMITS = FeedbackLimits()
 
