@@ -67,6 +67,7 @@ EXPORTER_ID = "azuremonitor"
 SELF_TELEMETRY_SWITCHES = ("APPLICATIONINSIGHTS_STATSBEAT_DISABLED_ALL", "APPLICATIONINSIGHTS_SDKSTATS_DISABLED")
 #: The name the Azure exporter registers for ``OTEL_TRACES_EXPORTER`` / ``OTEL_METRICS_EXPORTER``.
 ENTRY_POINT_NAME = "azure_monitor_opentelemetry_exporter"
+#: The values of ``credential`` (a credential object is ``token_credential``, in code only).
 CREDENTIALS = ("none", "managed_identity", "default")
 #: Loss reasons, as ``reason`` label values.
 LOSS_REASONS = ("rejected", "quota", "sampled_out", "storage_full", "storage_disabled", "storage_error", "error")
