@@ -1,10 +1,11 @@
 """Application Insights through ``azure-monitor-opentelemetry-exporter``, with every final loss counted.
 
-Host-neutral pieces, used by ``flowtel.configure()`` in-process and meant for the collector's
+Host-neutral pieces, used by ``flowtel.configure()`` in-process and by the collector's
 ``azuremonitor`` exporter:
 
-- ``AzureMonitorSettings``: typed, validated settings (``from_env()`` reads
-  ``APPLICATIONINSIGHTS_CONNECTION_STRING`` and the ``FLOWTEL_AZURE_*`` variables);
+- ``AzureMonitorSettings``: one settings model for both hosts, keyed as the collector's config file
+  (``from_env()`` reads ``APPLICATIONINSIGHTS_CONNECTION_STRING`` and the ``FLOWTEL_AZURE_*``
+  variables into it; the collector's ``AzureMonitorExporterConfig`` adds the keys only it has);
 - ``build_trace_exporter()`` / ``build_metric_exporter()``: the Azure exporters built from them,
   with loss accounting attached; the trace exporter is wrapped in ``AzureMonitorSpanExporter``,
   which also presents a local-root flow span as a Request row;
@@ -45,18 +46,19 @@ import os
 import re
 import threading
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, ClassVar, Literal, TypeVar
 from urllib.parse import urlparse
 
 from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
 from opentelemetry.trace import SpanKind
+from pydantic import Field, ValidationInfo, field_validator, model_validator
 
 from flowtel._fork import reinit_after_fork
 from flowtel._log import logger, warn_once
-from flowtel.config import ConfigError
 from flowtel.selfmetrics import SelfMetrics
+from flowtel.settings import ConfigError, EnvVar, Model, PositiveDuration, env_bool, env_duration, from_env
 
 from . import _azure_exporter_private as private
 
@@ -65,12 +67,12 @@ EXPORTER_ID = "azuremonitor"
 SELF_TELEMETRY_SWITCHES = ("APPLICATIONINSIGHTS_STATSBEAT_DISABLED_ALL", "APPLICATIONINSIGHTS_SDKSTATS_DISABLED")
 #: The name the Azure exporter registers for ``OTEL_TRACES_EXPORTER`` / ``OTEL_METRICS_EXPORTER``.
 ENTRY_POINT_NAME = "azure_monitor_opentelemetry_exporter"
-CREDENTIALS = ("", "managed_identity", "default")
+#: The values of ``credential`` (a credential object is ``token_credential``, in code only).
+CREDENTIALS = ("none", "managed_identity", "default")
 #: Loss reasons, as ``reason`` label values.
 LOSS_REASONS = ("rejected", "quota", "sampled_out", "storage_full", "storage_disabled", "storage_error", "error")
 
 _UUID = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
-_TRUE, _FALSE = {"true", "1", "yes", "on"}, {"false", "0", "no", "off", ""}
 
 
 def parse_connection_string(value: str, source: str = "AzureMonitorSettings",
@@ -94,121 +96,178 @@ def parse_connection_string(value: str, source: str = "AzureMonitorSettings",
     return parsed
 
 
-@dataclass(frozen=True, slots=True)
-class AzureMonitorSettings:
-    """Where and how to send to Application Insights. Invalid values raise ``ConfigError``."""
+def _connection_string(text: str) -> str:
+    """APPLICATIONINSIGHTS_CONNECTION_STRING, checked as it is read so its error says what was expected verbatim."""
+    try:
+        parse_connection_string(text)
+    except ConfigError as error:
+        raise ValueError(error.expected) from None
+    return text
 
-    #: ``InstrumentationKey=...;IngestionEndpoint=...`` (from APPLICATIONINSIGHTS_CONNECTION_STRING).
-    connection_string: str
-    #: A token credential (``azure.identity``) for AAD / Entra ID; passed through to the exporter.
-    credential: Any = None
-    #: Build a credential: "" (none, or the exporter's own APPLICATIONINSIGHTS_AUTHENTICATION_STRING),
-    #: "managed_identity" (ManagedIdentityCredential), "default" (DefaultAzureCredential).
-    credential_kind: str = ""
+
+_NEEDS_CONNECTION = ("a connection string, InstrumentationKey=<uuid>;IngestionEndpoint=https://... "
+                     "(or APPLICATIONINSIGHTS_CONNECTION_STRING in the environment)")
+_NO_TOKEN_OVER_HTTP = "an https IngestionEndpoint (AAD tokens are never sent over http)"
+
+#: Names from before the model was shared, accepted in code: old name -> key.
+_LEGACY = {"credential_kind": "credential", "storage_retention_s": "storage_retention",
+           "storage_retry_interval_s": "storage_retry_interval", "timeout_s": "timeout",
+           "read_timeout_s": "read_timeout", "retry_backoff_s": "retry_backoff",
+           "metric_export_interval_s": "metric_export_interval"}
+
+
+class AzureMonitorSettings(Model):
+    """Where and how to send to Application Insights: in-process (``flowtel.configure(azure_monitor=...)``,
+    ``from_env()``) and, with the keys only a collector has, the collector's ``azuremonitor`` exporter
+    (``AzureMonitorExporterConfig``). Keys are the config file's; durations as there (``30s``) or seconds.
+
+    Names from before the two hosts shared it (``credential_kind``, ``storage_retry_interval_s``,
+    ``timeout_s``, ``credential=<a token credential>``, ...) are still accepted in code and still readable.
+    """
+
+    ENV: ClassVar[tuple[EnvVar, ...]] = (
+        EnvVar("APPLICATIONINSIGHTS_CONNECTION_STRING", "connection_string", _connection_string),
+        EnvVar("FLOWTEL_AZURE_CREDENTIAL", "credential", str.lower),
+        EnvVar("AZURE_CLIENT_ID", "client_id"),
+        EnvVar("FLOWTEL_AZURE_STORAGE_DIRECTORY", "storage_directory"),
+        EnvVar("FLOWTEL_AZURE_DISABLE_OFFLINE_STORAGE", "disable_offline_storage", env_bool),
+        EnvVar("FLOWTEL_AZURE_STORAGE_MAX_SIZE", "storage_max_size"),
+        EnvVar("FLOWTEL_AZURE_STORAGE_RETRY_INTERVAL", "storage_retry_interval", env_duration),
+        EnvVar("FLOWTEL_AZURE_TIMEOUT", "timeout", env_duration),
+        EnvVar("FLOWTEL_AZURE_READ_TIMEOUT", "read_timeout", env_duration),
+        EnvVar("FLOWTEL_AZURE_MAX_ENVELOPES_PER_SECOND", "max_envelopes_per_second"),
+        EnvVar("FLOWTEL_AZURE_ROOT_FLOWS_AS_REQUESTS", "root_flows_as_requests", env_bool),
+        # The exporter's own switches: either one "true" turns its self-telemetry off (from_env skips other values).
+        *(EnvVar(var, "self_telemetry", lambda text: False) for var in SELF_TELEMETRY_SWITCHES),
+    )
+    IN_PROCESS_ONLY: ClassVar[Mapping[str, str]] = {
+        "token_credential": "a credential object is made in code; in a config file use credential: "
+                            "managed_identity or default",
+        "storage_directory": "the collector keeps offline storage in the file_storage extension named by storage",
+    }
+
+    #: ``InstrumentationKey=...;IngestionEndpoint=...``; none: APPLICATIONINSIGHTS_CONNECTION_STRING (in-process
+    #: through ``from_env()``; the collector reads it when the config file has none).
+    connection_string: str | None = Field(None, validate_default=True)
+    #: AAD / Entra ID: "managed_identity" (with ``client_id`` for a user-assigned identity) or "default"
+    #: (azure-identity's DefaultAzureCredential); "none": no token, or the exporter's own
+    #: APPLICATIONINSIGHTS_AUTHENTICATION_STRING. Never with an http IngestionEndpoint.
+    credential: Literal["none", "managed_identity", "default"] = "none"
     #: Client id of a user-assigned managed identity (AZURE_CLIENT_ID).
     client_id: str | None = None
     #: Send spans / derived metrics.
     traces: bool = True
     metrics: bool = True
-    #: Where failed batches wait for a retry; ``traces/`` and ``metrics/`` below it. None: the exporter's
-    #: default under the temp directory. A collector that must lose nothing across restarts needs a
-    #: directory that survives them.
-    storage_directory: str | None = None
     disable_offline_storage: bool = False
-    storage_max_size: int = 50 * 1024 * 1024
-    storage_retention_s: int = 48 * 3600
-    #: How long a stored batch waits before the exporter retries it (its lease), in seconds.
-    storage_retry_interval_s: float = 60.0
-    #: Connect and read timeouts of one request, in seconds.
-    timeout_s: float = 10.0
-    read_timeout_s: float = 30.0
+    storage_max_size: int = Field(50 * 1024 * 1024, ge=1)
+    #: How long a stored batch waits before it is sent again (its lease).
+    storage_retry_interval: PositiveDuration = 60.0
+    #: How long a stored batch is kept; older ones are deleted by the exporter, uncounted.
+    storage_retention: PositiveDuration = 48 * 3600.0
+    #: How often metrics are sent. In-process, when not set, OTEL_METRIC_EXPORT_INTERVAL (default 60 s) decides.
+    metric_export_interval: PositiveDuration = 60.0
+    #: Connect and read timeouts of one request.
+    timeout: PositiveDuration = 10.0
+    read_timeout: PositiveDuration = 30.0
     #: Retries inside the HTTP pipeline (azure-core: 500/503/504 and any answer with Retry-After) before
-    #: the batch goes to disk; None keeps azure-core's defaults (10 in all, 3 per status, backoff 0.8 s doubling).
-    retry_total: int | None = None
-    retry_backoff_s: float | None = None
+    #: the batch goes to disk; none keeps azure-core's (10 in all, 3 per status, backoff 0.8 s doubling).
+    #: Keep them short when restarts must not catch a batch mid-retry.
+    retry_total: int | None = Field(None, ge=0)
+    retry_backoff: PositiveDuration | None = None
     #: Client-side cap on envelopes per second (overflow goes to disk); 0 turns it off.
-    max_envelopes_per_second: int = 10_000
-    #: Metric export interval, seconds; None: OTEL_METRIC_EXPORT_INTERVAL (default 60 s).
-    metric_export_interval_s: float | None = None
+    max_envelopes_per_second: int = Field(10_000, ge=0)
     #: Present a flow span that is its trace's local root (no parent, or a remote one) as a Request row.
     root_flows_as_requests: bool = True
     #: The exporter's statsbeat and SDK stats; False sets the exporter's process-wide switches
     #: (SELF_TELEMETRY_SWITCHES) when an exporter is built.
     self_telemetry: bool = True
-    _parsed: Mapping[str, str] = field(default_factory=dict, repr=False, compare=False)
+    #: In-process: a token credential (``azure.identity``) for AAD / Entra ID, passed through to the exporter.
+    token_credential: Any = Field(None, repr=False, exclude=True)
+    #: In-process: where failed batches wait for a retry; ``traces/`` and ``metrics/`` below it. None: the
+    #: exporter's default under the temp directory. The collector sets it from its ``storage`` extension.
+    storage_directory: str | None = None
 
-    def __post_init__(self) -> None:
-        where = "AzureMonitorSettings"
-        object.__setattr__(self, "_parsed", parse_connection_string(self.connection_string, where))
-        if self.credential_kind not in CREDENTIALS:
-            raise ConfigError(where, "credential_kind", f"one of {list(CREDENTIALS)}", self.credential_kind)
-        if self.credential is not None and not hasattr(self.credential, "get_token"):
-            raise ConfigError(where, "credential", "a token credential (with get_token)", self.credential)
-        if (self.credential is not None or self.credential_kind) and self.ingestion_endpoint.startswith("http:"):
-            raise ConfigError(where, "credential", "an https IngestionEndpoint (AAD tokens are never sent over http)",
-                              self.ingestion_endpoint)
-        for name, minimum in (("storage_max_size", 1), ("storage_retention_s", 1), ("max_envelopes_per_second", 0)):
-            value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
-                raise ConfigError(where, name, f"an integer >= {minimum}", value)
-        if self.retry_total is not None and (not isinstance(self.retry_total, int) or self.retry_total < 0):
-            raise ConfigError(where, "retry_total", "an integer >= 0", self.retry_total)
-        for name in ("storage_retry_interval_s", "timeout_s", "read_timeout_s", "retry_backoff_s",
-                     "metric_export_interval_s"):
-            value = getattr(self, name)
-            if value is None and name in ("retry_backoff_s", "metric_export_interval_s"):
-                continue
-            if not (isinstance(value, (int, float)) and not isinstance(value, bool) and value > 0
-                    and value < float("inf")):
-                raise ConfigError(where, name, "a finite number of seconds > 0", value)
+    @model_validator(mode="before")
+    @classmethod
+    def _legacy_names(cls, data: Any) -> Any:
+        return _renamed(data) if isinstance(data, dict) else data
+
+    @field_validator("connection_string")
+    @classmethod
+    def _connection(cls, value: str | None) -> str:
+        if value is None:
+            raise ValueError(_NEEDS_CONNECTION)
+        try:
+            parse_connection_string(value)
+        except ConfigError as error:
+            raise ValueError(f"a connection string with {error.expected}") from None
+        return value
+
+    @field_validator("credential")
+    @classmethod
+    def _token_needs_https(cls, value: str, info: ValidationInfo) -> str:
+        if value != "none" and _plain_http(info.data.get("connection_string")):
+            raise ValueError(_NO_TOKEN_OVER_HTTP)
+        return value
+
+    @field_validator("token_credential")
+    @classmethod
+    def _token_credential(cls, value: Any, info: ValidationInfo) -> Any:
+        if value is not None:
+            if not hasattr(value, "get_token"):
+                raise ValueError("a token credential (with get_token)")
+            if _plain_http(info.data.get("connection_string")):
+                raise ValueError(_NO_TOKEN_OVER_HTTP)
+        return value
+
+    @classmethod
+    def from_env(cls: type[S], environ: Mapping[str, str] | None = None, **overrides: Any) -> S:
+        """The settings from ``ENV``'s variables, then ``overrides`` (keys, or the old names) on top."""
+        env = os.environ if environ is None else environ
+        # A self-telemetry switch counts only when "true", as the exporter reads it; "false" leaves the other one be.
+        env = {k: v for k, v in env.items() if k not in SELF_TELEMETRY_SWITCHES or v.strip().lower() == "true"}
+        return from_env(cls, env, _renamed(overrides))
 
     @property
     def instrumentation_key(self) -> str:
-        return self._parsed["instrumentationkey"]
+        return self._parsed()["instrumentationkey"]
 
     @property
     def ingestion_endpoint(self) -> str:
-        return self._parsed.get("ingestionendpoint", "https://dc.services.visualstudio.com")
+        return self._parsed().get("ingestionendpoint", "https://dc.services.visualstudio.com")
 
-    @classmethod
-    def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> AzureMonitorSettings:
-        """Settings from the environment; ``overrides`` (field names) win over it."""
-        env = os.environ if environ is None else environ
-        values: dict[str, Any] = {}
-        sources: dict[str, str] = {}
+    def _parsed(self) -> dict[str, str]:
+        return parse_connection_string(self.connection_string or "")
 
-        def take(var: str, name: str, parse: Callable[[str, str], Any] | None = None) -> None:
-            raw = env.get(var)
-            if raw is not None and raw.strip() != "":
-                values[name] = parse(var, raw.strip()) if parse else raw.strip()
-                sources[name] = var
+    # Read-only views under the names from before the model was shared.
+    @property
+    def credential_kind(self) -> str:
+        return "" if self.credential == "none" else self.credential
 
-        take("APPLICATIONINSIGHTS_CONNECTION_STRING", "connection_string")
-        take("FLOWTEL_AZURE_CREDENTIAL", "credential_kind", lambda var, raw: raw.lower())
-        take("AZURE_CLIENT_ID", "client_id")
-        take("FLOWTEL_AZURE_STORAGE_DIRECTORY", "storage_directory")
-        take("FLOWTEL_AZURE_DISABLE_OFFLINE_STORAGE", "disable_offline_storage", _bool)
-        take("FLOWTEL_AZURE_STORAGE_MAX_SIZE", "storage_max_size", _int)
-        take("FLOWTEL_AZURE_STORAGE_RETRY_INTERVAL", "storage_retry_interval_s", _float)
-        take("FLOWTEL_AZURE_TIMEOUT", "timeout_s", _float)
-        take("FLOWTEL_AZURE_READ_TIMEOUT", "read_timeout_s", _float)
-        take("FLOWTEL_AZURE_MAX_ENVELOPES_PER_SECOND", "max_envelopes_per_second", _int)
-        take("FLOWTEL_AZURE_ROOT_FLOWS_AS_REQUESTS", "root_flows_as_requests", _bool)
-        if any((env.get(var) or "").strip().lower() == "true" for var in SELF_TELEMETRY_SWITCHES):
-            values["self_telemetry"] = False
-        values.update(overrides)
-        for key in overrides:
-            sources.pop(key, None)
-        if "connection_string" not in values:
-            raise ConfigError("environment", "APPLICATIONINSIGHTS_CONNECTION_STRING",
-                              "InstrumentationKey=<uuid>;IngestionEndpoint=https://... (or pass connection_string=)",
-                              None)
-        try:
-            return cls(**values)
-        except ConfigError as error:
-            if error.key in sources:
-                raise ConfigError("environment", sources[error.key], error.expected, error.got) from None
-            raise
+    @property
+    def storage_retention_s(self) -> float:
+        return self.storage_retention
+
+    @property
+    def storage_retry_interval_s(self) -> float:
+        return self.storage_retry_interval
+
+    @property
+    def timeout_s(self) -> float:
+        return self.timeout
+
+    @property
+    def read_timeout_s(self) -> float:
+        return self.read_timeout
+
+    @property
+    def retry_backoff_s(self) -> float | None:
+        return self.retry_backoff
+
+    @property
+    def metric_export_interval_s(self) -> float | None:
+        """None when not set: in-process the SDK's reader then reads OTEL_METRIC_EXPORT_INTERVAL."""
+        return self.metric_export_interval if "metric_export_interval" in self.model_fields_set else None
 
     @staticmethod
     def configured(environ: Mapping[str, str] | None = None) -> bool:
@@ -221,32 +280,32 @@ class AzureMonitorSettings:
             "connection_string": self.connection_string,
             "disable_offline_storage": self.disable_offline_storage,
             "storage_max_size": self.storage_max_size,
-            "storage_retention_period": self.storage_retention_s,
-            "storage_min_retry_interval": self.storage_retry_interval_s,
-            "timeout": self.timeout_s,
-            "read_timeout": self.read_timeout_s,
+            "storage_retention_period": self.storage_retention,
+            "storage_min_retry_interval": self.storage_retry_interval,
+            "timeout": self.timeout,
+            "read_timeout": self.read_timeout,
             "max_envelopes_per_second": self.max_envelopes_per_second,
         }
         if self.storage_directory is not None:
             kwargs["storage_directory"] = os.path.join(self.storage_directory, signal)
         if self.retry_total is not None:
             kwargs["retry_total"] = self.retry_total
-        if self.retry_backoff_s is not None:
-            kwargs["retry_backoff_factor"] = self.retry_backoff_s
+        if self.retry_backoff is not None:
+            kwargs["retry_backoff_factor"] = self.retry_backoff
         credential = self.build_credential()
         if credential is not None:
             kwargs["credential"] = credential
         return kwargs
 
     def build_credential(self) -> Any:
-        if self.credential is not None:
-            return self.credential
-        if self.credential_kind == "managed_identity":
+        if self.token_credential is not None:
+            return self.token_credential
+        if self.credential == "managed_identity":
             from azure.identity import ManagedIdentityCredential
 
             return ManagedIdentityCredential(client_id=self.client_id) if self.client_id \
                 else ManagedIdentityCredential()
-        if self.credential_kind == "default":
+        if self.credential == "default":
             from azure.identity import DefaultAzureCredential
 
             return DefaultAzureCredential(managed_identity_client_id=self.client_id) if self.client_id \
@@ -259,26 +318,35 @@ class AzureMonitorSettings:
                 os.environ[var] = "true"
 
 
-def _bool(var: str, raw: str) -> bool:
-    if raw.lower() in _TRUE:
-        return True
-    if raw.lower() in _FALSE:
+S = TypeVar("S", bound=AzureMonitorSettings)
+
+
+def _renamed(data: Mapping[str, Any]) -> dict[str, Any]:
+    """``data`` with the names from before the model was shared turned into keys."""
+    data = dict(data)
+    if "credential" in data and (data["credential"] is None or hasattr(data["credential"], "get_token")):
+        # the old field held the credential object
+        credential = data.pop("credential")
+        if credential is not None:
+            data["token_credential"] = credential
+    for old, key in _LEGACY.items():
+        if old in data:
+            value = data.pop(old)
+            if old == "credential_kind" and value == "":
+                value = "none"
+            if value is not None or old != "metric_export_interval_s":  # None was "the SDK's variable"
+                data[key] = value
+    return data
+
+
+def _plain_http(connection_string: Any) -> bool:
+    """The connection string's IngestionEndpoint is http: (none given: Azure's https default)."""
+    if not isinstance(connection_string, str):
         return False
-    raise ConfigError("environment", var, "true or false", raw)
-
-
-def _int(var: str, raw: str) -> int:
     try:
-        return int(raw)
-    except ValueError:
-        raise ConfigError("environment", var, "an integer", raw) from None
-
-
-def _float(var: str, raw: str) -> float:
-    try:
-        return float(raw)
-    except ValueError:
-        raise ConfigError("environment", var, "a number", raw) from None
+        return parse_connection_string(connection_string).get("ingestionendpoint", "").startswith("http:")
+    except ConfigError:
+        return False
 
 
 # -- loss accounting ------------------------------------------------------------------------------------------

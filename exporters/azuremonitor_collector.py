@@ -1,12 +1,13 @@
 """The collector's ``azuremonitor`` exporter: enriched spans and derived metrics to Application Insights.
 
-It reuses the in-process pieces (``AzureMonitorSettings``, the wrapped Azure exporters and
-their loss accounting). Spans arrive as the pipeline's OTLP payload, become SDK
-``ReadableSpan``s (``flowtel.otlp.readable_spans``) and go to the Azure trace exporter on a
-thread of their own behind a bounded queue; the Azure exporter retries and keeps failed
-batches on disk itself (``storage`` names a ``file_storage`` extension so that survives
-restarts), so this exporter does not retry again. Derived metrics (and the collector's own)
-go through a periodic reader in the exporter's DELTA temporality.
+Its config is the in-process ``AzureMonitorSettings`` with the keys only a collector has
+(``AzureMonitorExporterConfig``), and it reuses the wrapped Azure exporters and their loss
+accounting. Spans arrive as the pipeline's OTLP payload, become SDK ``ReadableSpan``s
+(``flowtel.otlp.readable_spans``) and go to the Azure trace exporter on a thread of their own
+behind a bounded queue; the Azure exporter retries and keeps failed batches on disk itself
+(``storage`` names a ``file_storage`` extension so that survives restarts), so this exporter
+does not retry again. Derived metrics (and the collector's own) go through a periodic reader in
+the exporter's DELTA temporality.
 
 Received metrics and logs (``export_metrics`` / ``export_logs`` from a metrics or logs
 pipeline) wait in a bounded queue each, as spans do, and become SDK data on its thread
@@ -20,7 +21,7 @@ from __future__ import annotations
 import os
 import threading
 from types import SimpleNamespace
-from typing import Any, Literal
+from typing import Any
 
 from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import ExportLogsServiceRequest
 from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import ExportMetricsServiceRequest
@@ -30,8 +31,6 @@ from opentelemetry.sdk.resources import Resource
 from pydantic import Field, model_validator
 
 from flowtel._log import warn_once
-from flowtel.collector.settings import Model, PositiveDuration
-from flowtel.config import ConfigError
 from flowtel.otlp import readable_spans
 from flowtel.processors.metrics import FlowtelMetrics
 from flowtel.selfmetrics import SelfMetrics
@@ -42,61 +41,35 @@ from .derived import DerivedMetricsExporter
 from .sending_queue import QueueSettings, RetrySettings, SendingQueue, SendResult
 
 
-class AzureMonitorExporterConfig(Model):
-    #: ``InstrumentationKey=...;IngestionEndpoint=...``; none: APPLICATIONINSIGHTS_CONNECTION_STRING.
-    connection_string: str | None = None
-    #: AAD / Entra ID: "managed_identity" (with ``client_id`` for a user-assigned identity) or "default".
-    credential: Literal["none", "managed_identity", "default"] = "none"
-    client_id: str | None = None
-    traces: bool = True
-    metrics: bool = True
+class AzureMonitorExporterConfig(AzureMonitorSettings):
+    """The ``azuremonitor`` exporter's config: ``AzureMonitorSettings`` (the keys both hosts share, checked
+    there) and the keys only a collector has. The exporters are built from it as it is."""
+
     #: A ``file_storage`` extension id: the Azure exporter's offline storage lives there (survives restarts).
     storage: str | None = None
-    disable_offline_storage: bool = False
-    storage_max_size: int = Field(50 * 1024 * 1024, ge=1)
-    #: How long a stored batch waits before it is sent again.
-    storage_retry_interval: PositiveDuration = 60.0
-    metric_export_interval: PositiveDuration = 60.0
-    #: Retries inside one export before the batch goes to offline storage; none: azure-core's (up to 10,
-    #: backing off from 0.8 s). Keep them short when restarts must not catch a batch mid-retry.
-    retry_total: int | None = Field(None, ge=0)
-    retry_backoff: PositiveDuration | None = None
     #: Batches (one per pipeline send) waiting for the Azure exporter; past it new ones are counted and dropped.
     queue_size: int = Field(1000, ge=1)
-    root_flows_as_requests: bool = True
-    #: The Azure exporter's statsbeat / SDK stats about itself.
-    self_telemetry: bool = True
     #: Send prompt / completion content found in received log records; off: it is removed (fail closed).
     capture_content: bool = False
 
-    @model_validator(mode="after")
-    def _connection(self) -> AzureMonitorExporterConfig:
-        self.settings(None)  # a bad connection string or credential combination fails validation, not start
-        return self
-
-    def settings(self, storage_directory: str | None) -> AzureMonitorSettings:
-        connection = self.connection_string or os.environ.get("APPLICATIONINSIGHTS_CONNECTION_STRING", "")
-        if not connection:
-            raise ValueError("connection_string, or APPLICATIONINSIGHTS_CONNECTION_STRING in the environment")
-        try:
-            return AzureMonitorSettings(
-                connection_string=connection, client_id=self.client_id,
-                credential_kind="" if self.credential == "none" else self.credential,
-                traces=self.traces, metrics=self.metrics, storage_directory=storage_directory,
-                disable_offline_storage=self.disable_offline_storage, storage_max_size=self.storage_max_size,
-                storage_retry_interval_s=self.storage_retry_interval,
-                metric_export_interval_s=self.metric_export_interval, retry_total=self.retry_total,
-                retry_backoff_s=self.retry_backoff,
-                root_flows_as_requests=self.root_flows_as_requests, self_telemetry=self.self_telemetry)
-        except ConfigError as error:
-            raise ValueError(f"{error.key}: {error.expected}") from None
+    @model_validator(mode="before")
+    @classmethod
+    def _connection_from_environment(cls, data: Any) -> Any:
+        """No ``connection_string`` in the file: APPLICATIONINSIGHTS_CONNECTION_STRING, as in-process."""
+        if isinstance(data, dict) and not data.get("connection_string"):
+            connection = os.environ.get("APPLICATIONINSIGHTS_CONNECTION_STRING", "").strip()
+            if connection:
+                data = {**data, "connection_string": connection}
+        return data
 
 
 class AzureMonitorCollectorExporter:
     def __init__(self, exporter_id: str, config: AzureMonitorExporterConfig, self_metrics: SelfMetrics,
                  storage_directory: str | None = None) -> None:
+        """``storage_directory``: where ``config.storage`` (a ``file_storage`` extension) resolved to."""
         self.id = exporter_id
-        settings = config.settings(storage_directory)
+        settings = config if storage_directory is None else config.model_copy(
+            update={"storage_directory": storage_directory})
         resource = Resource.create({"service.name": "flowtel-collector"})
         self._spans = None
         self._queue: SendingQueue | None = None

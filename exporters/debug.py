@@ -18,8 +18,8 @@ from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import ExportLogsSer
 from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import ExportMetricsServiceRequest
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 
-from flowtel.collector.settings import Model
 from flowtel.selfmetrics import SelfMetrics
+from flowtel.settings import Model
 
 logger = logging.getLogger("flowtel.debug")
 _ID_KEYS = ("traceId", "spanId", "parentSpanId")

@@ -32,8 +32,8 @@ from dataclasses import dataclass
 from pydantic import Field, field_validator
 
 from flowtel._log import logger, warn_once
-from flowtel.collector.settings import Duration, Model, PositiveDuration
 from flowtel.selfmetrics import SelfMetrics
+from flowtel.settings import Duration, Model, PositiveDuration
 
 
 class QueueSettings(Model):

@@ -19,21 +19,11 @@ from typing import Any, ClassVar
 from pydantic import Field, model_validator
 
 from flowtel.processors.scoring import DEFAULT_LABELS, FeedbackScoring, normalize_word
-from flowtel.settings import ConfigError, Duration, EnvVar, Model, PositiveDuration, env_duration
+from flowtel.settings import ConfigError, Duration, EnvVar, Model, PositiveDuration, env_bool, env_duration
 
 __all__ = ["ConfigError", "FeedbackConfig", "FeedbackLabel", "FlowtelConfig", "env_bool"]
 
 _SCORING = FeedbackScoring()
-_TRUE, _FALSE = {"true", "1", "yes", "on"}, {"false", "0", "no", "off"}
-
-
-def env_bool(text: str) -> bool:
-    """A boolean variable: true/1/yes/on or false/0/no/off, any case (the OTel SDK reads ``true``)."""
-    if text.lower() in _TRUE:
-        return True
-    if text.lower() in _FALSE:
-        return False
-    raise ValueError("true or false")
 
 
 #: opentelemetry-util-genai's values for OTEL_INSTRUMENTATION_GENAI_CAPTURE_MESSAGE_CONTENT (openai-v2 reads them).

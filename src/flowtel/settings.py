@@ -65,6 +65,18 @@ def env_duration(text: str) -> Any:
     return float(text) if _PLAIN_NUMBER.fullmatch(text) else text
 
 
+_TRUE, _FALSE = {"true", "1", "yes", "on"}, {"false", "0", "no", "off"}
+
+
+def env_bool(text: str) -> bool:
+    """A boolean variable: true/1/yes/on or false/0/no/off, any case (the OTel SDK reads ``true``)."""
+    if text.lower() in _TRUE:
+        return True
+    if text.lower() in _FALSE:
+        return False
+    raise ValueError("true or false")
+
+
 def _finite(value: float) -> float:
     if not math.isfinite(value):
         raise ValueError("a finite duration")
