@@ -145,6 +145,7 @@ class AzureMonitorSettings(Model):
                             "managed_identity or default",
         "storage_directory": "the collector keeps offline storage in the file_storage extension named by storage",
     }
+    CODE_NAMES: ClassVar[Mapping[str, str]] = _LEGACY
 
     #: ``InstrumentationKey=...;IngestionEndpoint=...``; none: APPLICATIONINSIGHTS_CONNECTION_STRING (in-process
     #: through ``from_env()``; the collector reads it when the config file has none).

@@ -144,6 +144,13 @@ def test_in_process_only_keys_are_refused_in_a_config_file(key: str) -> None:
            f"{AzureMonitorSettings.IN_PROCESS_ONLY[key]}" in str(info.value)
 
 
+@pytest.mark.parametrize(("name", "key"), sorted(AzureMonitorSettings.CODE_NAMES.items()))
+def test_names_from_code_are_refused_in_a_config_file(name: str, key: str) -> None:
+    with pytest.raises(ConfigFileError) as info:
+        _collector_azuremonitor(f'    connection_string: "{CONNECTION}"\n    {name}: 5')
+    assert f"t.yaml:6: exporters.azuremonitor.{name}: expected the config file's key {key}" in str(info.value)
+
+
 def test_collector_only_keys_are_refused_in_process() -> None:
     for key, value in (("storage", "file_storage"), ("queue_size", 5), ("capture_content", True)):
         with pytest.raises(ValidationError, match=f"{key}\n  Extra inputs are not permitted"):

@@ -305,3 +305,14 @@ def test_readme_documents_every_variable() -> None:
     section = section[:section.index("\n## ", 1)]
     missing = [var.name for var in FlowtelConfig.ENV if var.name not in section]
     assert missing == []
+
+
+@pytest.mark.parametrize(("name", "key"), [("trace_timeout_s", "trace_timeout"), ("feedback_wait_s", "feedback.wait"),
+                                           ("feedback_scoring", "feedback")])
+def test_names_from_code_are_refused_in_a_config_file_with_the_key_to_use(name: str, key: str) -> None:
+    from flowtel.collector.confmap import ConfigFileError
+
+    with pytest.raises(ConfigFileError) as info:
+        _collector_flowtel(f"    {name}: 1")
+    assert f"t.yaml:5: processors.flowtel.{name}: expected the config file's key {key} ({name} is its name in " \
+           "Python code only)" in str(info.value)

@@ -127,6 +127,7 @@ class FlowtelConfig(Model):
         "schedule_delay": "the collector's worker wakes every batch.timeout",
         "pause_gc": "the collector owns its process and always tunes its GC (flowtel collector start-up)",
     }
+    CODE_NAMES: ClassVar[Mapping[str, str]] = {**_LEGACY, "feedback_scoring": "feedback"}
 
     #: Extra dimensions on every derived data point, e.g. ``{deployment: blue, variant: b}``.
     common_dimensions: dict[str, str] = Field(default_factory=dict)

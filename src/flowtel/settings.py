@@ -148,13 +148,17 @@ class Model(BaseModel):
 
     ``ENV`` lists the environment variables the in-process host reads into it (later entries win;
     two mappings for one key are merged). ``IN_PROCESS_ONLY`` names keys that mean nothing in the
-    collector, which refuses them in a config file with ``IN_PROCESS_ONLY[key]`` as the reason.
+    collector, which refuses them in a config file with ``IN_PROCESS_ONLY[key]`` as the reason;
+    ``CODE_NAMES`` are older spellings accepted in code only.
     """
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     ENV: ClassVar[tuple[EnvVar, ...]] = ()
     IN_PROCESS_ONLY: ClassVar[Mapping[str, str]] = {}
+    #: Names accepted when the model is built in code (from before both hosts shared it): name -> the key.
+    #: A config file must use the key; the collector refuses these names there and says which key to use.
+    CODE_NAMES: ClassVar[Mapping[str, str]] = {}
 
     @classmethod
     def from_env(cls: type[M], environ: Mapping[str, str] | None = None, **overrides: Any) -> M:

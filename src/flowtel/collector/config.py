@@ -177,14 +177,10 @@ def build(doc: Document) -> CollectorConfig:
             elif (bad := _bad_id(component_id)) is not None:
                 problems.append(doc.problem((section, component_id), bad))
             else:
-                for key in settings if isinstance(settings, Mapping) else ():
-                    if key in model.IN_PROCESS_ONLY:
-                        problems.append(doc.problem((section, component_id, key),
-                                                    f"a collector key; {key} is in-process only: "
-                                                    f"{model.IN_PROCESS_ONLY[key]}"))
+                refused = _code_only_keys(doc, (section, component_id), model, settings, problems)
                 components[section][component_id] = _validate(
                     doc, (section, component_id), model,
-                    {k: v for k, v in settings.items() if k not in model.IN_PROCESS_ONLY}
+                    {k: v for k, v in settings.items() if k not in refused}
                     if isinstance(settings, Mapping) else settings, problems)
     if "service" in data:
         service = _validate(doc, ("service",), ServiceConfig, data["service"], problems)
@@ -196,6 +192,23 @@ def build(doc: Document) -> CollectorConfig:
         problems.sort(key=lambda p: p.line or 0)
         raise ConfigFileError(problems)
     return CollectorConfig(doc.file, service, **components)
+
+
+def _code_only_keys(doc: Document, path: Path, model: type[Model], settings: Any, problems: list[Problem]) -> set[str]:
+    """Keys of the shared settings models that a config file may not use: in-process-only ones, and the older
+    names accepted only in code. Each is a problem saying why (and which key to use); they are not validated."""
+    refused: set[str] = set()
+    for key in settings if isinstance(settings, Mapping) else ():
+        if key in model.IN_PROCESS_ONLY:
+            problems.append(doc.problem((*path, key), f"a collector key; {key} is in-process only: "
+                                                      f"{model.IN_PROCESS_ONLY[key]}"))
+        elif key in model.CODE_NAMES:
+            problems.append(doc.problem((*path, key), f"the config file's key {model.CODE_NAMES[key]} ({key} is "
+                                                      "its name in Python code only)"))
+        else:
+            continue
+        refused.add(key)
+    return refused
 
 
 def _twice(doc: Document, path: Path, ids: list[str], what: str) -> list[Problem]:
