@@ -6,17 +6,16 @@ them with prometheus-client, which negotiates the
 text format or, when the scraper asks for ``application/openmetrics-text``, OpenMetrics
 with exemplars (``trace_id``, ``span_id``) on histogram buckets.
 
-Environment (defaults): ``OTEL_EXPORTER_PROMETHEUS_HOST`` (127.0.0.1),
-``OTEL_EXPORTER_PROMETHEUS_PORT`` (9464), ``FLOWTEL_PROMETHEUS_BEARER_TOKEN`` (none),
-``FLOWTEL_PROMETHEUS_TLS_CERT_FILE`` / ``_KEY_FILE`` (none: plain HTTP).
+Settings: ``PrometheusSettings`` (``exporters/prometheus_config.py``), read from the environment in-process
+(defaults): ``OTEL_EXPORTER_PROMETHEUS_HOST`` (127.0.0.1), ``OTEL_EXPORTER_PROMETHEUS_PORT`` (9464),
+``FLOWTEL_PROMETHEUS_BEARER_TOKEN`` (none), ``FLOWTEL_PROMETHEUS_TLS_CERT_FILE`` / ``_KEY_FILE`` (none: plain
+HTTP) / ``_CLIENT_CA_FILE``; the collector's ``prometheus`` exporter reads the same model from its config file.
 """
 
 from __future__ import annotations
 
-import os
 import threading
 from collections.abc import Iterable, Iterator, Mapping
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from opentelemetry.sdk.metrics import (
@@ -42,16 +41,16 @@ from prometheus_client.samples import Exemplar
 
 from flowtel._fork import reinit_after_fork
 from flowtel._log import logger, warn_once
-from flowtel._wsgi import TLSSettings, WSGIEndpoint, bearer_auth
-from flowtel.config import ConfigError
+from flowtel._wsgi import WSGIEndpoint, bearer_auth
 from flowtel.processors.catalog import ALL_METRICS, prometheus_name
 from flowtel.processors.metrics import Consumer, FlowtelMetrics
 from flowtel.selfmetrics import SelfMetrics
+from flowtel.settings import BearerToken, split_endpoint
+
+from .prometheus_config import PrometheusExporterConfig, PrometheusSettings
 
 if TYPE_CHECKING:  # the collector's modules import the in-process ones, not the other way round
     from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import ExportMetricsServiceRequest
-
-    from flowtel.collector.prometheus_config import ReceivedMetricsConfig
 
     from .received_metrics import ReceivedMetrics
 
@@ -176,45 +175,22 @@ class _Bridge:
         return self._reader.families()
 
 
-@dataclass(frozen=True, slots=True)
-class PrometheusSettings:
-    host: str = "127.0.0.1"
-    port: int = 9464
-    bearer_token: str | None = None
-    tls: TLSSettings | None = None
-
-    @classmethod
-    def from_env(cls, environ: Mapping[str, str] | None = None) -> PrometheusSettings:
-        env = os.environ if environ is None else environ
-        raw_port = env.get("OTEL_EXPORTER_PROMETHEUS_PORT", "9464")
-        try:
-            port = int(raw_port)
-        except ValueError:
-            raise ConfigError("environment", "OTEL_EXPORTER_PROMETHEUS_PORT", "a port number", raw_port) from None
-        if not 0 <= port <= 65535:
-            raise ConfigError("environment", "OTEL_EXPORTER_PROMETHEUS_PORT", "a port number 0-65535", raw_port)
-        cert, key = env.get("FLOWTEL_PROMETHEUS_TLS_CERT_FILE"), env.get("FLOWTEL_PROMETHEUS_TLS_KEY_FILE")
-        if bool(cert) != bool(key):
-            raise ConfigError("environment", "FLOWTEL_PROMETHEUS_TLS_CERT_FILE/_KEY_FILE", "both set or neither",
-                              {"cert": cert, "key": key})
-        tls = TLSSettings(cert, key, env.get("FLOWTEL_PROMETHEUS_TLS_CLIENT_CA_FILE") or None) if cert and key \
-            else None
-        return cls(env.get("OTEL_EXPORTER_PROMETHEUS_HOST", "127.0.0.1"), port,
-                   env.get("FLOWTEL_PROMETHEUS_BEARER_TOKEN") or None, tls)
-
-
 class PrometheusEndpoint:
     """Serves ``/metrics`` for a ``PrometheusMetricReader`` (any path answers, as prometheus-client does)."""
 
     def __init__(self, reader: PrometheusMetricReader, settings: PrometheusSettings | None = None,
-                 extra_collectors: Iterable[Any] = (), bridge: Any = None) -> None:
+                 extra_collectors: Iterable[Any] = (), bridge: Any = None, token: BearerToken | None = None) -> None:
+        """``token``: the check of a token resolved elsewhere (the collector's ``bearertokenauth`` extension);
+        without it, ``settings.bearer_token`` (in-process) if set. Either way one ``BearerToken`` checks it."""
         settings = settings or PrometheusSettings.from_env()
         self.registry = CollectorRegistry(auto_describe=False)
         self.registry.register(bridge or _Bridge(reader))
         for collector in extra_collectors:
             self.registry.register(collector)
-        app = bearer_auth(make_wsgi_app(self.registry), settings.bearer_token)
-        self._endpoint = WSGIEndpoint(app, settings.host, settings.port, name="flowtel-prometheus", tls=settings.tls)
+        app = bearer_auth(make_wsgi_app(self.registry), token if token is not None else settings.bearer_token)
+        host, port = split_endpoint(settings.endpoint)
+        self._endpoint = WSGIEndpoint(app, host, port, name="flowtel-prometheus",
+                                      tls=settings.tls.settings() if settings.tls is not None else None)
 
     @property
     def url(self) -> str:
@@ -254,8 +230,9 @@ class PrometheusExporter:
     metrics to its ``ReceivedMetrics`` (``received_metrics``), served on the same endpoint.
     """
 
-    def __init__(self, exporter_id: str, settings: PrometheusSettings, config: ReceivedMetricsConfig | None = None,
+    def __init__(self, exporter_id: str, config: PrometheusExporterConfig, token: BearerToken | None = None,
                  self_metrics: SelfMetrics | None = None) -> None:
+        """``token``: the running ``bearertokenauth`` extension ``config.auth`` names (none: no token needed)."""
         self.id = exporter_id
         self.reader = PrometheusMetricReader()
         self._self = self_metrics
@@ -263,7 +240,8 @@ class PrometheusExporter:
 
         self.received = ReceivedMetrics(config, self_metrics, reserved_names=reserved_family_names())
         self._derived_names: set[str] = set()
-        self._settings = settings
+        self._config = config
+        self._token = token
         self._endpoint: PrometheusEndpoint | None = None
 
     def add_producer(self, metrics: FlowtelMetrics) -> None:
@@ -271,8 +249,8 @@ class PrometheusExporter:
         self._derived_names.update(spec.name for spec in ALL_METRICS)
 
     def start(self) -> None:
-        self._endpoint = PrometheusEndpoint(self.reader, self._settings,
-                                            bridge=_ExporterBridge(self.reader, self.received)).start()
+        bridge = _ExporterBridge(self.reader, self.received)
+        self._endpoint = PrometheusEndpoint(self.reader, self._config, bridge=bridge, token=self._token).start()
 
     @property
     def url(self) -> str:

@@ -70,11 +70,11 @@ from prometheus_client.metrics_core import Metric
 from prometheus_client.samples import Exemplar
 
 from flowtel._log import warn_once
-from flowtel.collector.prometheus_config import ReceivedMetricsConfig
 from flowtel.otlp import decode_attributes
 from flowtel.processors.catalog import ALL_METRICS, prometheus_name
 from flowtel.selfmetrics import SelfMetrics
 
+from .prometheus_config import ReceivedMetricsConfig
 from .prometheus_names import COUNTER, GAUGE, HISTOGRAM, SUMMARY, label_value, labels, metric_name
 
 #: Reasons ``consume`` drops points for (the keys of its answer).

@@ -401,13 +401,14 @@ def test_settings_bad_port(raw: str, expected: str) -> None:
     assert str(info.value) == f"environment: OTEL_EXPORTER_PROMETHEUS_PORT: expected {expected}, got {raw!r}"
 
 
-def test_settings_from_env() -> None:
+def test_settings_from_env(server_cert: tuple[Path, Path]) -> None:
+    cert, key = map(str, server_cert)  # the files must exist: the settings check them, as the collector's do
     assert PrometheusSettings.from_env({}) == PrometheusSettings("127.0.0.1", 9464, None, None)
     settings = PrometheusSettings.from_env({
         "OTEL_EXPORTER_PROMETHEUS_HOST": "0.0.0.0", "OTEL_EXPORTER_PROMETHEUS_PORT": "9100",
-        "FLOWTEL_PROMETHEUS_BEARER_TOKEN": "tok", "FLOWTEL_PROMETHEUS_TLS_CERT_FILE": "/c.pem",
-        "FLOWTEL_PROMETHEUS_TLS_KEY_FILE": "/k.pem"})
-    assert settings == PrometheusSettings("0.0.0.0", 9100, "tok", TLSSettings("/c.pem", "/k.pem", None))
+        "FLOWTEL_PROMETHEUS_BEARER_TOKEN": "tok", "FLOWTEL_PROMETHEUS_TLS_CERT_FILE": cert,
+        "FLOWTEL_PROMETHEUS_TLS_KEY_FILE": key})
+    assert settings == PrometheusSettings("0.0.0.0", 9100, "tok", TLSSettings(cert, key, None))
     assert PrometheusSettings.from_env({"FLOWTEL_PROMETHEUS_BEARER_TOKEN": ""}).bearer_token is None
 
 

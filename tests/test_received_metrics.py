@@ -28,9 +28,9 @@ from opentelemetry.sdk.metrics.view import ExponentialBucketHistogramAggregation
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import TracerProvider
 
-from flowtel.collector.prometheus_config import PrometheusExporterConfig, ReceivedMetricsConfig
 from flowtel.config import FlowtelConfig
-from flowtel.exporters.prometheus import PrometheusExporter, PrometheusSettings
+from flowtel.exporters.prometheus import PrometheusExporter
+from flowtel.exporters.prometheus_config import PrometheusExporterConfig, ReceivedMetricsConfig
 from flowtel.exporters.prometheus_names import COUNTER, GAUGE, HISTOGRAM, label_name, labels, metric_name
 from flowtel.processors.catalog import FLOW_LATENCY
 from flowtel.processors.metrics import FlowtelMetrics
@@ -118,8 +118,8 @@ def exporter_factory() -> Iterator[Callable[..., tuple[PrometheusExporter, SelfM
 
     def make(**config: Any) -> tuple[PrometheusExporter, SelfMetrics]:
         self_metrics = SelfMetrics()
-        exporter = PrometheusExporter("prometheus", PrometheusSettings(port=0),
-                                      PrometheusExporterConfig.model_validate(config), self_metrics)
+        exporter = PrometheusExporter("prometheus", PrometheusExporterConfig.model_validate(
+            {"endpoint": "127.0.0.1:0", **config}), self_metrics=self_metrics)
         provider = MeterProvider(metric_readers=[exporter.reader])
         self_metrics.bind(provider)
         exporter.start()

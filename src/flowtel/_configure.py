@@ -316,4 +316,4 @@ def _prometheus_endpoint(reader: PrometheusMetricReader,
             raise
         move = ("set OTEL_EXPORTER_PROMETHEUS_PORT to another port (0 picks a free one), or leave prometheus out of "
                 "OTEL_METRICS_EXPORTER" if settings is not requested else "pass PrometheusSettings with another port")
-        raise PortInUse(f"{settings.host}:{settings.port}", "flowtel's Prometheus endpoint", move) from None
+        raise PortInUse(settings.endpoint, "flowtel's Prometheus endpoint", move) from None

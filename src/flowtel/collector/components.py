@@ -23,7 +23,8 @@ from flowtel.exporters.otlp_forward import (
     OTLPExporterConfig,
     OTLPHTTPExporterConfig,
 )
-from flowtel.exporters.prometheus import PrometheusExporter, PrometheusSettings
+from flowtel.exporters.prometheus import PrometheusExporter
+from flowtel.exporters.prometheus_config import PrometheusExporterConfig
 from flowtel.selfmetrics import SelfMetrics
 from flowtel.settings import BearerToken
 
@@ -37,10 +38,9 @@ from .extensions import (
 )
 from .processors.batch import BatchConfig
 from .processors.memory_limiter import MemoryLimiter, MemoryLimiterConfig
-from .prometheus_config import PrometheusExporterConfig
 from .receivers.feedback import FeedbackReceiver, FeedbackReceiverConfig
 from .receivers.otlp import AnyIntake, Intake, OTLPReceiverConfig
-from .settings import Auth, Model, split_endpoint
+from .settings import Auth, Model
 from .signals import SIGNALS
 
 
@@ -116,10 +116,7 @@ def _batch(host: Host, pid: str, cfg: BatchConfig, parts: PipelineParts) -> None
 
 # --- exporters ----------------------------------------------------------------------------------------------
 def _prometheus(host: Host, eid: str, cfg: PrometheusExporterConfig, signals: frozenset[str]) -> PrometheusExporter:
-    hostname, port = split_endpoint(cfg.endpoint)
-    token = host.read_token(cfg.auth.authenticator) if cfg.auth is not None else None
-    settings = PrometheusSettings(hostname, port, token, cfg.tls.settings() if cfg.tls else None)
-    return PrometheusExporter(eid, settings, cfg, self_metrics=host.self_metrics)
+    return PrometheusExporter(eid, cfg, host.token(cfg.auth), self_metrics=host.self_metrics)
 
 
 def _otlp(host: Host, eid: str, cfg: OTLPExporterConfig | OTLPHTTPExporterConfig,
