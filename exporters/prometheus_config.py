@@ -62,11 +62,6 @@ def _host(text: str) -> str:
     return host
 
 
-P = TypeVar("P", bound="PrometheusSettings")
-#: The old dataclass's fields in order, for positional arguments.
-_POSITIONAL = ("host", "port", "bearer_token", "tls")
-
-
 def _port(text: str) -> int:
     try:
         port = int(text)
@@ -75,6 +70,11 @@ def _port(text: str) -> int:
     if not 0 <= port <= 65535:
         raise ValueError("a port number 0-65535")
     return port
+
+
+P = TypeVar("P", bound="PrometheusSettings")
+#: The old dataclass's fields in order, for positional arguments.
+_POSITIONAL = ("host", "port", "bearer_token", "tls")
 
 
 class PrometheusSettings(Model):
@@ -120,12 +120,14 @@ class PrometheusSettings(Model):
         """The model from ``ENV``'s variables (blank ones are unset), then ``overrides`` (keys) on top.
 
         TLS needs both the certificate and its key: one without the other is an error naming them, as is a client
-        CA without them. An ``endpoint`` override replaces the host and port variables."""
+        CA without them. An ``endpoint`` (``tls``) override replaces the host and port (TLS) variables."""
         env = dict(os.environ if environ is None else environ)
         if "endpoint" in overrides:
             env.pop(_HOST_VAR, None)
             env.pop(_PORT_VAR, None)
         cert, key, ca = ((env.get(name) or "").strip() for name in (*_TLS_VARS, _CA_VAR))
+        if "tls" in overrides:
+            cert = key = ca = ""
         if bool(cert) != bool(key):
             raise ConfigError("environment", f"{_TLS_VARS[0]}/_KEY_FILE", "both set or neither",
                               {"cert": cert or None, "key": key or None})
@@ -152,6 +154,8 @@ class PrometheusSettings(Model):
             try:
                 host, port = split_endpoint(base)
             except (TypeError, ValueError, AttributeError):
+                data.pop("host", None)
+                data.pop("port", None)
                 return data  # the endpoint's own error says what is wrong with it
             host = data.pop("host", host)
             port = data.pop("port", port)
@@ -161,7 +165,7 @@ class PrometheusSettings(Model):
                 raise ValueError(f"host: a string, got {host!r}")
             if isinstance(port, bool) or not isinstance(port, int):
                 raise ValueError(f"port: an integer, got {port!r}")
-            data["endpoint"] = join_endpoint(host, port)
+            data["endpoint"] = join_endpoint(_host(host), port)
         return data
 
     # Read-only views under the names from before the model was shared.

@@ -99,6 +99,8 @@ def test_an_endpoint_override_replaces_the_host_and_port_variables() -> None:
     env = {HOST: "0.0.0.0", PORT: "9100"}
     assert PrometheusSettings.from_env(env, endpoint="127.0.0.1:0").endpoint == "127.0.0.1:0"
     assert PrometheusSettings.from_env(env, port=0).endpoint == "0.0.0.0:0"
+    # A tls override replaces the TLS variables: their pair check does not apply.
+    assert PrometheusSettings.from_env({CERT: "/only/cert.pem"}, tls=None).tls is None
 
 
 # -- errors name the variable ---------------------------------------------------------------------------------
@@ -209,6 +211,7 @@ def test_names_from_before_the_shared_model_still_work_in_code(certs: tuple[str,
 
 
 @pytest.mark.parametrize("kwargs", [{"port": "x"}, {"port": 70000}, {"port": True}, {"host": 5}, {"host": "a/b"},
+                                    {"host": "0.0.0.0:9100"}, {"endpoint": "nohost", "port": 1},
                                     {"tls": TLSSettings("/nonexistent.pem", "/nonexistent.pem")}])
 def test_bad_values_under_old_names_are_refused(kwargs: dict[str, object]) -> None:
     with pytest.raises(ValidationError):
