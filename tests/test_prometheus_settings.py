@@ -6,6 +6,7 @@ from __future__ import annotations
 import socket
 import urllib.error
 import urllib.request
+from pathlib import Path
 
 import pytest
 from pydantic import ValidationError
@@ -260,3 +261,10 @@ service: {pipelines: {traces: {receivers: [otlp], exporters: [prometheus]}}}
         assert exporter.received.config is config.exporters["prometheus"]
     finally:
         collector.shutdown(1)
+
+
+def test_readme_documents_every_variable() -> None:
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    section = readme[readme.index("## Configuration"):]
+    section = section[:section.index("\n## ", 1)]
+    assert [var.name for var in PrometheusSettings.ENV if var.name not in section] == []
