@@ -91,10 +91,9 @@ class PrometheusSettings(Model):
     )
     IN_PROCESS_ONLY: ClassVar[Mapping[str, str]] = {
         "bearer_token": "the collector takes the token from a bearertokenauth extension named in auth",
-        # Not keys: the endpoint's parts under their Python (and variable) names.
-        "host": "a config file sets endpoint: host:port",
-        "port": "a config file sets endpoint: host:port",
     }
+    #: The old dataclass's fields, the endpoint's parts (and the keys its two variables set).
+    CODE_NAMES: ClassVar[Mapping[str, str]] = {"host": "endpoint", "port": "endpoint"}
 
     #: Address of the ``/metrics`` endpoint; port 0 picks a free one.
     endpoint: Endpoint = "127.0.0.1:9464"

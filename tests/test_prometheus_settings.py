@@ -151,6 +151,14 @@ def test_in_process_only_keys_are_refused_in_a_config_file(key: str) -> None:
             f"{PrometheusSettings.IN_PROCESS_ONLY[key]}") in str(info.value)
 
 
+@pytest.mark.parametrize("name", ["host", "port"])
+def test_names_from_code_are_refused_in_a_config_file_with_the_key_to_use(name: str) -> None:
+    with pytest.raises(ConfigFileError) as info:
+        _collector_prometheus(f"    {name}: 9100")
+    assert (f"t.yaml:4: exporters.prometheus.{name}: expected the config file's key endpoint ({name} is its name "
+            "in Python code only)") in str(info.value)
+
+
 def test_the_collector_takes_its_token_from_the_extension_and_checks_it_with_bearer_token() -> None:
     from flowtel.collector.service import Collector
 
@@ -240,9 +248,9 @@ def test_every_key_has_its_variable_or_is_set_elsewhere_deliberately() -> None:
                       "duplicate_derived_metrics", "duplicate_prefix", "cardinality_limit", "max_metrics",
                       "label_value_max_bytes"}
     assert set(PrometheusExporterConfig.model_fields) - set(PrometheusSettings.model_fields) == collector_only
-    # In-process only: refused in a config file, skipped by its key reference.
-    assert set(PrometheusSettings.IN_PROCESS_ONLY) & set(PrometheusSettings.model_fields) == {"bearer_token"}
-    assert set(PrometheusSettings.IN_PROCESS_ONLY) - set(PrometheusSettings.model_fields) == set(endpoint_parts)
+    # In-process only: refused in a config file, skipped by its key reference; the endpoint's parts are code names.
+    assert set(PrometheusSettings.IN_PROCESS_ONLY) == {"bearer_token"}
+    assert PrometheusExporterConfig.CODE_NAMES == PrometheusSettings.CODE_NAMES == endpoint_parts
 
 
 def test_the_collector_passes_its_config_through() -> None:
