@@ -56,7 +56,7 @@ from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 from opentelemetry.sdk.resources import Resource
 
-from flowtel.collector.signals import METRICS, count_metric_points
+from flowtel.signals import METRICS, count_metric_points
 
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 HERE = Path(__file__).resolve().parent
@@ -149,7 +149,7 @@ import sys, threading
 from concurrent import futures
 import grpc
 from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import ExportMetricsServiceRequest
-from flowtel.collector.signals import count_metric_points
+from flowtel.signals import count_metric_points
 points = 0
 lock = threading.Lock()
 def export(raw, context):

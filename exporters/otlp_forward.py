@@ -21,9 +21,9 @@ from google.protobuf.message import Message
 from google.rpc import error_details_pb2, status_pb2
 from pydantic import Field, field_validator, model_validator
 
-from flowtel.collector.signals import BY_NAME, TRACES, ExportResponse, Signal
 from flowtel.selfmetrics import SelfMetrics
 from flowtel.settings import ClientTLS, Model, PositiveDuration
+from flowtel.signals import BY_NAME, TRACES, ExportResponse, Signal
 
 from .sending_queue import QueueSettings, RetrySettings, SendingQueue, SendResult
 

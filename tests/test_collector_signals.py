@@ -466,8 +466,8 @@ def test_request_pipeline_cuts_batches_between_requests_and_bounds_its_queue() -
     from flowtel.collector.processors.batch import BatchConfig
     from flowtel.collector.refusal import Refused
     from flowtel.collector.request_pipeline import RequestPipeline
-    from flowtel.collector.signals import LOGS
     from flowtel.selfmetrics import SelfMetrics
+    from flowtel.signals import LOGS
 
     got: list[tuple[int, list[str]]] = []
 

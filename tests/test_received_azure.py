@@ -24,10 +24,10 @@ from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import TracerProvider
 
 from flowtel.collector.components import AzureMonitorExporterConfig  # the collector first: it imports exporters
-from flowtel.collector.signals import count_log_records, count_metric_points
 from flowtel.exporters.azure_received import ReceivedToAzure
 from flowtel.exporters.azuremonitor_collector import AzureMonitorCollectorExporter
 from flowtel.selfmetrics import SelfMetrics
+from flowtel.signals import count_log_records, count_metric_points
 
 from ingestion import QUIET, IngestionServer
 

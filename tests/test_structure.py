@@ -19,11 +19,13 @@ import flowtel
 
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGE_DIRS = {"flowtel": ROOT / "src" / "flowtel", "flowtel.processors": ROOT / "processors",
-                "flowtel.exporters": ROOT / "exporters", "flowtel.collector": ROOT / "src" / "flowtel" / "collector"}
+                "flowtel.exporters": ROOT / "exporters", "flowtel.collector": ROOT / "src" / "flowtel" / "collector",
+                "flowtel.collector.receivers": ROOT / "src" / "flowtel" / "collector" / "receivers",
+                "flowtel.collector.processors": ROOT / "src" / "flowtel" / "collector" / "processors"}
 
 #: The logic both hosts run, and the core modules it stands on.
-SHARED = ("flowtel.processors", "flowtel.semconv", "flowtel.spans", "flowtel.config", "flowtel.selfmetrics",
-          "flowtel._log", "flowtel._gc", "flowtel._fork")
+SHARED = ("flowtel.processors", "flowtel.semconv", "flowtel.spans", "flowtel.config", "flowtel.settings",
+          "flowtel.selfmetrics", "flowtel._log", "flowtel._gc", "flowtel._fork")
 #: What only a host may import.
 HOSTS = ("flowtel.collector", "flowtel.exporters", "flowtel._configure", "flowtel.cli", "flowtel.distro",
          "flowtel.feedback", "flowtel.otlp", "flowtel._wsgi", "flowtel.instrumentation")
@@ -84,6 +86,25 @@ def test_shared_logic_imports_no_host() -> None:
             hosts = sorted(name for name in _imports(module, path) if _within(name, HOSTS))
             if hosts:
                 offending[module] = hosts
+    assert offending == {}
+
+
+def test_every_package_directory_is_checked() -> None:
+    # A new subpackage must be listed above, or its modules escape both checks.
+    dirs = {p.parent for base in (ROOT / "src" / "flowtel", ROOT / "processors", ROOT / "exporters")
+            for p in base.rglob("__init__.py")}
+    assert dirs == set(PACKAGE_DIRS.values())
+
+
+def test_exporters_import_nothing_of_the_collector() -> None:
+    """Every exporter, for both hosts, lives in exporters/ and knows nothing of the collector: the collector's
+    registry (flowtel.collector.components) adapts them, so an app importing an exporter never loads it."""
+    offending = {}
+    for module, path in _modules().items():
+        if _within(module, ("flowtel.exporters",)):
+            found = sorted(name for name in _imports(module, path) if _within(name, ("flowtel.collector",)))
+            if found:
+                offending[module] = found
     assert offending == {}
 
 

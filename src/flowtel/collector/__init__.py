@@ -1,9 +1,8 @@
 """The flowtel collector: the shared pipeline behind OTLP receivers, configured like the OpenTelemetry Collector.
 
-The public names are resolved on first use (PEP 562) rather than imported here: the collector's
-components import exporters, and exporters import ``flowtel.collector.settings`` for their typed
-config; importing the config and service eagerly from this package made that an import cycle
-whenever an exporter module was imported first.
+The public names are resolved on first use (PEP 562) rather than imported here, so importing a
+module of the collector (a receiver, its settings) does not load the whole service, its components
+and every exporter with it. Exporters import nothing of this package (``tests/test_structure.py``).
 """
 
 from __future__ import annotations

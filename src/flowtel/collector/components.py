@@ -27,6 +27,7 @@ from flowtel.exporters.prometheus import PrometheusExporter
 from flowtel.exporters.prometheus_config import PrometheusExporterConfig
 from flowtel.selfmetrics import SelfMetrics
 from flowtel.settings import BearerToken
+from flowtel.signals import SIGNALS
 
 from .extensions import (
     BearerTokenAuthConfig,
@@ -41,7 +42,6 @@ from .processors.memory_limiter import MemoryLimiter, MemoryLimiterConfig
 from .receivers.feedback import FeedbackReceiver, FeedbackReceiverConfig
 from .receivers.otlp import AnyIntake, Intake, OTLPReceiverConfig
 from .settings import Auth, Model
-from .signals import SIGNALS
 
 
 class Host(Protocol):

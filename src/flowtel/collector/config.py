@@ -30,10 +30,10 @@ from flowtel.settings import (
     split_endpoint,
     unwrap,
 )
+from flowtel.signals import SIGNALS
 
 from .components import FACTORIES
 from .confmap import ConfigFileError, Document, Path, Problem, dotted, load, parse
-from .signals import SIGNALS
 
 
 class PipelineConfig(Model):

@@ -18,12 +18,12 @@ from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import ExportLogsSer
 
 from flowtel._log import logger
 from flowtel.selfmetrics import SelfMetrics
+from flowtel.signals import Signal
 
 from .log_content import strip_content
 from .processors.batch import BatchConfig
 from .processors.memory_limiter import MemoryLimiter
 from .queued import QueuedPipeline
-from .signals import Signal
 
 #: Items (metric points or log records) queued per pipeline before receivers answer 503 / UNAVAILABLE.
 DEFAULT_MAX_QUEUE_ITEMS = 100_000

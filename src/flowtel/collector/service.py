@@ -24,6 +24,7 @@ from flowtel.exporters.prometheus import PrometheusExporter
 from flowtel.processors.metrics import FlowtelMetrics
 from flowtel.selfmetrics import SelfMetrics
 from flowtel.settings import BearerToken
+from flowtel.signals import BY_NAME
 
 from .components import FACTORIES, PipelineParts
 from .config import CollectorConfig, component_type
@@ -34,7 +35,6 @@ from .receivers.otlp import AnyIntake, Intake, RequestIntake
 from .receivers.otlp_grpc import GRPCTransport
 from .request_pipeline import RequestPipeline
 from .settings import Auth
-from .signals import BY_NAME
 
 Pipeline = TracesPipeline | RequestPipeline
 

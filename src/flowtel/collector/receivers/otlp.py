@@ -24,12 +24,12 @@ from pydantic import Field, model_validator
 from flowtel._log import warn_once
 from flowtel.otlp import adapt
 from flowtel.selfmetrics import SelfMetrics
+from flowtel.signals import TRACES, Signal
 
 from ..pipeline import TracesPipeline
 from ..refusal import Refused
 from ..request_pipeline import RequestPipeline
 from ..settings import Auth, EmptyIsDefault, Endpoint, HTTPServerBounds, Model, ServerTLS
-from ..signals import TRACES, Signal
 
 MIB = 1 << 20
 

@@ -1,4 +1,4 @@
-"""The three OTLP signals the collector takes, described once: messages, paths, counting and names.
+"""The three OTLP signals, described once: messages, paths, counting and names (both hosts, host-free).
 
 Receivers, pipelines, exporters and the self-metrics read what differs between traces,
 metrics and logs from here instead of each branching on the signal.
