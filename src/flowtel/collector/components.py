@@ -4,7 +4,9 @@ As the upstream collector's ``NewFactory(type, createDefaultConfig, create...)``
 config file is validated against ``config`` (defaults documented on each model and in
 collector-config/README.md), a pipeline may only name a receiver, processor or exporter
 that supports its signal, and the service builds each component with ``create``. A new
-receiver or exporter is its own module plus one entry in ``FACTORIES``.
+receiver or exporter is its own module plus its factory here: a create function (a few lines
+adapting the component to the ``Host``) and one entry in ``FACTORIES``. Exporters know nothing of
+the collector; this is where they meet it.
 """
 
 from __future__ import annotations
