@@ -288,6 +288,7 @@ class WSGIEndpoint:
                  limits: ServerLimits | None = None, check_head: HeadCheck | None = None,
                  on_refused: RefusalHook | None = None) -> None:
         self.limits = limits or ServerLimits()
+        self.app = app  # what it serves (a test can call it without the server)
         self._name = name
         self.tls = tls is not None
         refused = on_refused or _log_refusal(name)
