@@ -14,7 +14,7 @@ import pytest
 import request_memory
 from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import ExportMetricsServiceRequest
 
-from flowtel.collector.prometheus_config import ReceivedMetricsConfig
+from flowtel.exporters.prometheus_config import ReceivedMetricsConfig
 from flowtel.exporters.received_metrics import ReceivedMetrics
 
 #: The documented bound (ARCHITECTURE.md, "Bounds"): peak Python memory of one request over its decompressed size.
