@@ -200,6 +200,10 @@ class ReceivedMetricsConfig(Model):
     max_metrics: int = Field(1000, ge=1)
     #: Label values longer than this (UTF-8 bytes) are cut to it (the derived metrics' limit and default).
     label_value_max_bytes: int = Field(256, ge=16)
+    #: Attributes of one point (after the resource's and scope's labels) kept as labels; the rest are dropped,
+    #: and the point counted as cut. With ``label_value_max_bytes`` (which also cuts attribute names) this bounds
+    #: one stored series in bytes, as the OpenTelemetry SDK's attribute count limit (128) bounds a data point.
+    label_count_limit: int = Field(128, ge=1)
 
 
 class _CollectorEndpoint(PrometheusSettings):

@@ -293,7 +293,7 @@ class ReceivedMetrics:
                                      else label_value(service))
         if "service.instance.id" in attrs:
             added["instance"] = self._cut(label_value(attrs["service.instance.id"]))
-        rest = [(k, self._cut(label_value(v))) for k, v in attrs.items() if k not in _IDENTIFYING]
+        rest = self._limited([(k, v) for k, v in attrs.items() if k not in _IDENTIFYING])
         promoted = labels(rest if self._promote_all else [(k, v) for k, v in rest if k in self._promote])
         info = None
         if rest:
@@ -335,7 +335,7 @@ class ReceivedMetrics:
             return hit
         cuts_before = self._cuts
         merged = dict(common)
-        for k, v in labels([(k, self._cut(label_value(v))) for k, v in raw.items()]).items():
+        for k, v in labels(self._limited(list(raw.items()))).items():
             if k not in _OWN_LABELS or k not in merged:  # the point's attributes win over promoted resource
                 merged[k] = v                            # attributes, not over job, instance and scope
         key = tuple(sorted(merged.items()))
@@ -345,6 +345,17 @@ class ReceivedMetrics:
             self._label_cache[cache_key] = (key, merged, self._cuts != cuts_before)
         return key, merged, self._cuts != cuts_before
 
+    def _limited(self, attributes: list[tuple[str, Any]]) -> list[tuple[str, str]]:
+        """At most ``label_count_limit`` attributes (the first ones), names and values cut to
+        ``label_value_max_bytes``: what one label set may hold, whatever a sender puts in a point or a resource."""
+        limit = self.config.label_count_limit
+        if len(attributes) > limit:
+            self._cuts += 1
+            warn_once("received-label-count", "received metric points or resources with more than %d attributes keep "
+                      "the first %d (label_count_limit); counted in flowtel_metric_labels_cut_total", limit, limit)
+            attributes = attributes[:limit]
+        return [(self._cut(k), self._cut(label_value(v))) for k, v in attributes]
+
     def _cut(self, value: str) -> str:
         if len(value) * 4 <= self._max_value_bytes:  # fast path: short enough whatever its characters
             return value
@@ -352,7 +363,7 @@ class ReceivedMetrics:
         if len(encoded) <= self._max_value_bytes:
             return value
         self._cuts += 1
-        warn_once("received-label-cut", "received metric label values longer than %d bytes are cut to that "
+        warn_once("received-label-cut", "received metric label names and values longer than %d bytes are cut to that "
                   "(label_value_max_bytes); counted in flowtel_metric_labels_cut_total", self._max_value_bytes)
         return encoded[:self._max_value_bytes].decode(errors="ignore")
 

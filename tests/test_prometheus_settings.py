@@ -246,7 +246,7 @@ def test_every_key_has_its_variable_or_is_set_elsewhere_deliberately() -> None:
     assert keys - code_only == with_variable
     collector_only = {"auth", "metric_expiration", "resource_to_telemetry_conversion", "promote_resource_attributes",
                       "duplicate_derived_metrics", "duplicate_prefix", "cardinality_limit", "max_metrics",
-                      "label_value_max_bytes"}
+                      "label_value_max_bytes", "label_count_limit"}
     assert set(PrometheusExporterConfig.model_fields) - set(PrometheusSettings.model_fields) == collector_only
     # In-process only: refused in a config file, skipped by its key reference; the endpoint's parts are code names.
     assert set(PrometheusSettings.IN_PROCESS_ONLY) == {"bearer_token"}

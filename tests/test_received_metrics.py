@@ -374,6 +374,26 @@ def test_long_label_values_are_cut_to_the_byte_limit_and_counted(exporter_factor
     assert self_metrics.count("flowtel.metric.labels.cut", metric="words") == 2
 
 
+def test_labels_per_point_are_limited_and_long_names_cut_and_counted(exporter_factory) -> None:
+    exporter, self_metrics = exporter_factory(label_count_limit=5, label_value_max_bytes=16,
+                                              resource_to_telemetry_conversion={"enabled": True})
+    attributes = {f"a{i:03d}": str(i) for i in range(200)}
+    app = make_app(**{f"r{i:03d}": "x" for i in range(50)})
+    app.meter.create_counter("wide").add(1, attributes)
+    app.meter.create_counter("named").add(1, {"k" * 40: "v"})
+    send(exporter, app.request())
+
+    samples = scrape(exporter.url)
+    wide = samples.find("wide_total")[0].labels
+    point_labels = {k for k in wide if k.startswith("a")}
+    resource_labels = {k for k in wide if k.startswith("r")}
+    assert point_labels == {"a000", "a001", "a002", "a003", "a004"}  # the first five of the point's 200
+    assert len(resource_labels) <= 5  # promoted resource attributes have the same bound
+    assert "k" * 16 in samples.find("named_total")[0].labels  # an attribute name is cut as a value is
+    assert self_metrics.count("flowtel.metric.labels.cut", metric="wide") == 1
+    assert self_metrics.count("flowtel.metric.labels.cut", metric="named") == 1
+
+
 def test_exponential_histograms_are_dropped_and_counted(exporter_factory) -> None:
     exporter, self_metrics = exporter_factory()
     reader = InMemoryMetricReader()
