@@ -53,7 +53,7 @@ from urllib.parse import urlparse
 from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
 from opentelemetry.trace import SpanKind
-from pydantic import Field, ValidationInfo, field_validator, model_validator
+from pydantic import Field, ValidationInfo, field_validator
 
 from flowtel._fork import reinit_after_fork
 from flowtel._log import logger, warn_once
@@ -110,7 +110,7 @@ _NEEDS_CONNECTION = ("a connection string, InstrumentationKey=<uuid>;IngestionEn
 _NO_TOKEN_OVER_HTTP = "an https IngestionEndpoint (AAD tokens are never sent over http)"
 
 #: Names from before the model was shared, accepted in code: old name -> key.
-_LEGACY = {"credential_kind": "credential", "storage_retention_s": "storage_retention",
+_CODE_NAMES = {"credential_kind": "credential", "storage_retention_s": "storage_retention",
            "storage_retry_interval_s": "storage_retry_interval", "timeout_s": "timeout",
            "read_timeout_s": "read_timeout", "retry_backoff_s": "retry_backoff",
            "metric_export_interval_s": "metric_export_interval"}
@@ -145,7 +145,7 @@ class AzureMonitorSettings(Model):
                             "managed_identity or default",
         "storage_directory": "the collector keeps offline storage in the file_storage extension named by storage",
     }
-    CODE_NAMES: ClassVar[Mapping[str, str]] = _LEGACY
+    CODE_NAMES: ClassVar[Mapping[str, str]] = _CODE_NAMES
 
     #: ``InstrumentationKey=...;IngestionEndpoint=...``; none: APPLICATIONINSIGHTS_CONNECTION_STRING (in-process
     #: through ``from_env()``; the collector reads it when the config file has none).
@@ -188,10 +188,19 @@ class AzureMonitorSettings(Model):
     #: exporter's default under the temp directory. The collector sets it from its ``storage`` extension.
     storage_directory: str | None = None
 
-    @model_validator(mode="before")
     @classmethod
-    def _legacy_names(cls, data: Any) -> Any:
-        return _renamed(data) if isinstance(data, dict) else data
+    def renamed(cls, data: dict[str, Any]) -> dict[str, Any]:
+        """The old names' values as the keys take them: ``credential`` held the credential object,
+        ``credential_kind`` "" meant none, ``metric_export_interval_s`` None meant "the SDK's variable"."""
+        if "credential" in data and (data["credential"] is None or hasattr(data["credential"], "get_token")):
+            credential = data.pop("credential")
+            if credential is not None:
+                data["token_credential"] = credential
+        if data.get("credential_kind") == "":
+            data["credential_kind"] = "none"
+        if "metric_export_interval_s" in data and data["metric_export_interval_s"] is None:
+            del data["metric_export_interval_s"]
+        return super().renamed(data)
 
     @field_validator("connection_string")
     @classmethod
@@ -227,7 +236,7 @@ class AzureMonitorSettings(Model):
         env = os.environ if environ is None else environ
         # A self-telemetry switch counts only when "true", as the exporter reads it; "false" leaves the other one be.
         env = {k: v for k, v in env.items() if k not in SELF_TELEMETRY_SWITCHES or v.strip().lower() == "true"}
-        return from_env(cls, env, _renamed(overrides))
+        return from_env(cls, env, overrides)
 
     @property
     def instrumentation_key(self) -> str:
@@ -320,24 +329,6 @@ class AzureMonitorSettings(Model):
 
 
 S = TypeVar("S", bound=AzureMonitorSettings)
-
-
-def _renamed(data: Mapping[str, Any]) -> dict[str, Any]:
-    """``data`` with the names from before the model was shared turned into keys."""
-    data = dict(data)
-    if "credential" in data and (data["credential"] is None or hasattr(data["credential"], "get_token")):
-        # the old field held the credential object
-        credential = data.pop("credential")
-        if credential is not None:
-            data["token_credential"] = credential
-    for old, key in _LEGACY.items():
-        if old in data:
-            value = data.pop(old)
-            if old == "credential_kind" and value == "":
-                value = "none"
-            if value is not None or old != "metric_export_interval_s":  # None was "the SDK's variable"
-                data[key] = value
-    return data
 
 
 def _plain_http(connection_string: Any) -> bool:

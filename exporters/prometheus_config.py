@@ -20,7 +20,7 @@ import os
 from collections.abc import Mapping
 from typing import Any, ClassVar, Literal, TypeVar
 
-from pydantic import Field, model_validator
+from pydantic import Field
 
 from flowtel.settings import (
     Auth,
@@ -135,17 +135,11 @@ class PrometheusSettings(Model):
                               "certificates on the TLS they turn on)", ca)
         return read_env(cls, env, overrides)
 
-    @model_validator(mode="before")
     @classmethod
-    def _legacy_names(cls, data: Any) -> Any:
+    def renamed(cls, data: dict[str, Any]) -> dict[str, Any]:
         """``host`` / ``port`` (the dataclass's fields, and the variables' keys) into ``endpoint``; a ``TLSSettings``
         into ``tls``'s keys. A host or port given replaces that part of ``endpoint`` (or of its default)."""
-        if not isinstance(data, dict):
-            return data
         tls = data.get("tls")
-        if not ({"host", "port"} & set(data) or isinstance(tls, TLSSettings)):
-            return data
-        data = dict(data)
         if isinstance(tls, TLSSettings):
             data["tls"] = {"cert_file": tls.cert_file, "key_file": tls.key_file, "client_ca_file": tls.client_ca_file}
         if "host" in data or "port" in data:
@@ -165,7 +159,7 @@ class PrometheusSettings(Model):
             if isinstance(port, bool) or not isinstance(port, int):
                 raise ValueError(f"port: an integer, got {port!r}")
             data["endpoint"] = join_endpoint(_host(host), port)
-        return data
+        return data  # both code names are done: two of them make one key, which the generic move cannot
 
     # Read-only views under the names from before the model was shared.
     @property

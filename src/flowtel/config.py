@@ -16,7 +16,7 @@ import json
 from collections.abc import Mapping
 from typing import Any, ClassVar
 
-from pydantic import Field, model_validator
+from pydantic import Field
 
 from flowtel.processors.scoring import DEFAULT_LABELS, FeedbackScoring, normalize_word
 from flowtel.settings import ConfigError, Duration, EnvVar, Model, PositiveDuration, env_bool, env_duration
@@ -94,7 +94,7 @@ class FeedbackConfig(Model):
 
 
 #: Names from before the model was shared, accepted in code: old name -> key (dotted: nested).
-_LEGACY = {"trace_timeout_s": "trace_timeout", "schedule_delay_s": "schedule_delay",
+_CODE_NAMES = {"trace_timeout_s": "trace_timeout", "schedule_delay_s": "schedule_delay",
            "feedback_window_s": "feedback.request_window", "feedback_max_requests": "feedback.max_requests",
            "feedback_wait_s": "feedback.wait", "feedback_max_waiting": "feedback.max_waiting"}
 
@@ -127,7 +127,7 @@ class FlowtelConfig(Model):
         "schedule_delay": "the collector's worker wakes every batch.timeout",
         "pause_gc": "the collector owns its process and always tunes its GC (flowtel collector start-up)",
     }
-    CODE_NAMES: ClassVar[Mapping[str, str]] = {**_LEGACY, "feedback_scoring": "feedback"}
+    CODE_NAMES: ClassVar[Mapping[str, str]] = {**_CODE_NAMES, "feedback_scoring": "feedback"}
 
     #: Extra dimensions on every derived data point, e.g. ``{deployment: blue, variant: b}``.
     common_dimensions: dict[str, str] = Field(default_factory=dict)
@@ -155,27 +155,17 @@ class FlowtelConfig(Model):
     #: switches collection off for the whole app process, not only for flowtel's thread.
     pause_gc: bool = False
 
-    @model_validator(mode="before")
     @classmethod
-    def _legacy_names(cls, data: Any) -> Any:
-        if not isinstance(data, dict) or not (set(data) & (set(_LEGACY) | {"feedback_scoring"})):
-            return data
-        data = dict(data)
-        feedback = dict(data.get("feedback") or {})
-        scoring = data.pop("feedback_scoring", None)
-        if isinstance(scoring, FeedbackScoring):
-            feedback.update(evaluation_name=scoring.evaluation_name, positive_threshold=scoring.positive_threshold,
-                            rating_fields=list(scoring.rating_fields),
-                            labels={w: {"score": s, "label": label} for w, (s, label) in scoring.labels.items()})
+    def renamed(cls, data: dict[str, Any]) -> dict[str, Any]:
+        scoring = data.get("feedback_scoring")
+        if isinstance(scoring, FeedbackScoring):  # the old field held the scoring object: its parts are keys now
+            data["feedback_scoring"] = {
+                "evaluation_name": scoring.evaluation_name, "positive_threshold": scoring.positive_threshold,
+                "rating_fields": list(scoring.rating_fields),
+                "labels": {w: {"score": v, "label": label} for w, (v, label) in scoring.labels.items()}}
         elif scoring is not None:
             raise ValueError("feedback_scoring: a FeedbackScoring")
-        for old, key in _LEGACY.items():
-            if old in data:
-                section, _, name = key.rpartition(".")
-                (feedback if section else data)[name] = data.pop(old)
-        if feedback:
-            data["feedback"] = feedback
-        return data
+        return super().renamed(data)
 
     # Read-only views under the names from before the model was shared.
     @property

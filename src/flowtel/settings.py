@@ -162,8 +162,31 @@ class Model(BaseModel):
 
     @classmethod
     def from_env(cls: type[M], environ: Mapping[str, str] | None = None, **overrides: Any) -> M:
-        """The model from ``ENV``'s variables (blank ones are unset), then ``overrides`` (keys) on top."""
+        """The model from ``ENV``'s variables (blank ones are unset), then ``overrides`` (keys, or code names)
+        on top."""
         return from_env(cls, os.environ if environ is None else environ, overrides)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _code_names(cls, data: Any) -> Any:
+        return cls.renamed(dict(data)) if isinstance(data, dict) else data
+
+    @classmethod
+    def renamed(cls, data: dict[str, Any]) -> dict[str, Any]:
+        """``data`` (a copy the caller owns) with each ``CODE_NAMES`` name moved to its key; a mapping given for
+        a section is merged into it. A model whose old names held other values converts them here first."""
+        for old, key in cls.CODE_NAMES.items():
+            if old not in data:
+                continue
+            value = data.pop(old)
+            *sections, name = key.split(".")
+            target = data
+            for section in sections:
+                target[section] = target = dict(target.get(section) or {})
+            old_value = target.get(name)
+            target[name] = {**old_value, **value} if isinstance(old_value, dict) and isinstance(value, dict) \
+                else value
+        return data
 
 
 class EmptyIsDefault(Model):
