@@ -201,7 +201,7 @@ def json_tiny_spans(n: int) -> Crafted:
 
 # --- metrics ----------------------------------------------------------------------------------------------------
 
-def _metrics(metrics: list[Metric], attributes_per_point: int = 0) -> Crafted:
+def _metrics(metrics: list[Metric]) -> Crafted:
     message = ExportMetricsServiceRequest()
     rm = message.resource_metrics.add()
     rm.resource.attributes.append(_kv("service.name", "app"))
